@@ -1,0 +1,487 @@
+"""BERT from scratch (Devlin et al., 2019), sized per layer for EarlyBERT.
+
+Read beside the BERT paper (section 3) and "Attention Is All You Need" (section 3.2):
+
+    Bert        = Embeddings -> N x Layer            (the encoder, returns hidden states)
+    Layer       = post-LN( x + SelfAttention(x) ) -> post-LN( x + FeedForward(x) )
+    BertMLM     = Bert + MLMHead      (pre-training; logits only at the masked positions)
+    BertClassifier, BertQA            (fine-tuning heads: GLUE, SQuAD)
+
+EarlyBERT needs two things from the model, both here:
+- each layer may have its own number of attention heads and its own FFN width
+  (`BertConfig.heads_per_layer`, `BertConfig.ffn_per_layer`): a pruned model is just
+  such a config plus weights;
+- two optional slots per layer, `SelfAttention.head_coef` and `FeedForward.ffn_coef`,
+  that slim.py fills with the network-slimming coefficients during the search. They are
+  None otherwise and then cost nothing.
+
+Checkpoints load from and save to the folder layout BERT checkpoints use
+(`config.json`, `vocab.txt`, `model.safetensors` or `pytorch_model.bin`). Our module names
+are shorter than the reference implementation's; `_RENAMES` maps between the two.
+"""
+import json
+import math
+import os
+import struct
+import sys
+from dataclasses import asdict, dataclass, fields
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12  # of the full model; fixes head_dim = hidden / heads
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    num_labels: int = 2  # classification heads only; 1 means regression (STS-B)
+    # EarlyBERT: a rebuilt (pruned) model keeps a different number of heads and FFN
+    # neurons in each layer. None means every layer has the full sizes above.
+    heads_per_layer: list[int] | None = None
+    ffn_per_layer: list[int] | None = None
+
+    def __post_init__(self):
+        assert self.hidden_size % self.num_attention_heads == 0, "hidden_size must divide into heads"
+        assert self.hidden_act in ACTIVATIONS, f"unknown hidden_act {self.hidden_act!r}"
+        for sizes in (self.heads_per_layer, self.ffn_per_layer):
+            assert sizes is None or len(sizes) == self.num_hidden_layers, "one size per layer"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def heads(self, layer: int) -> int:
+        return self.heads_per_layer[layer] if self.heads_per_layer else self.num_attention_heads
+
+    def ffn(self, layer: int) -> int:
+        return self.ffn_per_layer[layer] if self.ffn_per_layer else self.intermediate_size
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BertConfig":
+        """Keep the fields we know; a BERT config.json has many we do not need."""
+        d = dict(d)
+        if "num_labels" not in d and "id2label" in d:
+            d["num_labels"] = len(d["id2label"])
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def to_dict(self) -> dict:
+        d = {"model_type": "bert", **asdict(self)}
+        return {k: v for k, v in d.items() if v is not None}
+
+
+ACTIVATIONS = {
+    "gelu": F.gelu,  # the exact (erf) GELU of the original BERT
+    "gelu_new": partial(F.gelu, approximate="tanh"),
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+# ----------------------------------------------------------------------------- modules
+
+class Embeddings(nn.Module):
+    """Token + position + segment embeddings, then LayerNorm and dropout (BERT, fig. 2)."""
+
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.word = nn.Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id)
+        self.position = nn.Embedding(c.max_position_embeddings, c.hidden_size)
+        self.token_type = nn.Embedding(c.type_vocab_size, c.hidden_size)
+        self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids):
+        T = input_ids.shape[1]
+        pos = torch.arange(T, device=input_ids.device)
+        x = self.word(input_ids) + self.position(pos) + self.token_type(token_type_ids)
+        return self.dropout(self.norm(x))  # (B, T, hidden)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head scaled dot-product attention (Vaswani et al., eq. 1) with `n_heads` heads.
+
+    `head_coef` (n_heads,), when set by slim.py, is EarlyBERT's slimming coefficient of
+    each head: it scales that head's context vector before the heads are concatenated.
+    """
+
+    def __init__(self, c: BertConfig, n_heads: int):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, c.head_dim
+        width = n_heads * c.head_dim  # smaller than hidden_size once heads are pruned
+        self.query = nn.Linear(c.hidden_size, width)
+        self.key = nn.Linear(c.hidden_size, width)
+        self.value = nn.Linear(c.hidden_size, width)
+        self.out = nn.Linear(width, c.hidden_size)
+        self.dropout_p = c.attention_probs_dropout_prob
+        self.head_coef = None
+
+    def forward(self, x, mask):
+        B, T, _ = x.shape
+        q, k, v = (proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+                   for proj in (self.query, self.key, self.value))  # (B, heads, T, head_dim)
+        # scaled_dot_product_attention picks a fused (flash / memory-efficient) kernel;
+        # with mask=None (a batch without padding) the fastest one is allowed.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout_p if self.training else 0.0)
+        if self.head_coef is not None:
+            y = y * self.head_coef.view(1, -1, 1, 1).to(y.dtype)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # concat heads
+        return self.out(y)
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN: up-projection, GELU, down-projection (Vaswani et al., eq. 2).
+
+    `ffn_coef` (n_neurons,), when set by slim.py, scales each intermediate neuron's
+    activation before the down-projection (EarlyBERT's FFN slimming coefficients).
+    """
+
+    def __init__(self, c: BertConfig, n_neurons: int):
+        super().__init__()
+        self.up = nn.Linear(c.hidden_size, n_neurons)
+        self.down = nn.Linear(n_neurons, c.hidden_size)
+        self.act = ACTIVATIONS[c.hidden_act]
+        self.ffn_coef = None
+
+    def forward(self, x):
+        h = self.act(self.up(x))  # (B, T, n_neurons)
+        if self.ffn_coef is not None:
+            h = h * self.ffn_coef.to(h.dtype)
+        return self.down(h)
+
+
+class Layer(nn.Module):
+    """One encoder layer, post-LN as in the original BERT: LN(x + Dropout(Sublayer(x)))."""
+
+    def __init__(self, c: BertConfig, i: int):
+        super().__init__()
+        self.attn = SelfAttention(c, c.heads(i))
+        self.attn_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.ffn = FeedForward(c, c.ffn(i))
+        self.ffn_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, x, mask):
+        x = self.attn_norm(x + self.dropout(self.attn(x, mask)))
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))
+
+
+class Bert(nn.Module):
+    """The encoder: token ids (B, T) -> hidden states (B, T, hidden)."""
+
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.config = c
+        self.embeddings = Embeddings(c)
+        self.layers = nn.ModuleList(Layer(c, i) for i in range(c.num_hidden_layers))
+        init_weights(self, c.initializer_range)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        # attention_mask (B, T), True/1 at real tokens; None when nothing is padded.
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        x = self.embeddings(input_ids, token_type_ids)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+
+def init_weights(module: nn.Module, std: float = 0.02):
+    """BERT's init: N(0, 0.02) for weights, zeros for biases, identity LayerNorms."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=std)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+            nn.init.zeros_(m.weight[m.padding_idx])
+        if isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return module
+
+
+# ----------------------------------------------------------------------------- task heads
+
+class BertPreTrainedBase(nn.Module):
+    """What every task model shares: an encoder, BERT's weight init, and loading."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = Bert(config)
+
+    def init_weights(self):
+        return init_weights(self, self.config.initializer_range)
+
+
+class MLMHead(nn.Module):
+    """BERT's masked-LM head: dense + GELU + LayerNorm, then a decoder tied to the
+    word embeddings (Press & Wolf, 2017) plus a per-token output bias."""
+
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.transform = nn.Linear(c.hidden_size, c.hidden_size)
+        self.act = ACTIVATIONS[c.hidden_act]
+        self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(c.vocab_size))
+
+    def forward(self, h, word_embeddings):
+        h = self.norm(self.act(self.transform(h)))
+        return F.linear(h, word_embeddings, self.bias)  # (..., vocab)
+
+
+class BertMLM(BertPreTrainedBase):
+    """BERT for masked-LM pre-training.
+
+    With `mlm_positions` (B, P) the vocabulary decoder runs only at those P positions
+    (cramming, Geiping & Goldstein 2023): over every position it is most of a small
+    BERT's cost, and the loss only needs the ~15% masked ones. Without it, logits
+    come for every position (B, T, vocab).
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.mlm = MLMHead(config)
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None,
+                mlm_positions=None, mlm_labels=None):
+        h = self.bert(input_ids, token_type_ids, attention_mask)  # (B, T, hidden)
+        if mlm_positions is not None:
+            index = mlm_positions.unsqueeze(-1).expand(-1, -1, h.shape[-1])
+            h = h.gather(1, index)  # (B, P, hidden)
+        logits = self.mlm(h, self.bert.embeddings.word.weight)
+        loss = None
+        if mlm_labels is not None:  # -100 marks slots with nothing to predict
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), mlm_labels.flatten(), ignore_index=-100)
+        return logits, loss
+
+
+class BertClassifier(BertPreTrainedBase):
+    """Sentence(-pair) classification, or regression when num_labels == 1 (BERT, sec. 4.1):
+    the [CLS] hidden state through the pooler (dense + tanh), dropout, a linear layer."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
+        h = self.bert(input_ids, token_type_ids, attention_mask)
+        pooled = torch.tanh(self.pooler(h[:, 0]))  # (B, hidden), the [CLS] token
+        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
+        loss = None
+        if labels is not None and self.config.num_labels == 1:
+            loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        elif labels is not None:
+            loss = F.cross_entropy(logits.float(), labels)
+        return logits, loss
+
+
+class BertQA(BertPreTrainedBase):
+    """Extractive QA (BERT, sec. 4.2): a start and an end logit for every token."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.qa = nn.Linear(config.hidden_size, 2)
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None,
+                start_positions=None, end_positions=None):
+        h = self.bert(input_ids, token_type_ids, attention_mask)
+        start, end = self.qa(h).float().unbind(-1)  # (B, T) each
+        loss = None
+        if start_positions is not None:
+            loss = (F.cross_entropy(start, start_positions) + F.cross_entropy(end, end_positions)) / 2
+        return (start, end), loss
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+# (our name, reference name) fragments, applied in order in either direction. Order matters:
+# ".attention.output.dense." must be seen before ".output.dense.".
+_RENAMES = [
+    ("bert.embeddings.word.", "bert.embeddings.word_embeddings."),
+    ("bert.embeddings.position.", "bert.embeddings.position_embeddings."),
+    ("bert.embeddings.token_type.", "bert.embeddings.token_type_embeddings."),
+    ("bert.embeddings.norm.", "bert.embeddings.LayerNorm."),
+    ("bert.layers.", "bert.encoder.layer."),
+    (".attn.query.", ".attention.self.query."),
+    (".attn.key.", ".attention.self.key."),
+    (".attn.value.", ".attention.self.value."),
+    (".attn.out.", ".attention.output.dense."),
+    (".attn_norm.", ".attention.output.LayerNorm."),
+    (".ffn.up.", ".intermediate.dense."),
+    (".ffn.down.", ".output.dense."),
+    (".ffn_norm.", ".output.LayerNorm."),
+    ("pooler.", "bert.pooler.dense."),
+    ("mlm.transform.", "cls.predictions.transform.dense."),
+    ("mlm.norm.", "cls.predictions.transform.LayerNorm."),
+    ("mlm.bias", "cls.predictions.bias"),
+    ("qa.", "qa_outputs."),
+]
+
+def to_reference_name(name: str) -> str:
+    for ours, ref in _RENAMES:
+        if name.startswith(ours) or ours.startswith("."):
+            name = name.replace(ours, ref)
+    return name
+
+
+def from_reference_name(name: str) -> str:
+    name = name.replace(".gamma", ".weight").replace(".beta", ".bias")  # TF-era LayerNorm names
+    if name.split(".")[0] in ("embeddings", "encoder", "pooler"):  # saved from a bare BertModel
+        name = "bert." + name
+    for ours, ref in _RENAMES:
+        if name.startswith(ref) or ref.startswith("."):
+            name = name.replace(ref, ours)
+    return name
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+           "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(path: str) -> dict:
+    """A .safetensors file is an 8-byte header length, a JSON header, then raw tensors."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        (n,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + n])
+        tensors = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = (8 + n + o for o in info["data_offsets"])
+            if end > len(data):
+                raise ValueError(f"tensor {name} ends past the end of the file")
+            buf = bytearray(data[start:end])
+            t = torch.frombuffer(buf, dtype=_DTYPES[info["dtype"]]) if buf else torch.empty(0, dtype=_DTYPES[info["dtype"]])
+            tensors[name] = t.reshape(info["shape"])
+    except Exception as e:  # struct.error, json, KeyError, reshape: all mean a damaged file
+        raise ValueError(f"{path}: cannot read the weights, the file is truncated or corrupt ({e})") from None
+    return tensors
+
+
+def write_safetensors(tensors: dict, path: str):
+    names = {v: k for k, v in _DTYPES.items()}
+    header, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        blob = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)  # the format aligns the data to 8 bytes
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head)
+        for blob in blobs:
+            f.write(blob)
+
+
+def read_weights(folder: str) -> tuple[dict, str]:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            continue
+        if name.endswith(".safetensors"):
+            return read_safetensors(path), path
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True), path
+        except Exception as e:
+            raise ValueError(f"{path}: cannot read the weights, the file is truncated or corrupt "
+                             f"({str(e).splitlines()[0]})") from None
+    raise ValueError(f"{folder}: no model.safetensors or pytorch_model.bin in this folder")
+
+
+def read_config(folder: str) -> BertConfig:
+    path = os.path.join(folder, "config.json")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder}: no such checkpoint folder")
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: missing; a checkpoint folder needs config.json beside its weights")
+    try:
+        with open(path) as f:
+            return BertConfig.from_dict(json.load(f))
+    except (json.JSONDecodeError, TypeError, AssertionError) as e:
+        raise ValueError(f"{path}: not a valid BERT config ({e})") from None
+
+
+def load_pretrained(model_class, folder: str, verbose: bool = True, **overrides):
+    """Build `model_class` (Bert, BertMLM, BertClassifier, BertQA) from a checkpoint folder.
+
+    Weights the checkpoint lacks (a task head, say) keep their fresh init and are
+    reported; `overrides` change config fields (e.g. num_labels=3, dropout).
+    """
+    config = read_config(folder)
+    for k, v in overrides.items():
+        setattr(config, k, v)
+    vocab = os.path.join(folder, "vocab.txt")
+    if os.path.exists(vocab):
+        with open(vocab, encoding="utf-8") as f:
+            n_vocab = sum(1 for _ in f)
+        if n_vocab > config.vocab_size:
+            raise ValueError(f"{vocab}: {n_vocab} tokens, but config.json has vocab_size {config.vocab_size}")
+    weights, path = read_weights(folder)
+    model = model_class(config)
+    prefix = "" if isinstance(model, BertPreTrainedBase) else "bert."  # a bare encoder
+    own = {prefix + k: v for k, v in model.state_dict().items()}
+    state = {}
+    for ref_name, t in weights.items():
+        name = from_reference_name(ref_name)
+        if name not in own:
+            continue  # another task's head, a buffer, the tied decoder
+        if t.shape != own[name].shape:
+            raise ValueError(f"{path}: weight {ref_name} has shape {tuple(t.shape)}, but config.json "
+                             f"gives {tuple(own[name].shape)}")
+        state[name] = t
+    missing = [k for k in own if k not in state]
+    if len(missing) == len(own):
+        raise ValueError(f"{path}: none of its weights is a BERT weight")
+    model.load_state_dict({k[len(prefix):]: v for k, v in state.items()}, strict=False)
+    if missing and verbose:
+        groups = sorted({k.rsplit(".", 1)[0] for k in missing})
+        print(f"{os.path.basename(path)} has no weights for {', '.join(groups)}: initialised them", file=sys.stderr)
+    return model
+
+
+def save_pretrained(model: BertPreTrainedBase, folder: str, vocab_path: str | None = None):
+    """Write config.json + model.safetensors (+ vocab.txt) in the reference layout.
+    Each file goes to a temporary name first and is renamed, so a crash never leaves
+    a half-written checkpoint behind."""
+    os.makedirs(folder, exist_ok=True)
+    weights = {to_reference_name(k): v for k, v in model.state_dict().items()}
+    tmp = os.path.join(folder, "model.safetensors.tmp")
+    write_safetensors(weights, tmp)
+    os.replace(tmp, os.path.join(folder, "model.safetensors"))
+    with open(os.path.join(folder, "config.json.tmp"), "w") as f:
+        json.dump(model.config.to_dict(), f, indent=2)
+    os.replace(os.path.join(folder, "config.json.tmp"), os.path.join(folder, "config.json"))
+    if vocab_path and os.path.abspath(vocab_path) != os.path.abspath(os.path.join(folder, "vocab.txt")):
+        with open(vocab_path, "rb") as src, open(os.path.join(folder, "vocab.txt.tmp"), "wb") as dst:
+            dst.write(src.read())
+        os.replace(os.path.join(folder, "vocab.txt.tmp"), os.path.join(folder, "vocab.txt"))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
