@@ -1,0 +1,271 @@
+"""Training speed: MLM steps/s, tokens/s and MFU, and what each speed choice is worth.
+
+    python bench.py                                         # CPU: a small BERT, fp32
+    python bench.py --size base --batch 128 --seq 128 512 --compile   # GPU: BERT-base, bf16
+    python bench.py --loader                                # also time the data loader
+
+For every sequence length it times full training steps (forward, backward, AdamW) of:
+- ours (sparse MLM head): the vocabulary decoder runs only at the ~15% predicted positions;
+- reference (decoder over every position): the same model with logits at all T positions,
+  as the original BERT code computes them (and `transformers.BertForMaskedLM` when it is
+  installed; it is not a dependency);
+- efficient (pruned): the shapes of a default EarlyBERT ticket (1/3 of the heads, 40% of
+  the FFN neurons), against the full model in time and in FLOPs.
+Inputs are random tokens without padding, so these figures measure compute alone;
+`--loader` times the data pipeline (data.py) against them.
+"""
+import argparse
+import dataclasses
+import math
+import os
+import platform
+import re
+import time
+from contextlib import nullcontext
+
+import torch
+from tqdm import tqdm
+
+from model import BertConfig, BertMLM
+
+SIZES = {"small": dict(layers=4, hidden=256, heads=4, ffn=1024),  # runs on a laptop CPU
+         "base": dict(layers=12, hidden=768, heads=12, ffn=3072)}  # BERT-base, for a GPU
+WARMUP_STEPS = 3  # the first steps allocate memory, pick kernels and (with --compile) compile
+LOADER_BATCHES = 200  # the loader is fast: time many more batches than training steps
+
+# Dense (no 2:4 sparsity) bf16 tensor-core peak FLOP/s from the vendors' data sheets; fp16
+# on the V100, which has no bf16. Matched as whole words in torch.cuda.get_device_name(),
+# in this order (an "H100 PCIe" is not an SXM "H100"). Another GPU gets no MFU.
+PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+              ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10", 125e12),
+              ("RTX 4090", 165e12), ("V100", 125e12)]
+
+
+def peak_flops(gpu_name: str) -> float | None:
+    return next((peak for key, peak in PEAK_FLOPS if re.search(rf"\b{key}\b", gpu_name)), None)
+
+
+def n_predictions(seq_len: int, mask_prob: float = 0.15) -> int:
+    """Predicted positions per sequence, as data.MLMBatches: [CLS] and [SEP] are never masked.
+    The round() keeps float error (0.15 * 20 = 3.0000000000000004) from adding one."""
+    return math.ceil(round(mask_prob * (seq_len - 2), 6))
+
+
+def flops_per_sequence(config: BertConfig, seq_len: int, n_predictions: int) -> int:
+    """Model FLOPs of one training step on one sequence: 3 x the forward pass (the backward
+    pass costs about twice the forward), counting 2*m*n*k for every (m x k) @ (k x n) matmul.
+    Embeddings (lookups), LayerNorm, softmax, GELU and the loss are not counted: they are
+    O(T * hidden) against the matmuls' O(T * hidden^2). Per-layer heads and FFN widths
+    come from the config, so a pruned (rebuilt) model counts only what it keeps."""
+    T, P, H, V = seq_len, n_predictions, config.hidden_size, config.vocab_size
+    forward = 0
+    for i in range(config.num_hidden_layers):
+        width = config.heads(i) * config.head_dim  # the kept heads' concatenated size
+        f = config.ffn(i)
+        forward += 3 * 2 * T * H * width  # Q, K, V projections
+        forward += 2 * T * T * width      # attention scores Q K^T, every head
+        forward += 2 * T * T * width      # attention probabilities x V
+        forward += 2 * T * width * H      # output projection
+        forward += 2 * T * H * f + 2 * T * f * H  # FFN up and down
+    forward += 2 * P * H * H + 2 * P * H * V  # MLM head at the predicted positions: transform, decoder
+    return 3 * forward
+
+
+def pruned_config(config: BertConfig, head_ratio: float = 1 / 3, ffn_ratio: float = 0.4) -> BertConfig:
+    """The shapes of a default EarlyBERT ticket, with ticket.draw_ticket's rounding. A drawn
+    ticket prunes FFN neurons globally, so its layers differ in width; uniform widths here
+    give the same total, hence (to rounding) the same FLOPs."""
+    L = config.num_hidden_layers
+    h, f = config.num_attention_heads, config.intermediate_size
+    kept_heads = h - min(round(head_ratio * h), h - 1)
+    kept_ffn = max(1, f - round(ffn_ratio * f))
+    return dataclasses.replace(config, heads_per_layer=[kept_heads] * L, ffn_per_layer=[kept_ffn] * L)
+
+
+def random_batch(config: BertConfig, batch_size: int, seq_len: int, sparse: bool) -> dict:
+    """Random tokens, no padding. sparse: mlm_positions (B, P) + mlm_labels (B, P);
+    otherwise mlm_labels (B, T) with -100 everywhere but the same P positions."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, config.vocab_size, (batch_size, seq_len), generator=g)  # (B, T), no special ids
+    P = n_predictions(seq_len)
+    positions = 1 + torch.rand(batch_size, seq_len - 2, generator=g).argsort(1)[:, :P].sort(1).values  # (B, P)
+    labels = torch.randint(5, config.vocab_size, (batch_size, P), generator=g)
+    if sparse:
+        return {"input_ids": ids, "mlm_positions": positions, "mlm_labels": labels}
+    return {"input_ids": ids, "mlm_labels": torch.full_like(ids, -100).scatter_(1, positions, labels)}
+
+
+def seconds_per_step(model, batch: dict, steps: int, device, dtype, compile: bool, name: str, loss_of) -> float:
+    """Times `steps` training steps after WARMUP_STEPS, as train.py takes them: forward under
+    autocast, backward, AdamW (fused on CUDA), zero_grad(set_to_none). Nothing inside the
+    timed loop waits for the GPU (no .item()); CUDA is synchronised only at its two ends."""
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    # fp16 needs loss scaling; with a fused optimizer the scaler checks for inf on the GPU, without a sync.
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    run = model
+    if compile:
+        torch.compiler.reset()  # compile each variant afresh, with static shapes, as its own run would
+        run = torch.compile(model)
+    autocast = torch.autocast("cuda", dtype=dtype) if device.type == "cuda" else nullcontext()
+    batch = {k: v.to(device) for k, v in batch.items()}
+
+    def step():
+        with autocast:
+            loss = loss_of(run(**batch))
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(WARMUP_STEPS):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in tqdm(range(steps), desc=name, leave=False):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
+def transformers_mlm(config: BertConfig):
+    """transformers.BertForMaskedLM of the same size, or None when transformers is not installed."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    return transformers.BertForMaskedLM(transformers.BertConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
+        max_position_embeddings=config.max_position_embeddings))
+
+
+def loader_batches_per_s(files: list[str], cache: str, batch_size: int, seq_len: int, steps: int,
+                         pin_memory: bool) -> float:
+    """Batches/s of data.MLMBatches (reading, cutting, masking) on `files`, tokenized into `cache`
+    once. Imported here: data.py needs `tokenizers`, which the model benchmark does not."""
+    import data
+    vocab = data.train_tokenizer(files, os.path.join(cache, "vocab"))
+    tokenizer = data.load_tokenizer(vocab)
+    data.prepare(files, tokenizer, cache)
+    special = {t: tokenizer.token_to_id(t) for t in data.SPECIALS}
+    batches = data.MLMBatches(cache, "train", batch_size, seq_len, tokenizer.get_vocab_size(), special,
+                              pin_memory=pin_memory)
+    next(batches)  # the first batch shuffles the epoch
+    start = time.perf_counter()
+    for _ in tqdm(range(steps), desc="loader", leave=False):
+        next(batches)
+    return steps / (time.perf_counter() - start)
+
+
+def machine(device) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return f"{name}, peak {peak_flops(name) / 1e12:.0f} TFLOP/s" if peak_flops(name) else name
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def measure(name: str, model, batch: dict, flops: int, args, device, dtype, loss_of=lambda out: out[1]) -> dict:
+    """Times one variant and prints its line: step time, steps/s, tokens/s; on CUDA also the
+    memory it adds (weights, optimizer state, activations) and, for a GPU in PEAK_FLOPS, MFU
+    (the FLOPs this variant does, so all T positions for the reference, over the peak)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    torch.manual_seed(0)
+    s = seconds_per_step(model, batch, args.steps, device, dtype, args.compile, name, loss_of)
+    T = batch["input_ids"].shape[1]
+    r = {"variant": name, "seq": T, "ms_per_step": 1e3 * s, "steps_per_s": 1 / s,
+         "tokens_per_s": args.batch * T / s, "flops": flops}
+    line = f"  {name:<40} {1e3 * s:9.1f} ms/step {1 / s:8.2f} steps/s {args.batch * T / s:11,.0f} tokens/s"
+    if device.type == "cuda":
+        r["memory_gib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**30
+        line += f" {r['memory_gib']:6.1f} GiB peak"
+        peak = peak_flops(torch.cuda.get_device_name(device))
+        if peak:
+            r["mfu"] = flops * args.batch / s / peak
+            line += f"  MFU {100 * r['mfu']:4.1f}%"
+    print(line)
+    return r
+
+
+def bench_length(T: int, config: BertConfig, args, device, dtype) -> list[dict]:
+    """All variants at one sequence length, with the ratios the README quotes."""
+    P = n_predictions(T)
+    print(f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads, "
+          f"FFN {config.intermediate_size}, vocab {config.vocab_size} | batch {args.batch} x seq {T}, "
+          f"{P} predicted positions per sequence")
+    sparse, dense = random_batch(config, args.batch, T, True), random_batch(config, args.batch, T, False)
+    ours = measure("ours (sparse MLM head)", BertMLM(config), sparse, flops_per_sequence(config, T, P),
+                   args, device, dtype)
+    ref = measure("reference (decoder over every position)", BertMLM(config), dense,
+                  flops_per_sequence(config, T, T), args, device, dtype)
+    print(f"  ours / reference: time {ours['ms_per_step'] / ref['ms_per_step']:.2f}, "
+          f"FLOPs {ours['flops'] / ref['flops']:.2f}")
+    results = [ours, ref]
+    hf = transformers_mlm(config)
+    if hf is not None:
+        hf_batch = {"input_ids": dense["input_ids"], "labels": dense["mlm_labels"]}
+        results.append(measure("transformers BertForMaskedLM", hf, hf_batch, flops_per_sequence(config, T, T),
+                               args, device, dtype, loss_of=lambda out: out.loss))
+    small = pruned_config(config)
+    eff = measure("efficient (pruned)", BertMLM(small), random_batch(small, args.batch, T, True),
+                  flops_per_sequence(small, T, P), args, device, dtype)
+    print(f"  efficient / ours: time {eff['ms_per_step'] / ours['ms_per_step']:.2f}, "
+          f"FLOPs {eff['flops'] / ours['flops']:.2f} (heads {small.heads(0)}/{config.num_attention_heads}, "
+          f"FFN {small.ffn(0)}/{config.intermediate_size} per layer)")
+    results.append(eff)
+
+    if args.loader:
+        import data  # builtin_corpus: text shipped with Python, no download
+        cache = os.path.join("out", "data")  # train.py's default data cache: tokenized once, shared
+        per_s = loader_batches_per_s(data.builtin_corpus(cache), cache, args.batch, T, LOADER_BATCHES,
+                                     pin_memory=device.type == "cuda")
+        print(f"  loader: {per_s:.1f} batches/s = {per_s / ours['steps_per_s']:.1f}x the training steps/s "
+              f"of ours (aim: >= 10x, so the loader never stalls a step)")
+        results.append({"variant": "loader", "seq": T, "batches_per_s": per_s})
+    return results
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=SIZES, default="small", help="model preset: small (CPU) or base (GPU)")
+    for field in SIZES["small"]:  # --layers --hidden --heads --ffn override the preset
+        p.add_argument(f"--{field}", type=int)
+    p.add_argument("--vocab", type=int, default=30522, help="BERT's; train.py pads its own to a multiple of 64")
+    p.add_argument("--seq", type=int, nargs="+", action="extend", help="one or more lengths (default 128)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--loader", action="store_true", help="also time data.MLMBatches against the training step")
+    args = p.parse_args(argv)
+    shape = {k: getattr(args, k) or v for k, v in SIZES[args.size].items()}
+
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    if use_cuda:  # as train.py: bf16 where supported, else fp16 (+ GradScaler); fp32 on the CPU
+        torch.backends.cuda.matmul.allow_tf32 = True
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.float32
+    print(f"torch {torch.__version__} | {device.type}: {machine(device)} | {torch.get_num_threads()} threads | "
+          f"{str(dtype).removeprefix('torch.')}{' | compiled' if args.compile else ''}")
+
+    results = []
+    for T in args.seq or [128]:
+        config = BertConfig(vocab_size=args.vocab, hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
+                            num_attention_heads=shape["heads"], intermediate_size=shape["ffn"],
+                            max_position_embeddings=max(512, T))
+        results += bench_length(T, config, args, device, dtype)
+    return results
+
+
+if __name__ == "__main__":
+    main()

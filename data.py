@@ -1,0 +1,402 @@
+"""
+The masked-language-model data pipeline: text files -> WordPiece ids on disk -> masked batches.
+
+1. `train_tokenizer` / `load_tokenizer`: BERT's WordPiece vocabulary, one token a line in a vocab.txt.
+2. `prepare`: tokenizes plain-text files once, streaming, into flat token arrays (train.bin,
+   val.bin; memory-mapped later, so the corpus may be far larger than RAM) and document offsets.
+3. `MLMBatches`: cuts documents into `[CLS] chunk [SEP]` sequences and masks them as BERT does
+   (Devlin et al. 2019, Sec. 3.1 and Appendix A.1): 15% of the tokens are predicted; of those
+   80% become [MASK], 10% a random token, 10% stay unchanged.
+
+Departures from BERT's create_pretraining_data.py, on purpose:
+- No next-sentence prediction (RoBERTa, Liu et al. 2019, Sec. 4.2, finds it does not help):
+  token_type_ids are all zero and a sequence never crosses a document boundary.
+- Dynamic masking (RoBERTa Sec. 4.1): a sequence is masked anew each time it is drawn,
+  instead of BERT's 10 static copies written to disk.
+- Random replacements are drawn from the non-special tokens only.
+"""
+import ast
+import hashlib
+import json
+import math
+import os
+import sysconfig
+import warnings
+import zlib
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tqdm import tqdm
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def _bert_tokenizer(vocab: dict | None, lowercase: bool) -> Tokenizer:
+    """BERT's uncased/cased WordPiece pipeline. No post-processor: [CLS]/[SEP] are added by MLMBatches."""
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)  # strip accents iff lowercase, as BERT
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    return tokenizer
+
+
+def load_tokenizer(vocab_path: str, lowercase: bool = True) -> Tokenizer:
+    if not os.path.isfile(vocab_path):
+        raise ValueError(f"{vocab_path}: no such vocab file (one WordPiece token per line, as BERT's vocab.txt)")
+    vocab = models.WordPiece.read_file(vocab_path)
+    missing = [t for t in SPECIALS if t not in vocab]
+    if missing:
+        raise ValueError(f"{vocab_path}: not a BERT vocab, it lacks the special tokens {' '.join(missing)}")
+    tokenizer = _bert_tokenizer(vocab, lowercase)
+    tokenizer.add_special_tokens(SPECIALS)  # already in the vocab: keeps their ids, and decode can skip them
+    return tokenizer
+
+
+def _file_stats(files: list[str]) -> list[dict]:
+    """What a cache records of its inputs; a changed size or mtime means the cache is stale."""
+    for f in files:
+        if not os.path.isfile(f):
+            raise ValueError(f"{f}: no such text file")
+    return [{"path": os.path.abspath(f), "size": os.path.getsize(f), "mtime_ns": os.stat(f).st_mtime_ns}
+            for f in files]
+
+
+def _write_json(obj: dict, path: str):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)  # a crash mid-write never leaves a valid-looking cache
+
+
+def train_tokenizer(files: list[str], out_dir: str, vocab_size: int = 8192, lowercase: bool = True) -> str:
+    """Trains a WordPiece vocab on `files` into out_dir/vocab.txt (reused when the inputs are the same).
+    The special tokens come first, in SPECIALS order, so [PAD] = 0 as in BERT's vocab."""
+    vocab_path, record_path = os.path.join(out_dir, "vocab.txt"), os.path.join(out_dir, "vocab_inputs.json")
+    record = {"files": _file_stats(files), "vocab_size": vocab_size, "lowercase": lowercase}
+    if os.path.exists(vocab_path) and os.path.exists(record_path) and json.load(open(record_path)) == record:
+        return vocab_path
+    os.makedirs(out_dir, exist_ok=True)
+    tokenizer = _bert_tokenizer(None, lowercase)
+    # limit_alphabet=1000 as BertWordPieceTokenizer: rare characters become [UNK] rather than eat the vocab.
+    tokenizer.train(files, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                                     limit_alphabet=1000, show_progress=True))
+    vocab = tokenizer.get_vocab()
+    assert [vocab[t] for t in SPECIALS] == list(range(len(SPECIALS)))
+    with open(vocab_path + ".tmp", "w", encoding="utf-8") as f:
+        f.write("\n".join(sorted(vocab, key=vocab.get)) + "\n")
+    os.replace(vocab_path + ".tmp", vocab_path)
+    _write_json(record, record_path)
+    return vocab_path
+
+
+# ----------------------------------------------------------------------------- corpus
+
+def builtin_corpus(out_dir: str) -> list[str]:
+    """Real English text shipped with CPython, so a run needs no download: the help topics of
+    `pydoc_data` (the language reference) and the docstrings of the standard library, one document
+    per topic and per module. About 2 MB; it varies a little with the Python version."""
+    path = os.path.join(out_dir, "builtin_corpus.txt")
+    if os.path.exists(path):
+        return [path]
+    from pydoc_data.topics import topics
+    docs = [topics[k] for k in sorted(topics)]
+    stdlib = sysconfig.get_paths()["stdlib"]
+    for folder, subfolders, names in os.walk(stdlib):
+        subfolders[:] = sorted(d for d in subfolders if d not in ("site-packages", "test", "tests", "idle_test"))
+        for name in sorted(n for n in names if n.endswith(".py")):
+            with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as f, warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # invalid escapes in old modules' strings
+                try:
+                    tree = ast.parse(f.read())
+                except SyntaxError:
+                    continue
+            docs.append("\n".join(_docstrings(tree)))
+    # Blank lines separate documents in the file, so paragraphs inside one are joined.
+    docs = ["\n".join(line.rstrip() for line in d.splitlines() if line.strip()) for d in docs]
+    os.makedirs(out_dir, exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write("\n\n".join(d for d in docs if d) + "\n")
+    os.replace(path + ".tmp", path)
+    return [path]
+
+
+def _docstrings(tree: ast.Module):
+    """Docstrings of a module, its classes and their methods; one-liners such as 'Return self.' are skipped."""
+    stack = [tree]
+    while stack:
+        node = stack.pop(0)
+        doc = ast.get_docstring(node)
+        if doc and len(doc) >= 80:
+            yield doc
+        stack += [n for n in node.body if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def _has_blank_line_between_text(path: str) -> bool:
+    """True when a blank line separates two lines of text: then blank lines separate documents,
+    otherwise every line is a document. Reads until the answer is known."""
+    seen_text = seen_blank = False
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.strip():
+                seen_blank = seen_text
+            elif seen_blank:
+                return True
+            else:
+                seen_text = True
+    return False
+
+
+def read_documents(path: str):
+    """Yields (document text, bytes of the file it used)."""
+    by_blank_lines = _has_blank_line_between_text(path)
+    lines, n_bytes = [], 0
+    with open(path, "rb") as f:
+        for raw in f:
+            n_bytes += len(raw)
+            line = raw.decode("utf-8", errors="replace").strip()
+            if line:
+                lines.append(line)
+            if lines and (not line or not by_blank_lines):
+                yield "\n".join(lines), n_bytes
+                lines, n_bytes = [], 0
+    if lines:
+        yield "\n".join(lines), n_bytes
+
+
+# ----------------------------------------------------------------------------- prepare
+
+def _uniform_hash(index: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) for every document index (splitmix64): the split of a document
+    depends only on its index and the seed, never on how the stream was chunked."""
+    x = index.astype(np.uint64) + np.uint64((seed + 1) * 0x9E3779B97F4A7C15 % 2**64)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return (x ^ (x >> np.uint64(31))).astype(np.float64) / 2.0**64
+
+
+def prepare(files: list[str], tokenizer: Tokenizer, out_dir: str, val_fraction: float = 0.02, seed: int = 0) -> dict:
+    """Tokenizes text files into out_dir/{train,val}.bin (flat token ids) and {train,val}_docs.npy
+    (int64 start offsets of the documents, plus the end). Documents are separated by blank lines,
+    or are single lines in a file without blank lines. Whole documents are held out for validation.
+    Reuses the files when meta.json says they were made from the same inputs."""
+    if not files:
+        raise ValueError("prepare: no text files given")
+    vocab_size = tokenizer.get_vocab_size()
+    want = {"files": _file_stats(files), "tokenizer_sha256": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),
+            "val_fraction": val_fraction, "seed": seed}
+    for f in want["files"]:
+        if f["size"] == 0:
+            raise ValueError(f"{f['path']}: the file is empty")
+    meta_path = os.path.join(out_dir, "meta.json")
+    if os.path.exists(meta_path):
+        meta = json.load(open(meta_path))
+        if all(meta.get(k) == v for k, v in want.items()):
+            return meta
+        os.remove(meta_path)  # stale: the files it describes are about to be replaced
+    os.makedirs(out_dir, exist_ok=True)
+
+    dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
+    bins = {s: open(os.path.join(out_dir, f"{s}.bin.tmp"), "w+b") for s in ("train", "val")}
+    offsets = {"train": [np.zeros(1, np.int64)], "val": [np.zeros(1, np.int64)]}  # doc starts, then the end
+    n_tokens, n_docs, max_id = {"train": 0, "val": 0}, 0, 0
+
+    def write(docs: list[str]):
+        nonlocal n_docs, max_id
+        ids = [e.ids for e in tokenizer.encode_batch(docs, add_special_tokens=False)]
+        lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lengths.sum()))
+        max_id = max(max_id, int(flat.max(initial=0)))
+        is_val = _uniform_hash(np.arange(n_docs, n_docs + len(docs)), seed) < val_fraction
+        n_docs += len(docs)
+        for split, keep in (("train", ~is_val & (lengths > 0)), ("val", is_val & (lengths > 0))):
+            bins[split].write(flat[np.repeat(keep, lengths)].astype(dtype).tobytes())
+            offsets[split].append(n_tokens[split] + np.cumsum(lengths[keep]))
+            n_tokens[split] += int(lengths[keep].sum())
+
+    with tqdm(total=sum(f["size"] for f in want["files"]), unit="B", unit_scale=True, desc="tokenizing") as bar:
+        for path in files:
+            docs, n_bytes, n_file_docs = [], 0, 0
+            for text, used in read_documents(path):
+                docs.append(text)
+                n_bytes, n_file_docs = n_bytes + used, n_file_docs + 1
+                if len(docs) == 1000 or n_bytes > 1e6:  # bounded: an Encoding costs ~100 bytes a token
+                    write(docs)
+                    bar.update(n_bytes)
+                    docs, n_bytes = [], 0
+            if n_file_docs == 0:
+                raise ValueError(f"{path}: has no text, only blank lines")
+            write(docs)
+            bar.update(n_bytes)
+
+    docs = {s: np.concatenate(offsets[s]) for s in offsets}
+    if val_fraction > 0 and len(docs["val"]) == 1 and len(docs["train"]) > 2:
+        # A tiny corpus can draw no held-out document at all: move the last training one.
+        start = int(docs["train"][-2])
+        bins["train"].seek(start * np.dtype(dtype).itemsize)
+        bins["val"].write(bins["train"].read())
+        bins["train"].truncate(start * np.dtype(dtype).itemsize)
+        docs = {"train": docs["train"][:-1], "val": np.array([0, docs["train"][-1] - start], np.int64)}
+    for split in ("train", "val"):
+        bins[split].close()
+        os.replace(bins[split].name, os.path.join(out_dir, f"{split}.bin"))
+        with open(os.path.join(out_dir, f"{split}_docs.npy.tmp"), "wb") as f:
+            np.save(f, docs[split])
+        os.replace(os.path.join(out_dir, f"{split}_docs.npy.tmp"), os.path.join(out_dir, f"{split}_docs.npy"))
+    meta = {**want, "dtype": np.dtype(dtype).name, "vocab_size": vocab_size, "max_token_id": max_id,
+            "train_tokens": int(docs["train"][-1]), "val_tokens": int(docs["val"][-1]),
+            "train_docs": len(docs["train"]) - 1, "val_docs": len(docs["val"]) - 1}
+    _write_json(meta, meta_path)  # last: only a finished prepare has a meta.json
+    return meta
+
+
+# ----------------------------------------------------------------------------- masking
+
+def mask_tokens(ids: np.ndarray, special_ids, random_ids: np.ndarray, mask_id: int, max_predictions: int,
+                mask_prob: float, rng: np.random.Generator):
+    """BERT's masked-LM corruption (Devlin et al. 2019, Sec. 3.1), for a whole batch at once.
+
+    ids (B, T) clean sequences. In each row exactly max(1, round(mask_prob * n)) of its n non-special
+    tokens are chosen uniformly without replacement (at most max_predictions); of the chosen, 80%
+    become [MASK], 10% a token drawn from random_ids, 10% stay as they are.
+    Returns input_ids (B, T), positions (B, P) and labels (B, P): P = max_predictions, unused slots
+    point at position 0 with label -100."""
+    B, T = ids.shape
+    eligible = ~np.isin(ids, special_ids)  # (B, T)
+    n = eligible.sum(1)
+    # np.round rounds halves to even, as Python 3's round in BERT's script.
+    k = np.where(n > 0, np.clip(np.round(mask_prob * n), 1, max_predictions), 0).astype(np.int64)  # (B,)
+    # A random key per token, +inf where not eligible: the k smallest keys are a uniform k-subset.
+    keys = np.where(eligible, rng.random((B, T)), np.inf)
+    chosen = np.argsort(keys, axis=1)[:, :max_predictions]  # (B, P)
+    used = np.arange(max_predictions) < k[:, None]  # (B, P)
+    positions = np.sort(np.where(used, chosen, T), axis=1)  # in reading order, unused slots last
+    positions[~used] = 0
+    rows = np.arange(B)[:, None]
+    labels = np.where(used, ids[rows, positions], -100)
+
+    action = rng.random((B, max_predictions))
+    replacement = np.where(action < 0.8, mask_id, random_ids[rng.integers(0, len(random_ids), (B, max_predictions))])
+    replace = used & (action < 0.9)  # the remaining 10% keep their token, but are still predicted
+    input_ids = ids.copy()
+    input_ids[rows.repeat(max_predictions, 1)[replace], positions[replace]] = replacement[replace]
+    return input_ids, positions, labels
+
+
+# ----------------------------------------------------------------------------- batches
+
+def chunk_index(doc_offsets: np.ndarray, chunk_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cuts every document into consecutive chunks of at most chunk_len tokens.
+    doc_offsets (D + 1,) document starts and the end -> chunk starts (N,) and lengths (N,)."""
+    doc_starts, doc_lengths = doc_offsets[:-1], np.diff(doc_offsets)
+    n_chunks = -(-doc_lengths // chunk_len)  # ceil; 0 for an empty document
+    doc = np.repeat(np.arange(len(doc_starts)), n_chunks)  # (N,) the document of each chunk
+    k = np.arange(len(doc)) - np.repeat(np.cumsum(n_chunks) - n_chunks, n_chunks)  # chunk number inside its doc
+    starts = doc_starts[doc] + k * chunk_len
+    return starts, np.minimum(chunk_len, doc_starts[doc] + doc_lengths[doc] - starts)
+
+
+def _rng(purpose: str, *key: int) -> np.random.Generator:
+    """A generator for one purpose and key. The purpose keeps shuffling, masking and evaluation
+    apart: numpy's SeedSequence gives [a, b] and [a, b, 0] the same stream."""
+    return np.random.default_rng([zlib.crc32(purpose.encode()), *key])
+
+
+class MLMBatches:
+    """Masked batches from a prepared split, infinite (one epoch after another) and resumable.
+
+    Each document is cut into consecutive chunks of at most max_len - 2 tokens; a chunk is one
+    sample, `[CLS] chunk [SEP]` padded to max_len. Every epoch shuffles the samples (seeded by
+    seed, epoch); rank r of world_size takes every world_size-th one, so the ranks see disjoint
+    samples and the same number of batches. Masking is seeded by (seed, epoch, batch, rank), so
+    `load_state_dict` continues with exactly the batches an uninterrupted run would have seen."""
+
+    def __init__(self, data_dir: str, split: str, batch_size: int, max_len: int, vocab_size: int,
+                 special_ids: dict, seed: int = 0, rank: int = 0, world_size: int = 1, mask_prob: float = 0.15,
+                 pin_memory: bool = False):
+        assert split in ("train", "val") and 0 <= rank < world_size and max_len > 2
+        paths = [os.path.join(data_dir, f) for f in ("meta.json", f"{split}.bin", f"{split}_docs.npy")]
+        for path in paths:
+            if not os.path.exists(path):
+                raise ValueError(f"{path}: missing; run data.prepare on your text files into {data_dir} first")
+        meta = json.load(open(paths[0]))
+        if vocab_size <= meta["max_token_id"]:
+            raise ValueError(f"{paths[0]}: the data holds token id {meta['max_token_id']}, but vocab_size is "
+                             f"{vocab_size}; prepare the data with the model's tokenizer")
+        dtype = np.dtype(meta["dtype"])
+        # Memory-mapped: memory does not grow with the corpus, the OS pages tokens in as batches need them.
+        self.tokens = np.memmap(paths[1], dtype, mode="r") if os.path.getsize(paths[1]) else np.zeros(0, dtype)
+        self.starts, self.lengths = chunk_index(np.load(paths[2]), max_len - 2)  # (N,), (N,)
+        self.batch_size, self.max_len, self.seed = batch_size, max_len, seed
+        self.rank, self.world_size, self.mask_prob, self.pin_memory = rank, world_size, mask_prob, pin_memory
+        self.max_predictions = math.ceil(round(mask_prob * (max_len - 2), 6))
+        self.pad_id, self.cls_id, self.sep_id, self.mask_id = (special_ids[t]
+                                                               for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]"))
+        self.special_ids = np.array(sorted(special_ids.values()))
+        self.random_ids = np.setdiff1d(np.arange(vocab_size), self.special_ids)
+        self.batches_per_epoch = len(self.starts) // world_size // batch_size
+        if len(self.starts) == 0 or (split == "train" and self.batches_per_epoch == 0):  # val may have less
+            raise ValueError(f"{paths[1]}: {len(self.starts)} sequences of {max_len} tokens, too few for a batch of "
+                             f"{batch_size} on each of {world_size} process(es); use more text or a smaller batch")
+        self.epoch, self.index, self._order = 0, 0, None
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The sample ids this rank reads in `epoch`, in order; the remainder that would make the
+        ranks unequal is dropped."""
+        order = _rng("shuffle", self.seed, epoch).permutation(len(self.starts))
+        per_rank = len(order) // self.world_size
+        return order[:per_rank * self.world_size][self.rank::self.world_size]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        assert self.batches_per_epoch > 0, "fewer sequences than one batch: use eval_batches"
+        if self.index == self.batches_per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+        if self._order is None or self._order[0] != self.epoch:
+            self._order = (self.epoch, self.epoch_order(self.epoch))
+        samples = self._order[1][self.index * self.batch_size:(self.index + 1) * self.batch_size]
+        batch = self.batch(samples, _rng("mask", self.seed, self.epoch, self.index, self.rank))
+        self.index += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict):
+        self.epoch, self.index = state["epoch"], state["index"]
+
+    def eval_batches(self, n_batches: int) -> list[dict]:
+        """Up to n_batches batches with fixed samples and fixed masking (seeded by seed only), so
+        held-out losses compare across steps and runs. The last batch may be smaller."""
+        order = _rng("eval order", self.seed).permutation(len(self.starts))[:n_batches * self.batch_size]
+        groups = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return [self.batch(samples, _rng("eval mask", self.seed, b)) for b, samples in enumerate(groups)]
+
+    def sequences(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Clean `[CLS] chunk [SEP] [PAD]...` rows (B, T) int64 for sample ids, and their real lengths (B,)."""
+        starts, lengths = self.starts[samples], self.lengths[samples]
+        B, C = len(samples), self.max_len - 2
+        inside = np.arange(C) < lengths[:, None]  # (B, C)
+        chunk = self.tokens[np.where(inside, starts[:, None] + np.arange(C), 0)]  # (B, C), one gather
+        ids = np.full((B, self.max_len), self.pad_id, dtype=np.int64)
+        ids[:, 0] = self.cls_id
+        ids[:, 1:-1] = np.where(inside, chunk, self.pad_id)
+        ids[np.arange(B), lengths + 1] = self.sep_id
+        return ids, lengths + 2
+
+    def batch(self, samples: np.ndarray, rng: np.random.Generator) -> dict:
+        ids, lengths = self.sequences(samples)
+        input_ids, positions, labels = mask_tokens(ids, self.special_ids, self.random_ids, self.mask_id,
+                                                   self.max_predictions, self.mask_prob, rng)
+        # No mask when no row is padded: attention then takes the fast path (flash attention needs no mask).
+        padded = bool((lengths < self.max_len).any())
+        attention_mask = torch.from_numpy(np.arange(self.max_len) < lengths[:, None]) if padded else None
+        batch = {"input_ids": torch.from_numpy(input_ids), "token_type_ids": torch.zeros(ids.shape, dtype=torch.long),
+                 "attention_mask": attention_mask, "mlm_positions": torch.from_numpy(positions),
+                 "mlm_labels": torch.from_numpy(labels)}
+        if self.pin_memory:  # page-locked memory lets the copy to the GPU run asynchronously
+            batch = {k: (v.pin_memory() if v is not None else None) for k, v in batch.items()}
+        return batch

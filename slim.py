@@ -1,0 +1,71 @@
+"""Network slimming (Liu et al., 2017) as EarlyBERT uses it to search for a ticket.
+
+In its searching stage EarlyBERT (Chen et al., 2021, sec. 3) gives every attention head
+and every FFN intermediate neuron a learnable scalar, the slimming coefficient, set to 1.0:
+
+    head h of layer l:    context_h   -> c_head[l, h] * context_h    (before the out-projection)
+    neuron i of layer l:  GELU(up)_i  -> c_ffn[l, i]  * GELU(up)_i   (before the down-projection)
+
+and trains them with the rest of the network under an L1 penalty, which pushes the
+coefficients of units the task does not need towards zero. ticket.py then prunes the
+units with the smallest |c|. model.py multiplies by the coefficients when its
+`head_coef` / `ffn_coef` slots are set; this file fills and empties those slots.
+"""
+import torch
+import torch.nn as nn
+
+
+def _layers(model: nn.Module):
+    """The encoder layers of a bare `Bert` or of a task model (BertMLM, ...) that wraps one."""
+    return getattr(model, "bert", model).layers
+
+
+def add_coefficients(model: nn.Module) -> nn.Module:
+    """Give every head and every FFN neuron a slimming coefficient, all 1.0 (so the
+    model's outputs do not change). Call it before building the optimizer, or the
+    coefficients are not trained. They are 1-D, so a weight-decay split by dimension
+    already puts them in the no-decay group, as the official code does."""
+    for layer in _layers(model):
+        device = layer.attn.query.weight.device
+        layer.attn.head_coef = nn.Parameter(torch.ones(layer.attn.n_heads, device=device))
+        layer.ffn.ffn_coef = nn.Parameter(torch.ones(layer.ffn.up.out_features, device=device))
+    return model
+
+
+def remove_coefficients(model: nn.Module) -> nn.Module:
+    """Empty the slots again: the model has no coefficients and pays nothing for them.
+    (rebuild() in ticket.py folds surviving coefficients into the weights instead.)"""
+    for layer in _layers(model):
+        layer.attn.head_coef = None
+        layer.ffn.ffn_coef = None
+    return model
+
+
+def coefficient_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every coefficient as a parameter: heads then FFN of layer 0, then layer 1, ..."""
+    params = [p for layer in _layers(model) for p in (layer.attn.head_coef, layer.ffn.ffn_coef)]
+    assert all(p is not None for p in params), "call slim.add_coefficients(model) first"
+    return params
+
+
+def coefficients(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """All coefficients at once, as detached float32 CPU copies: ([c_head per layer],
+    [c_ffn per layer]). What ticket.draw_ticket and the early-bird rule read."""
+    params = coefficient_parameters(model)
+    copies = [p.detach().float().cpu().clone() for p in params]
+    return copies[0::2], copies[1::2]
+
+
+def l1_penalty(model: nn.Module, lambda_head: float = 1e-4, lambda_ffn: float = 1e-4) -> torch.Tensor:
+    """lambda_head * sum |c_head| + lambda_ffn * sum |c_ffn|, summed over all layers
+    (EarlyBERT's searching stage; 1e-4 for both is the official fine-tuning default).
+
+    Count it once per optimizer step: add it to the loss of one step, or to each
+    micro-batch's loss *before* that loss is divided by the gradient-accumulation steps.
+    Departs from the official code, which adds it after the division, so there the
+    penalty's strength grows with the number of accumulation steps.
+    """
+    params = coefficient_parameters(model)
+    heads, ffn = params[0::2], params[1::2]
+    return (lambda_head * sum(c.abs().sum() for c in heads)
+            + lambda_ffn * sum(c.abs().sum() for c in ffn))

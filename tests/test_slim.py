@@ -1,0 +1,113 @@
+"""slim.py: network-slimming coefficients on heads and FFN neurons, and their L1 penalty."""
+import pytest
+import torch
+
+from model import Bert, BertClassifier, BertConfig, BertMLM
+from slim import add_coefficients, coefficient_parameters, coefficients, l1_penalty, remove_coefficients
+
+
+def tiny_config(**kw):
+    base = dict(vocab_size=101, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                intermediate_size=48, max_position_embeddings=64)
+    return BertConfig(**{**base, **kw})
+
+
+def batch(seed=0, B=3, T=9):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 101, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, 6:] = 0  # one padded sequence
+    return ids, mask
+
+
+def test_coefficients_are_parameters_only_after_add_coefficients():
+    model = BertMLM(tiny_config())
+    names = set(dict(model.named_parameters()))
+    keys = set(model.state_dict())
+    assert not any("coef" in n for n in names)
+
+    add_coefficients(model)
+    added = set(dict(model.named_parameters())) - names
+    assert added == {f"bert.layers.{l}.attn.head_coef" for l in range(3)} | \
+                    {f"bert.layers.{l}.ffn.ffn_coef" for l in range(3)}
+    params = coefficient_parameters(model)
+    assert [p.shape[0] for p in params] == [4, 48] * 3
+    assert all(torch.equal(p, torch.ones_like(p)) for p in params)
+
+    remove_coefficients(model)
+    assert set(dict(model.named_parameters())) == names and set(model.state_dict()) == keys
+
+
+def test_coefficients_follow_the_layer_sizes_of_a_pruned_bare_encoder():
+    model = add_coefficients(Bert(tiny_config(heads_per_layer=[4, 1, 2], ffn_per_layer=[48, 5, 17])))
+    heads, ffn = coefficients(model)
+    assert [len(c) for c in heads] == [4, 1, 2] and [len(c) for c in ffn] == [48, 5, 17]
+
+
+def test_coefficients_are_detached_cpu_copies():
+    model = add_coefficients(BertMLM(tiny_config()))
+    heads, ffn = coefficients(model)
+    heads[0][0], ffn[0][0] = 5.0, 5.0
+    assert model.bert.layers[0].attn.head_coef[0].item() == 1.0
+    assert model.bert.layers[0].ffn.ffn_coef[0].item() == 1.0
+    assert not heads[1].requires_grad and heads[1].dtype == torch.float32 and heads[1].device.type == "cpu"
+
+
+def test_coefficients_at_one_leave_outputs_unchanged():
+    torch.manual_seed(0)
+    model = BertClassifier(tiny_config()).eval()
+    ids, mask = batch()
+    with torch.no_grad():
+        before = model(ids, attention_mask=mask)[0]
+        after = add_coefficients(model)(ids, attention_mask=mask)[0]
+    assert torch.equal(before, after)  # multiplying by 1.0 is exact
+
+
+def test_l1_gradient_is_lambda_times_sign():
+    model = add_coefficients(BertMLM(tiny_config()))
+    with torch.no_grad():
+        for p in coefficient_parameters(model):
+            p.uniform_(-2, 2)
+        model.bert.layers[0].attn.head_coef[:2] = torch.tensor([-0.7, 0.3])
+    lambda_head, lambda_ffn = 1e-3, 2e-4
+    penalty = l1_penalty(model, lambda_head=lambda_head, lambda_ffn=lambda_ffn)
+    heads, ffn = coefficients(model)
+    expected = lambda_head * sum(c.abs().sum() for c in heads) + lambda_ffn * sum(c.abs().sum() for c in ffn)
+    assert penalty.item() == pytest.approx(expected.item(), rel=1e-6)
+
+    penalty.backward()
+    head_coef = model.bert.layers[0].attn.head_coef
+    assert head_coef.grad[0].item() == pytest.approx(-lambda_head)  # d/dc lambda|c| = lambda sign(c)
+    assert head_coef.grad[1].item() == pytest.approx(lambda_head)
+    for l, layer in enumerate(model.bert.layers):
+        assert torch.allclose(layer.attn.head_coef.grad, lambda_head * torch.sign(heads[l]))
+        assert torch.allclose(layer.ffn.ffn_coef.grad, lambda_ffn * torch.sign(ffn[l]))
+
+
+def test_task_loss_trains_the_coefficients():
+    torch.manual_seed(0)
+    model = add_coefficients(BertClassifier(tiny_config(num_labels=3)))
+    ids, mask = batch()
+    _, loss = model(ids, attention_mask=mask, labels=torch.tensor([0, 2, 1]))
+    loss.backward()
+    for p in coefficient_parameters(model):
+        assert p.grad is not None and p.grad.abs().max() > 0
+
+
+def test_zero_head_coefficient_removes_that_head():
+    torch.manual_seed(0)
+    model = BertMLM(tiny_config()).eval()
+    ids, mask = batch()
+    with torch.no_grad():
+        add_coefficients(model)
+        model.bert.layers[1].attn.head_coef[2] = 0.0  # head 2 of layer 1
+        model.bert.layers[2].ffn.ffn_coef[7] = 0.0   # neuron 7 of layer 2
+        with_zero_coefs = model(ids, attention_mask=mask)[0]
+
+        # The same units removed by hand: their columns of the projection that consumes them zeroed.
+        remove_coefficients(model)
+        head_dim = model.config.head_dim
+        model.bert.layers[1].attn.out.weight[:, 2 * head_dim:3 * head_dim] = 0.0
+        model.bert.layers[2].ffn.down.weight[:, 7] = 0.0
+        removed = model(ids, attention_mask=mask)[0]
+    assert torch.allclose(with_zero_coefs, removed, atol=1e-6)
