@@ -26,7 +26,7 @@ import zlib
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -53,6 +53,26 @@ def load_tokenizer(vocab_path: str, lowercase: bool = True) -> Tokenizer:
     tokenizer = _bert_tokenizer(vocab, lowercase)
     tokenizer.add_special_tokens(SPECIALS)  # already in the vocab: keeps their ids, and decode can skip them
     return tokenizer
+
+
+def checkpoint_tokenizer(folder: str, pairs: bool = False) -> tuple[Tokenizer, str, bool]:
+    """The tokenizer of a checkpoint folder: its vocab.txt, lower-cased unless its
+    tokenizer_config.json says "do_lower_case": false (as for bert-base-cased).
+    pairs=True adds BERT's `[CLS] A [SEP] B [SEP]` template (fine-tuning); pre-training adds them itself.
+    Returns (tokenizer, vocab path, lowercase)."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder}: no such checkpoint folder")
+    vocab, lowercase = os.path.join(folder, "vocab.txt"), True
+    tok_cfg = os.path.join(folder, "tokenizer_config.json")
+    if os.path.exists(tok_cfg):
+        with open(tok_cfg) as f:
+            lowercase = bool(json.load(f).get("do_lower_case", True))
+    tokenizer = load_tokenizer(vocab, lowercase)
+    if pairs:
+        cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return tokenizer, vocab, lowercase
 
 
 def _file_stats(files: list[str]) -> list[dict]:
@@ -167,13 +187,20 @@ def read_documents(path: str):
 
 # ----------------------------------------------------------------------------- prepare
 
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A 64-bit mixing hash (splitmix64): the stateless random numbers this module keys on ids."""
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps around on purpose
+        x = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
 def _uniform_hash(index: np.ndarray, seed: int) -> np.ndarray:
-    """A uniform number in [0, 1) for every document index (splitmix64): the split of a document
-    depends only on its index and the seed, never on how the stream was chunked."""
-    x = index.astype(np.uint64) + np.uint64((seed + 1) * 0x9E3779B97F4A7C15 % 2**64)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return (x ^ (x >> np.uint64(31))).astype(np.float64) / 2.0**64
+    """A uniform number in [0, 1) for every document index: the split of a document depends
+    only on its index and the seed, never on how the stream was chunked."""
+    x = _splitmix64(index.astype(np.uint64) ^ _splitmix64(np.full(1, seed, np.uint64)))
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def prepare(files: list[str], tokenizer: Tokenizer, out_dir: str, val_fraction: float = 0.02, seed: int = 0) -> dict:
@@ -303,14 +330,39 @@ def _rng(purpose: str, *key: int) -> np.random.Generator:
     return np.random.default_rng([zlib.crc32(purpose.encode()), *key])
 
 
+class RowRandom:
+    """Random numbers for a batch in which row i depends only on (purpose, key, samples[i]),
+    never on which batch or which process the sample lands in. So one process reading a
+    batch of 2B masks every sample exactly as two DDP ranks reading B each do.
+    Offers the two methods of np.random.Generator that mask_tokens uses."""
+
+    def __init__(self, purpose: str, samples: np.ndarray, *key: int):
+        state = np.full(len(samples), zlib.crc32(purpose.encode()), dtype=np.uint64)
+        for k in (*key, None):
+            state = _splitmix64(state ^ (np.asarray(samples, np.uint64) if k is None else np.uint64(k)))
+        self.state, self.calls = state, 0
+
+    def random(self, shape: tuple) -> np.ndarray:
+        """Uniform [0, 1) of shape (B, n); each call draws fresh numbers."""
+        self.calls += 1
+        with np.errstate(over="ignore"):
+            x = _splitmix64(self.state ^ _splitmix64(np.full(1, self.calls, np.uint64)))
+            x = _splitmix64(x[:, None] + np.arange(shape[1], dtype=np.uint64) * np.uint64(0x632BE59BD9B4E019))
+        return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+    def integers(self, low: int, high: int, shape: tuple) -> np.ndarray:
+        return low + (self.random(shape) * (high - low)).astype(np.int64)
+
+
 class MLMBatches:
     """Masked batches from a prepared split, infinite (one epoch after another) and resumable.
 
     Each document is cut into consecutive chunks of at most max_len - 2 tokens; a chunk is one
     sample, `[CLS] chunk [SEP]` padded to max_len. Every epoch shuffles the samples (seeded by
     seed, epoch); rank r of world_size takes every world_size-th one, so the ranks see disjoint
-    samples and the same number of batches. Masking is seeded by (seed, epoch, batch, rank), so
-    `load_state_dict` continues with exactly the batches an uninterrupted run would have seen."""
+    samples and the same number of batches. Masking is seeded per sample by (seed, epoch, sample id)
+    (RowRandom), so `load_state_dict` continues with exactly the batches an uninterrupted run would
+    have seen, and two ranks mask their halves as one process masks the whole batch."""
 
     def __init__(self, data_dir: str, split: str, batch_size: int, max_len: int, vocab_size: int,
                  special_ids: dict, seed: int = 0, rank: int = 0, world_size: int = 1, mask_prob: float = 0.15,
@@ -358,7 +410,7 @@ class MLMBatches:
         if self._order is None or self._order[0] != self.epoch:
             self._order = (self.epoch, self.epoch_order(self.epoch))
         samples = self._order[1][self.index * self.batch_size:(self.index + 1) * self.batch_size]
-        batch = self.batch(samples, _rng("mask", self.seed, self.epoch, self.index, self.rank))
+        batch = self.batch(samples, RowRandom("mask", samples, self.seed, self.epoch))
         self.index += 1
         return batch
 
@@ -373,7 +425,7 @@ class MLMBatches:
         held-out losses compare across steps and runs. The last batch may be smaller."""
         order = _rng("eval order", self.seed).permutation(len(self.starts))[:n_batches * self.batch_size]
         groups = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        return [self.batch(samples, _rng("eval mask", self.seed, b)) for b, samples in enumerate(groups)]
+        return [self.batch(samples, RowRandom("eval mask", samples, self.seed)) for samples in groups]
 
     def sequences(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Clean `[CLS] chunk [SEP] [PAD]...` rows (B, T) int64 for sample ids, and their real lengths (B,)."""
@@ -387,7 +439,7 @@ class MLMBatches:
         ids[np.arange(B), lengths + 1] = self.sep_id
         return ids, lengths + 2
 
-    def batch(self, samples: np.ndarray, rng: np.random.Generator) -> dict:
+    def batch(self, samples: np.ndarray, rng) -> dict:
         ids, lengths = self.sequences(samples)
         input_ids, positions, labels = mask_tokens(ids, self.special_ids, self.random_ids, self.mask_id,
                                                    self.max_predictions, self.mask_prob, rng)

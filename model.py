@@ -451,6 +451,11 @@ def load_pretrained(model_class, folder: str, verbose: bool = True, **overrides)
         name = from_reference_name(ref_name)
         if name not in own:
             continue  # another task's head, a buffer, the tied decoder
+        if t.shape != own[name].shape and not name.startswith(("bert.", "mlm.")):
+            if verbose:  # a task head for another number of labels: this task gets a fresh one
+                print(f"{os.path.basename(path)}: {ref_name} has shape {tuple(t.shape)}, this task needs "
+                      f"{tuple(own[name].shape)}: initialised it afresh", file=sys.stderr)
+            continue
         if t.shape != own[name].shape:
             raise ValueError(f"{path}: weight {ref_name} has shape {tuple(t.shape)}, but config.json "
                              f"gives {tuple(own[name].shape)}")
@@ -465,8 +470,10 @@ def load_pretrained(model_class, folder: str, verbose: bool = True, **overrides)
     return model
 
 
-def save_pretrained(model: BertPreTrainedBase, folder: str, vocab_path: str | None = None):
-    """Write config.json + model.safetensors (+ vocab.txt) in the reference layout.
+def save_pretrained(model: BertPreTrainedBase, folder: str, vocab_path: str | None = None,
+                    lowercase: bool | None = None):
+    """Write config.json + model.safetensors (+ vocab.txt, + tokenizer_config.json with the
+    vocab's lower-casing) in the reference layout.
     Each file goes to a temporary name first and is renamed, so a crash never leaves
     a half-written checkpoint behind."""
     os.makedirs(folder, exist_ok=True)
@@ -481,6 +488,9 @@ def save_pretrained(model: BertPreTrainedBase, folder: str, vocab_path: str | No
         with open(vocab_path, "rb") as src, open(os.path.join(folder, "vocab.txt.tmp"), "wb") as dst:
             dst.write(src.read())
         os.replace(os.path.join(folder, "vocab.txt.tmp"), os.path.join(folder, "vocab.txt"))
+    if lowercase is not None:
+        with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+            json.dump({"do_lower_case": lowercase}, f)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -208,6 +208,15 @@ class EarlyBird:
         self.history.append({"step": step, "head_distance": head_d, "ffn_distance": ffn_d})
         return head_d is not None and head_d < self.epsilon and ffn_d < self.epsilon
 
+    def state_dict(self) -> dict:
+        """Everything a resumed search needs to go on exactly (masks are small bool tensors)."""
+        return {"k": self.k, "epsilon": self.epsilon, "masks": list(self.masks), "history": list(self.history)}
+
+    def load_state_dict(self, state: dict):
+        self.k, self.epsilon = state["k"], state["epsilon"]
+        self.masks, self.history = list(state["masks"]), list(state["history"])
+        self.queue = deque(((h, f) for _, h, f in self.masks[-self.k:]), maxlen=self.k)
+
 
 def distance_matrix(masks: list[tuple]) -> np.ndarray:
     """Pairwise mask distances between recorded masks (EarlyBird.masks): a (2, n, n) array,

@@ -137,26 +137,46 @@ def data_files(cfg: Config, cache: str) -> list[str]:
     return paths
 
 
+def search_dir(cfg: Config) -> str:
+    return cfg.search_dir or os.path.join(cfg.out_dir, "search")
+
+
+def check_search_output(cfg: Config):
+    """--phase efficient needs what the search wrote; say so before any work is done."""
+    for need in ("ticket.json", "start", "ckpt.pt"):
+        path = os.path.join(search_dir(cfg), need)
+        if not os.path.exists(path):
+            raise ValueError(f"{path}: missing; run `python train.py --phase search` first "
+                             f"(or point --search-dir at its output)")
+
+
 def prepare_data(cfg: Config, rank: int, world: int):
-    """Tokenize the corpus once into OUT_DIR/data (rank 0; the others wait and reuse it)."""
+    """Tokenize the corpus once into OUT_DIR/data (rank 0; the others wait and reuse it).
+    The vocab: --vocab, else the starting checkpoint's, else one trained on the corpus."""
     cache = os.path.join(cfg.out_dir, "data")
+    source = cfg.init_from or (os.path.join(search_dir(cfg), "start") if cfg.phase == "efficient" else "")
     vocab, lowercase = cfg.vocab, True
-    if not vocab and cfg.init_from:
-        vocab = os.path.join(cfg.init_from, "vocab.txt")
-        tok_cfg = os.path.join(cfg.init_from, "tokenizer_config.json")
-        if os.path.exists(tok_cfg):
-            lowercase = json.load(open(tok_cfg)).get("do_lower_case", True)
+    if not vocab and source:
+        _, vocab, lowercase = data.checkpoint_tokenizer(source)
     if rank == 0:
         files = data_files(cfg, cache)
         if not vocab:
             vocab = data.train_tokenizer(files, os.path.join(cache, "vocab"), cfg.vocab_size)
         meta = data.prepare(files, data.load_tokenizer(vocab, lowercase), cache)
-        meta["vocab_path"] = vocab
+        meta.update(vocab_path=vocab, lowercase=lowercase)
     if world > 1:
         box = [meta if rank == 0 else None]
         dist.broadcast_object_list(box)
         meta = box[0]
     return cache, meta
+
+
+def run_name(cfg: Config) -> str:
+    """OUT_DIR/NAME of a run: the phase, and for efficient training which ticket and init,
+    so the control runs sit beside the EarlyBERT one instead of overwriting it."""
+    if cfg.phase != "efficient":
+        return cfg.phase
+    return "efficient" + ("-random" if cfg.ticket == "random" else "") + ("-continue" if cfg.init == "continue" else "")
 
 
 def build_model(cfg: Config, vocab_path: str, n_vocab: int):
@@ -179,11 +199,7 @@ def build_model(cfg: Config, vocab_path: str, n_vocab: int):
 
 def efficient_model(cfg: Config):
     """EarlyBERT stage 3: the physically smaller BERT that the search's ticket describes."""
-    search = cfg.search_dir or os.path.join(cfg.out_dir, "search")
-    for need in ("ticket.json", "start", "ckpt.pt"):
-        if not os.path.exists(os.path.join(search, need)):
-            raise ValueError(f"{os.path.join(search, need)}: missing; run `python train.py --phase search` first "
-                             f"(or point --search-dir at its output)")
+    search = search_dir(cfg)
     ticket_path = os.path.join(search, "ticket.json")
     ticket = tickets.Ticket.load(ticket_path)
     if cfg.ticket == "random":  # the control: same ratios, units chosen at random
@@ -199,12 +215,13 @@ def efficient_model(cfg: Config):
     return tickets.rebuild(model, ticket), ticket
 
 
-def make_optimizer(model, cfg: Config, device):
-    """AdamW; no weight decay on biases, LayerNorms and slimming coefficients (all 1-D)."""
+def make_optimizer(model, cfg: Config, device, betas=(0.9, 0.98)):
+    """AdamW; no weight decay on biases, LayerNorms and slimming coefficients (all 1-D).
+    beta2 0.98 for pre-training (RoBERTa, cramming); fine-tuning passes BERT's 0.999."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=1e-6, fused=device.type == "cuda")
 
 
 def lr_lambda(cfg: Config):
@@ -254,17 +271,19 @@ def train(cfg: Config, stop_after: int | None = None):
     rank, world, local_rank = setup_distributed()
     device, autocast, dtype = pick_device(cfg, local_rank)
     torch.manual_seed(cfg.seed + rank)
-    run_dir = os.path.join(cfg.out_dir, cfg.phase)
+    if cfg.phase == "efficient":
+        check_search_output(cfg)
+    run_dir = os.path.join(cfg.out_dir, run_name(cfg))
     os.makedirs(run_dir, exist_ok=True)
     data_dir, meta = prepare_data(cfg, rank, world)
-    tokenizer = data.load_tokenizer(meta["vocab_path"])
+    tokenizer = data.load_tokenizer(meta["vocab_path"], meta["lowercase"])
     n_vocab = tokenizer.get_vocab_size()
     special = {t: tokenizer.token_to_id(t) for t in data.SPECIALS}
 
     model, ticket = build_model(cfg, meta["vocab_path"], n_vocab)
     searching = cfg.phase == "search"
     if searching and rank == 0:
-        save_pretrained(model, os.path.join(run_dir, "start"), meta["vocab_path"])  # for --init rewind
+        save_pretrained(model, os.path.join(run_dir, "start"), meta["vocab_path"], meta["lowercase"])  # for --init rewind
     if searching:
         slim.add_coefficients(model)  # before the optimizer, so they train with the weights
     model.to(device)
@@ -280,7 +299,8 @@ def train(cfg: Config, stop_after: int | None = None):
     step, elapsed = 0, 0.0
     ckpt_path = os.path.join(run_dir, "ckpt.pt")
     if cfg.resume:
-        step, elapsed = resume(ckpt_path, model, optimizer, scheduler, scaler, train_batches, early_bird, rank)
+        step, elapsed = resume(ckpt_path, cfg, world, model, optimizer, scheduler, scaler, train_batches,
+                               early_bird, rank)
     raw_model = model
     if cfg.compile:
         model = torch.compile(model)
@@ -320,20 +340,28 @@ def train(cfg: Config, stop_after: int | None = None):
         write({"step": 0, "val_loss": val_loss, "val_acc": val_acc})
     bar = tqdm(total=cfg.max_steps, initial=step, desc=cfg.phase, disable=rank != 0, dynamic_ncols=True)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * world * cfg.max_len
-    drawn, loss_sum, t_log, steps_since_log = None, torch.zeros((), device=device), time.time(), 0
+    drawn, loss_sum, count_sum, t_log, steps_since_log = None, torch.zeros((), device=device), 0, time.time(), 0
     while step < cfg.max_steps:
         t0 = time.time()
-        for micro in range(cfg.grad_accum):
-            batch = to_device(next(train_batches), device)
+        # The loss is the mean over every masked token of the optimizer step, on all ranks:
+        # weight each micro-batch by its share of them (DDP then averages the gradients over ranks).
+        micro_batches = [next(train_batches) for _ in range(cfg.grad_accum)]
+        counts = [int((b["mlm_labels"] != -100).sum()) for b in micro_batches]  # on the CPU: no device sync
+        total = torch.tensor(float(sum(counts)), device=device)
+        if world > 1:
+            dist.all_reduce(total)
+        for micro, (batch, count) in enumerate(zip(micro_batches, counts)):
+            batch = to_device(batch, device)
             sync = nullcontext() if world == 1 or micro == cfg.grad_accum - 1 else model.no_sync()
             with sync:
                 with autocast:
                     _, loss = model(**batch)
-                loss = loss / cfg.grad_accum
-                loss_sum += loss.detach()
+                loss_sum += loss.detach() * count
+                loss = loss * (count * world / total)
                 if searching:  # the L1 of network slimming, once per optimizer step
                     loss = loss + slim.l1_penalty(raw_model, cfg.lambda_head, cfg.lambda_ffn) / cfg.grad_accum
                 scaler.scale(loss).backward()
+        count_sum += sum(counts)
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip)
         scaler.step(optimizer)
@@ -346,13 +374,13 @@ def train(cfg: Config, stop_after: int | None = None):
 
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             now = time.time()  # .item() only here: it waits for the GPU
-            record = {"step": step, "loss": loss_sum.item() / steps_since_log, "lr": scheduler.get_last_lr()[0],
+            record = {"step": step, "loss": loss_sum.item() / count_sum, "lr": scheduler.get_last_lr()[0],
                       "step_ms": 1000 * (now - t_log) / steps_since_log,
                       "tokens_per_s": tokens_per_step * steps_since_log / (now - t_log), "elapsed_s": elapsed}
             write(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
             loss_sum.zero_()
-            t_log, steps_since_log = now, 0
+            t_log, steps_since_log, count_sum = now, 0, 0
         if searching and (step % cfg.ticket_every == 0 or step == cfg.draw_step):
             drawn = search_step(cfg, raw_model, early_bird, step, write)
         if step % cfg.eval_every == 0 and step < cfg.max_steps and rank == 0:
@@ -383,7 +411,7 @@ def train(cfg: Config, stop_after: int | None = None):
         if drawn:
             summary_search(cfg, raw_model, drawn, early_bird, run_dir, meta, summary)
         else:
-            save_pretrained(raw_model, os.path.join(run_dir, "model"), meta["vocab_path"])
+            save_pretrained(raw_model, os.path.join(run_dir, "model"), meta["vocab_path"], meta["lowercase"])
             if ticket:
                 summary.update(ticket=cfg.ticket, init=cfg.init, kept_heads=sum(map(len, ticket.heads)),
                                kept_ffn=sum(map(len, ticket.ffn)))
@@ -394,14 +422,23 @@ def train(cfg: Config, stop_after: int | None = None):
     return summary if rank == 0 else None
 
 
-def resume(path, model, optimizer, scheduler, scaler, loader, early_bird, rank):
+# Settings that a resumed run must share with the checkpoint to continue exactly (max_steps may grow).
+RESUME_KEYS = ("phase", "data", "vocab", "init_from", "batch_size", "grad_accum", "max_len", "seed", "ticket", "init")
+
+
+def resume(path, cfg, world, model, optimizer, scheduler, scaler, loader, early_bird, rank):
     """Continue exactly: weights, optimizer, schedule, scaler, RNG states, data position."""
     if not os.path.exists(path):
-        raise ValueError(f"{path}: no checkpoint to resume from")
+        raise ValueError(f"{path}: no checkpoint to resume from (drop --resume to start afresh)")
     state = load_checkpoint(path)
     if state.get("model_config") != model.config.to_dict():
         raise ValueError(f"{path}: checkpoint of another model configuration; resume with the settings it was "
                          f"trained with (see train_config.json beside it)")
+    changed = [k for k in RESUME_KEYS if state["config"].get(k) != getattr(cfg, k)]
+    if changed or len(state["rng"]) != world:
+        what = ", ".join(f"--{k.replace('_', '-')} {state['config'].get(k)!r}" for k in changed) or \
+            f"{len(state['rng'])} process(es)"
+        raise ValueError(f"{path}: checkpoint written with {what}; resume with the same settings")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -434,8 +471,8 @@ def search_step(cfg: Config, model, early_bird, step: int, write):
 
 def draw(cfg: Config, model, early_bird, step: int, kind: str):
     heads, ffn = slim.coefficients(model)
-    t = tickets.draw_ticket(heads, ffn, cfg.head_ratio, cfg.ffn_ratio)
-    t.kind, t.step, t.history = kind, step, early_bird.history
+    t = tickets.draw_ticket(heads, ffn, cfg.head_ratio, cfg.ffn_ratio, kind=kind, step=step)
+    t.history = early_bird.history
     return t
 
 
@@ -454,13 +491,15 @@ def report(cfg: Config, s: dict, run_dir: str) -> str:
     lines = [f"{cfg.phase}: {s['steps']} steps in {s['train_seconds']:.0f} s ({s['mean_step_ms']:.0f} ms/step), "
              f"held-out MLM loss {s['val_loss']:.3f}, accuracy {s['val_acc']:.3f}"]
     flags = f" --out-dir {cfg.out_dir}" if cfg.out_dir != "out" else ""
+    steps = f" --max-steps {cfg.max_steps}" if cfg.max_steps != Config.max_steps else ""
     if cfg.phase == "search":
         how = "the early-bird rule fired" if s["rule"] == "earlybird" else "at a fixed step (the rule did not fire)"
         lines += [f"ticket drawn at step {s['drawn_at']} ({how}): keeps {s['kept_heads']}/{s['total_heads']} heads "
                   f"and {s['kept_ffn']}/{s['total_ffn']} FFN neurons -> {run_dir}/ticket.json",
                   f"mask distances -> {run_dir}/mask_distances.json"
                   + (f" and {s['plot']}" if s["plot"] else " (pip install matplotlib for a plot)"),
-                  f"next: python train.py --phase efficient{flags}   (and --phase full{flags} for the baseline)"]
+                  f"next: python train.py --phase efficient{flags}{steps}   (the controls: --ticket random; "
+                  f"the baseline: --phase full{flags}{steps})"]
     else:
         lines.append(f"model -> {run_dir}/model (load with model.load_pretrained or finetune.py --model)")
     return "\n".join(lines)
