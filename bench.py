@@ -160,6 +160,46 @@ def loader_batches_per_s(files: list[str], cache: str, batch_size: int, seq_len:
     return steps / (time.perf_counter() - start)
 
 
+def _prepare_and_read(files: list[str], cache: str, vocab: str, batches: int) -> float:
+    """In a fresh process: prepare `files` and read `batches` batches; returns the peak RSS and the
+    anonymous (not file-backed) RSS at the end, in MiB. VmHWM, as ru_maxrss would carry the
+    parent's peak over the exec; memory-mapped token pages that were read count in RSS but not in
+    the anonymous part, and the OS drops them when it needs the room."""
+    import data
+    tokenizer = data.load_tokenizer(vocab)
+    data.prepare(files, tokenizer, cache)
+    loader = data.MLMBatches(cache, "train", 32, 128, tokenizer.get_vocab_size(),
+                             {t: tokenizer.token_to_id(t) for t in data.SPECIALS})
+    for _ in range(batches):
+        next(loader)
+    with open("/proc/self/status") as f:
+        status = {line.split(":")[0]: line.split()[1] for line in f if line.startswith(("VmHWM", "RssAnon"))}
+    return int(status["VmHWM"]) / 1024, int(status["RssAnon"]) / 1024  # kB
+
+
+def loader_peak_memory(cache: str, scales=(1, 16)) -> dict:
+    """Peak memory of preparing and reading a corpus 1x and 16x the built-in one: the same peak
+    means nothing grows with the corpus (streamed preparation, memory-mapped tokens)."""
+    import concurrent.futures
+    import multiprocessing
+    import data
+    files = data.builtin_corpus(cache)
+    vocab = data.train_tokenizer(files, os.path.join(cache, "vocab"))
+    text = open(files[0], encoding="utf-8").read()
+    peaks, anon = {}, {}
+    for k in scales:
+        folder = os.path.join(cache, f"scale{k}")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "corpus.txt"), "w", encoding="utf-8") as f:
+            for _ in range(k):
+                f.write(text + "\n\n")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            peaks[k], anon[k] = pool.submit(_prepare_and_read, [os.path.join(folder, "corpus.txt")], folder, vocab,
+                                   LOADER_BATCHES).result()
+    return {"corpus_mb": {k: k * len(text.encode()) / 1e6 for k in scales}, "peak_rss_mib": peaks,
+            "anon_rss_mib": anon}
+
+
 def machine(device) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -230,6 +270,11 @@ def bench_length(T: int, config: BertConfig, args, device, dtype) -> list[dict]:
         print(f"  loader: {per_s:.1f} batches/s = {per_s / ours['steps_per_s']:.1f}x the training steps/s "
               f"of ours (aim: >= 10x, so the loader never stalls a step)")
         results.append({"variant": "loader", "seq": T, "batches_per_s": per_s})
+        memory = loader_peak_memory(cache)
+        print("  loader peak memory (prepare + 200 batches, fresh process): " + ", ".join(
+            f"{memory['corpus_mb'][k]:.0f} MB corpus -> {memory['peak_rss_mib'][k]:.0f} MiB "
+            f"({memory['anon_rss_mib'][k]:.0f} MiB not file-backed)" for k in memory["corpus_mb"]))
+        results.append({"variant": "loader memory", **memory})
     return results
 
 
