@@ -77,7 +77,7 @@ class Config:
     draw_step: int = 0  # > 0: draw at this fixed step, as the official code does, instead of the rule
     # EarlyBERT efficient training
     search_dir: str = ""  # "" = OUT_DIR/search
-    init: str = "rewind"  # rewind: weights from the search's start | continue: from the draw step
+    init: str = "continue"  # continue: from the draw step, on to max_steps | rewind: from the search's start
     ticket: str = "earlybird"  # earlybird: the drawn ticket | random: same ratios, random units
 
 
@@ -176,11 +176,11 @@ def run_name(cfg: Config) -> str:
     so the control runs sit beside the EarlyBERT one instead of overwriting it."""
     if cfg.phase != "efficient":
         return cfg.phase
-    return "efficient" + ("-random" if cfg.ticket == "random" else "") + ("-continue" if cfg.init == "continue" else "")
+    return "efficient" + ("-random" if cfg.ticket == "random" else "") + ("-rewind" if cfg.init == "rewind" else "")
 
 
 def build_model(cfg: Config, vocab_path: str, n_vocab: int):
-    """The model each phase trains. Returns (model, ticket or None)."""
+    """The model each phase trains. Returns (model, ticket or None, where to start or None)."""
     if cfg.phase == "efficient":
         return efficient_model(cfg)
     if cfg.init_from:
@@ -194,11 +194,17 @@ def build_model(cfg: Config, vocab_path: str, n_vocab: int):
             hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout))
     if model.config.vocab_size < n_vocab:
         raise ValueError(f"{vocab_path}: {n_vocab} tokens, but the model's vocab_size is {model.config.vocab_size}")
-    return model, None
+    return model, None, None
 
 
 def efficient_model(cfg: Config):
-    """EarlyBERT stage 3: the physically smaller BERT that the search's ticket describes."""
+    """EarlyBERT stage 3: the physically smaller BERT that the search's ticket describes.
+
+    --init continue (our pre-training default): the weights at the draw step, and training
+    goes on from that step (schedule and data position), so search + efficient together take
+    --max-steps steps, as the full baseline does; only the steps after the draw are cheaper.
+    --init rewind (the official fine-tuning code's choice): the weights the search started
+    from, trained for --max-steps steps anew; in pre-training that throws the search away."""
     search = search_dir(cfg)
     ticket_path = os.path.join(search, "ticket.json")
     ticket = tickets.Ticket.load(ticket_path)
@@ -206,13 +212,18 @@ def efficient_model(cfg: Config):
         ticket = tickets.random_ticket(ticket.full_heads, ticket.full_ffn, ticket.head_ratio, ticket.ffn_ratio, cfg.seed)
     if cfg.init == "rewind":  # the weights the search started from (the official code's choice)
         model = load_pretrained(BertMLM, os.path.join(search, "start"), verbose=False)
+        start = None
     else:  # the weights at the draw step; their coefficients are folded in by the rebuild
         state = load_checkpoint(os.path.join(search, "ckpt.pt"))
         model = BertMLM(BertConfig.from_dict(state["model_config"]))
         slim.add_coefficients(model)
         model.load_state_dict(state["model"])
+        start = {"step": state["step"], "loader": state["loader"]}
+        if start["step"] >= cfg.max_steps:
+            raise ValueError(f"{ticket_path}: drawn at step {start['step']}, but --max-steps is {cfg.max_steps}: "
+                             f"nothing left to train with --init continue; raise --max-steps")
     tickets.check_ticket_fits(ticket, model.config, ticket_path)
-    return tickets.rebuild(model, ticket), ticket
+    return tickets.rebuild(model, ticket), ticket, start
 
 
 def make_optimizer(model, cfg: Config, device, betas=(0.9, 0.98)):
@@ -224,9 +235,11 @@ def make_optimizer(model, cfg: Config, device, betas=(0.9, 0.98)):
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=1e-6, fused=device.type == "cuda")
 
 
-def lr_lambda(cfg: Config):
+def lr_lambda(cfg: Config, start: int = 0):
+    """Linear warm-up over the first `warmup` of max_steps, then linear decay to 0 at max_steps.
+    `start`: the step the scheduler's count 0 stands for (efficient training that continues a search)."""
     warm = max(1, int(cfg.warmup * cfg.max_steps))
-    return lambda s: min((s + 1) / warm, max(0.0, (cfg.max_steps - s) / max(1, cfg.max_steps - warm)))
+    return lambda s: min((s + start + 1) / warm, max(0.0, (cfg.max_steps - s - start) / max(1, cfg.max_steps - warm)))
 
 
 def load_checkpoint(path: str) -> dict:
@@ -280,7 +293,7 @@ def train(cfg: Config, stop_after: int | None = None):
     n_vocab = tokenizer.get_vocab_size()
     special = {t: tokenizer.token_to_id(t) for t in data.SPECIALS}
 
-    model, ticket = build_model(cfg, meta["vocab_path"], n_vocab)
+    model, ticket, start = build_model(cfg, meta["vocab_path"], n_vocab)
     searching = cfg.phase == "search"
     if searching and rank == 0:
         save_pretrained(model, os.path.join(run_dir, "start"), meta["vocab_path"], meta["lowercase"])  # for --init rewind
@@ -288,7 +301,7 @@ def train(cfg: Config, stop_after: int | None = None):
         slim.add_coefficients(model)  # before the optimizer, so they train with the weights
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, start["step"] if start else 0))
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     early_bird = tickets.EarlyBird(cfg.eb_k, cfg.eb_epsilon) if searching else None
     train_batches = data.MLMBatches(data_dir, "train", cfg.batch_size, cfg.max_len, n_vocab, special,
@@ -296,7 +309,10 @@ def train(cfg: Config, stop_after: int | None = None):
     val_batches = data.MLMBatches(data_dir, "val", cfg.batch_size, cfg.max_len, n_vocab, special,
                                   seed=cfg.seed).eval_batches(cfg.eval_batches)
 
-    step, elapsed = 0, 0.0
+    step, elapsed, first_step = 0, 0.0, start["step"] if start else 0
+    if start:  # go on where the search drew the ticket: same schedule, next batches
+        step = start["step"]
+        train_batches.load_state_dict(start["loader"])
     ckpt_path = os.path.join(run_dir, "ckpt.pt")
     if cfg.resume:
         step, elapsed = resume(ckpt_path, cfg, world, model, optimizer, scheduler, scaler, train_batches,
@@ -335,7 +351,7 @@ def train(cfg: Config, stop_after: int | None = None):
                              "model_config": raw_model.config.to_dict(), "config": asdict(cfg),
                              "ticket": asdict(ticket) if ticket else None}, ckpt_path)
 
-    if step == 0 and rank == 0:
+    if not cfg.resume and rank == 0:
         val_loss, val_acc = evaluate(raw_model, val_batches, device, autocast)
         write({"step": 0, "val_loss": val_loss, "val_acc": val_acc})
     bar = tqdm(total=cfg.max_steps, initial=step, desc=cfg.phase, disable=rank != 0, dynamic_ncols=True)
@@ -406,8 +422,9 @@ def train(cfg: Config, stop_after: int | None = None):
         val_loss, val_acc = evaluate(raw_model, val_batches, device, autocast)
         write({"step": step, "val_loss": val_loss, "val_acc": val_acc})
         summary = {"phase": cfg.phase, "steps": step, "train_seconds": elapsed, "val_loss": val_loss,
-                   "val_acc": val_acc, "parameters": count_parameters(raw_model), "tokens": step * tokens_per_step,
-                   "mean_step_ms": 1000 * elapsed / max(step, 1)}
+                   "val_acc": val_acc, "parameters": count_parameters(raw_model), "first_step": first_step,
+                   "tokens": (step - first_step) * tokens_per_step,
+                   "mean_step_ms": 1000 * elapsed / max(step - first_step, 1)}
         if drawn:
             summary_search(cfg, raw_model, drawn, early_bird, run_dir, meta, summary)
         else:
@@ -488,7 +505,7 @@ def summary_search(cfg, model, ticket, early_bird, run_dir, meta, summary):
 
 
 def report(cfg: Config, s: dict, run_dir: str) -> str:
-    lines = [f"{cfg.phase}: {s['steps']} steps in {s['train_seconds']:.0f} s ({s['mean_step_ms']:.0f} ms/step), "
+    lines = [f"{cfg.phase}: steps {s['first_step']}-{s['steps']} in {s['train_seconds']:.0f} s ({s['mean_step_ms']:.0f} ms/step), "
              f"held-out MLM loss {s['val_loss']:.3f}, accuracy {s['val_acc']:.3f}"]
     flags = f" --out-dir {cfg.out_dir}" if cfg.out_dir != "out" else ""
     steps = f" --max-steps {cfg.max_steps}" if cfg.max_steps != Config.max_steps else ""

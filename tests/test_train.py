@@ -119,15 +119,18 @@ def test_search_draws_a_ticket_when_the_early_bird_rule_fires(searched):
     assert os.path.exists(out / "search" / "start" / "config.json")
 
 
-@pytest.mark.parametrize("init,kind", [("rewind", "earlybird"), ("continue", "earlybird"), ("rewind", "random")])
+@pytest.mark.parametrize("init,kind", [("rewind", "earlybird"), ("continue", "earlybird"), ("continue", "random")])
 def test_efficient_phase_trains_the_rebuilt_ticket(corpus, searched, init, kind):
     out, _ = searched
-    cfg = tiny(corpus, out, phase="efficient", init=init, ticket=kind, max_steps=4)
+    drawn = json.load(open(out / "search" / "summary.json"))["drawn_at"]
+    max_steps = drawn + 4 if init == "continue" else 4
+    cfg = tiny(corpus, out, phase="efficient", init=init, ticket=kind, max_steps=max_steps)
     ticket = tickets.Ticket.load(str(out / "search" / "ticket.json"))
     if kind == "random":
         ticket = tickets.random_ticket(ticket.full_heads, ticket.full_ffn, ticket.head_ratio, ticket.ffn_ratio, 0)
     # what the phase starts from: the ticket rebuilt from the search's start (rewind) or its last weights
-    model, used = train.efficient_model(cfg)
+    model, used, start = train.efficient_model(cfg)
+    assert (start is None) == (init == "rewind")
     if init == "rewind":
         source = load_pretrained(BertMLM, str(out / "search" / "start"), verbose=False)
     else:
@@ -141,12 +144,19 @@ def test_efficient_phase_trains_the_rebuilt_ticket(corpus, searched, init, kind)
 
     summary = train.train(cfg)
     name = train.run_name(cfg)
-    assert name == {("rewind", "earlybird"): "efficient", ("continue", "earlybird"): "efficient-continue",
-                    ("rewind", "random"): "efficient-random"}[init, kind]
+    assert name == {("rewind", "earlybird"): "efficient-rewind", ("continue", "earlybird"): "efficient",
+                    ("continue", "random"): "efficient-random"}[init, kind]
     trained = load_pretrained(BertMLM, str(out / name / "model"), verbose=False)
     assert trained.config.heads_per_layer == [len(h) for h in ticket.heads]
     assert trained.config.ffn_per_layer == [len(f) for f in ticket.ffn]
-    assert summary["steps"] == 4 and summary["parameters"] < json.load(open(out / "search" / "summary.json"))["parameters"]
+    assert summary["steps"] == max_steps and summary["first_step"] == max_steps - 4
+    if init == "continue":  # on from the draw: the search's schedule and its next batches
+        search_ckpt = torch.load(out / "search" / "ckpt.pt", weights_only=False)
+        ckpt = torch.load(out / name / "ckpt.pt", weights_only=False)
+        assert ckpt["loader"]["index"] == search_ckpt["loader"]["index"] + 4
+        logged = [(r["step"], r["lr"]) for r in log(out, name) if "lr" in r]
+        assert logged and all(lr == pytest.approx(3e-3 * train.lr_lambda(cfg)(s)) for s, lr in logged)
+    assert summary["parameters"] < json.load(open(out / "search" / "summary.json"))["parameters"]
 
 
 # ----------------------------------------------------------------------------- bad input
