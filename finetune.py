@@ -3,6 +3,7 @@
     python finetune.py --task sst-2 --data glue/SST-2 --model bert-base-cased/ [--earlybert]
     python finetune.py --task squad --data squad/ --model bert-base-uncased/ --batch-size 12 --lr 3e-5
 
+The tasks' data, windows and metrics are in tasks.py; this file is the loop and the stages.
 Plain: AdamW, linear warm-up over 10% of the steps then linear decay, dev scores every epoch.
 --earlybert runs the paper's three stages on the task (sec. 3; ../shared/SPEC.md):
   1. search: slimming coefficients + L1 (--search-lr); every --ticket-every steps the masks
@@ -18,25 +19,23 @@ import argparse
 import json
 import math
 import os
-import re
-import string
 import sys
 import time
-import warnings
-from collections import Counter
 from dataclasses import asdict, dataclass, fields, replace
 from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
 import torch
-from tokenizers import BertWordPieceTokenizer
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import slim
 import ticket as tickets
+from data import checkpoint_tokenizer
 from model import BertClassifier, BertQA, count_parameters, load_pretrained, save_pretrained
+from tasks import (GLUE, TASKS, GlueTask, glue_features, glue_scores, read_glue, read_squad, squad_answers,
+                   squad_features, squad_scores, text_task)
 from train import lr_lambda, make_optimizer, pick_device, setup_distributed, to_device
 
 
@@ -82,243 +81,7 @@ def parse_args(argv=None) -> Config:
     return cfg
 
 
-# ----------------------------------------------------------------------------- metrics
-
-def accuracy(pred, gold) -> float:
-    return float(np.mean(np.asarray(pred) == np.asarray(gold)))
-
-
-def f1_score(pred, gold) -> float:
-    """F1 of the positive class (label 1), as GLUE scores MRPC and QQP: 2 TP / (2 TP + FP + FN)."""
-    pred, gold = np.asarray(pred) == 1, np.asarray(gold) == 1
-    tp = float(np.sum(pred & gold))
-    return 2 * tp / (pred.sum() + gold.sum()) if tp else 0.0
-
-
-def matthews(pred, gold) -> float:
-    """Matthews correlation of binary labels (CoLA); 0 when either side is constant."""
-    pred, gold = np.asarray(pred) == 1, np.asarray(gold) == 1
-    tp, tn = float(np.sum(pred & gold)), float(np.sum(~pred & ~gold))
-    fp, fn = float(np.sum(pred & ~gold)), float(np.sum(~pred & gold))
-    denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return (tp * tn - fp * fn) / denom if denom else 0.0
-
-
-def pearson(x, y) -> float:
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    x, y = x - x.mean(), y - y.mean()
-    denom = math.sqrt(float((x * x).sum() * (y * y).sum()))
-    return float((x * y).sum()) / denom if denom else 0.0
-
-
-def average_ranks(x) -> np.ndarray:
-    """Ranks 1..n; equal values share the mean of the ranks they span (Spearman's convention)."""
-    _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
-    last = np.cumsum(counts)  # the rank of the last value of each group of equal values
-    return (last - (counts - 1) / 2)[inverse]
-
-
-def spearman(x, y) -> float:
-    return pearson(average_ranks(x), average_ranks(y))
-
-
-def acc(pred, gold): return {"accuracy": accuracy(pred, gold)}
-def f1_acc(pred, gold): return {"f1": f1_score(pred, gold), "accuracy": accuracy(pred, gold)}
-def mcc(pred, gold): return {"mcc": matthews(pred, gold)}
-def corr(pred, gold): return {"pearson": pearson(pred, gold), "spearman": spearman(pred, gold)}
-
-
-def normalize_answer(s: str) -> str:
-    """The official SQuAD v1.1 normalisation: lower case, no punctuation, no articles, single spaces."""
-    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
-
-
-def exact_match(pred: str, gold: str) -> float:
-    return float(normalize_answer(pred) == normalize_answer(gold))
-
-
-def token_f1(pred: str, gold: str) -> float:
-    """The official SQuAD F1: overlap of the normalised answers' words, as bags."""
-    p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
-    same = sum((Counter(p) & Counter(g)).values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(p), same / len(g)
-    return 2 * precision * recall / (precision + recall)
-
-
-def squad_scores(predictions: dict, examples: list[dict]) -> dict:
-    """Official EM and F1 (in %): each prediction against its best-matching gold answer."""
-    em = [max((exact_match(predictions[e["id"]], a["text"]) for a in e["answers"]), default=0.0) for e in examples]
-    f1 = [max((token_f1(predictions[e["id"]], a["text"]) for a in e["answers"]), default=0.0) for e in examples]
-    return {"exact_match": 100 * float(np.mean(em)), "f1": 100 * float(np.mean(f1))}
-
-
-# ----------------------------------------------------------------------------- GLUE
-
-@dataclass(frozen=True)
-class GlueTask:
-    texts: tuple[int, ...]  # the column of the sentence, or the two of the sentence pair
-    label: int  # the label's column (-1: the last)
-    labels: tuple[str, ...] | None  # label strings in class-id order; None: a score (regression)
-    metric: Callable  # (predictions, gold) -> {name: value}
-    header: bool = True
-    dev: tuple[str, ...] = ("dev.tsv",)
-
-
-BINARY, NLI = ("0", "1"), ("entailment", "not_entailment")
-GLUE = {  # the column layouts of the standard GLUE download
-    "cola": GlueTask((3,), 1, BINARY, mcc, header=False),  # source, label, original label, sentence
-    "sst-2": GlueTask((0,), 1, BINARY, acc),
-    "mrpc": GlueTask((3, 4), 0, BINARY, f1_acc),  # Quality, #1 ID, #2 ID, #1 String, #2 String
-    "qqp": GlueTask((3, 4), 5, BINARY, f1_acc),  # id, qid1, qid2, question1, question2, is_duplicate
-    "sts-b": GlueTask((7, 8), -1, None, corr),
-    "mnli": GlueTask((8, 9), -1, ("contradiction", "entailment", "neutral"), acc,
-                     dev=("dev_matched.tsv", "dev_mismatched.tsv")),
-    "qnli": GlueTask((1, 2), 3, NLI, acc),  # index, question, sentence, label
-    "rte": GlueTask((1, 2), 3, NLI, acc),  # index, sentence1, sentence2, label
-    "wnli": GlueTask((1, 2), 3, BINARY, acc),
-}
-TASKS = [*GLUE, "squad"]
-
-
-def read_glue(path: str, task: GlueTask) -> tuple[list[tuple[str, ...]], list]:
-    """(texts, labels) of one GLUE .tsv. Every row must have as many columns as the header
-    (as the first row, for CoLA, which has no header); labels become class ids (floats for STS-B)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: missing; a GLUE task folder holds train.tsv and {' and '.join(task.dev)}")
-    with open(path, encoding="utf-8", newline="\n") as f:  # tabs only: GLUE's fields are never quoted
-        rows = [(n, line.rstrip("\r\n").split("\t")) for n, line in enumerate(f, 1) if line.strip()]
-    if len(rows) <= task.header:
-        raise ValueError(f"{path}: no rows")
-    width, need = len(rows[0][1]), max(task.texts + (task.label,)) + 1
-    if width < need:
-        raise ValueError(f"{path}, line {rows[0][0]}: {width} columns, but this task's layout has at least {need}")
-    texts, labels = [], []
-    for n, cols in rows[task.header:]:
-        if len(cols) != width:
-            raise ValueError(f"{path}, line {n}: {len(cols)} tab-separated columns, expected {width}")
-        label = cols[task.label]
-        if task.labels is None:
-            try:
-                labels.append(float(label))
-            except ValueError:
-                raise ValueError(f"{path}, line {n}: score {label!r} is not a number") from None
-        elif label in task.labels:
-            labels.append(task.labels.index(label))
-        else:
-            raise ValueError(f"{path}, line {n}: label {label!r} is not one of {', '.join(task.labels)}")
-        texts.append(tuple(cols[i] for i in task.texts))
-    return texts, labels
-
-
-def glue_features(tokenizer, texts, labels, max_len: int) -> list[dict]:
-    """[CLS] a [SEP] (b [SEP]), the longer sentence cut first when a pair is too long."""
-    tokenizer.enable_truncation(max_len)
-    encodings = tokenizer.encode_batch([t[0] if len(t) == 1 else t for t in texts])
-    return [{"input_ids": np.array(e.ids, np.int32), "token_type_ids": np.array(e.type_ids, np.int8), "labels": y}
-            for e, y in zip(encodings, labels)]
-
-
-def glue_evaluate(model, task: GlueTask, dev: dict, cfg, rt):
-    metrics, predictions = {}, {}
-    for name, (features, gold) in dev.items():
-        out = np.stack([o[0] for o in predict(model, features, cfg, rt, name)])  # (N, num_labels)
-        pred = out[:, 0] if task.labels is None else out.argmax(-1)
-        metrics[name] = task.metric(pred, np.asarray(gold))
-        predictions[name] = pred.tolist() if task.labels is None else [task.labels[p] for p in pred]
-    return metrics, predictions
-
-
-# ----------------------------------------------------------------------------- SQuAD v1.1
-
-def read_squad(path: str) -> list[dict]:
-    """SQuAD v1.1 JSON -> [{"id", "question", "context", "answers": [{"text", "answer_start"}]}]."""
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: missing; a SQuAD folder holds train-v1.1.json and dev-v1.1.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            articles = json.load(f)["data"]
-        return [{"id": qa["id"], "question": qa["question"], "context": p["context"], "answers": qa["answers"]}
-                for a in articles for p in a["paragraphs"] for qa in p["qas"]]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a SQuAD v1.1 file ({type(e).__name__}: {e})") from None
-
-
-def squad_features(examples, tokenizer, max_len: int, doc_stride: int, path: str = ""):
-    """[CLS] question [SEP] context window [SEP] (BERT sec. 4.2, as its run_squad.py): windows
-    start doc_stride tokens apart; the answer's start/end token positions where the window holds
-    all of it, else 0, 0 (the [CLS] token). Answers not at their answer_start: skipped, one warning.
-    Returns (features, windows); windows[i] = (example index, char offsets (n, 2) of the
-    window's context tokens, the position of the first of them in feature i)."""
-    tokenizer.no_truncation()
-    questions = tokenizer.encode_batch([e["question"] for e in examples], add_special_tokens=False)
-    unique = list(dict.fromkeys(e["context"] for e in examples))  # each paragraph is encoded once
-    contexts = dict(zip(unique, tokenizer.encode_batch(unique, add_special_tokens=False)))
-    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    features, windows, skipped = [], [], 0
-    for i, (e, q) in enumerate(zip(examples, questions)):
-        question = q.ids[:min(64, max_len // 2)]  # run_squad.py's max_query_length
-        k, room = len(question) + 2, max_len - len(question) - 3
-        ctx = contexts[e["context"]]
-        offsets = np.array(ctx.offsets, np.int32).reshape(-1, 2)  # (n, 2): character span of each token
-        answer = None
-        if e["answers"]:  # the first gold answer is the one trained on (v1.1 train has one)
-            text, a0 = e["answers"][0]["text"], e["answers"][0]["answer_start"]
-            if not text.strip() or e["context"][a0:a0 + len(text)] != text:
-                skipped += 1
-                continue
-            # first token ending after the answer's start, last token starting before its end
-            answer = (int(np.argmax(offsets[:, 1] > a0)), int(np.nonzero(offsets[:, 0] < a0 + len(text))[0][-1]))
-        first = 0
-        while True:  # windows of `room` context tokens, starting doc_stride apart
-            last = min(first + room, len(ctx.ids))
-            ids = [cls] + question + [sep] + ctx.ids[first:last] + [sep]
-            types = np.zeros(len(ids), np.int8)
-            types[k:] = 1
-            start = end = 0
-            if answer and first <= answer[0] and answer[1] < last:
-                start, end = answer[0] - first + k, answer[1] - first + k
-            features.append({"input_ids": np.array(ids, np.int32), "token_type_ids": types,
-                             "start_positions": start, "end_positions": end})
-            windows.append((i, offsets[first:last], k))
-            if last >= len(ctx.ids):
-                break
-            first += min(doc_stride, room)
-    if skipped:
-        warnings.warn(f"skipped {skipped} answers not found in their context ({path})")
-    return features, windows
-
-
-def best_span(start: np.ndarray, end: np.ndarray, n_best: int = 20, max_answer_len: int = 30):
-    """(score, s, e) of the highest start[s] + end[e] with s <= e < s + max_answer_len, among
-    the n_best highest starts and ends (run_squad.py's search); score -inf when there is none."""
-    top_s, top_e = np.argsort(start)[-n_best:], np.argsort(end)[-n_best:]
-    s, e = top_s[:, None], top_e[None, :]
-    score = np.where((s <= e) & (e < s + max_answer_len), start[s] + end[e], -np.inf)
-    i, j = np.unravel_index(score.argmax(), score.shape)
-    return score[i, j], int(top_s[i]), int(top_e[j])
-
-
-def window_text(context: str, offsets: np.ndarray, s: int, e: int) -> str:
-    """The context's text from context token s to token e of a window (offsets: that window's)."""
-    return context[offsets[s, 0]:offsets[e, 1]]
-
-
-def squad_evaluate(model, examples, features, windows, cfg, rt):
-    """Best span over all windows of each question, then the official EM and F1."""
-    best = {}  # example index -> (score, answer text)
-    for (start, end), (i, offsets, k) in zip(predict(model, features, cfg, rt, "dev"), windows):
-        n = len(offsets)  # only context tokens can be answers: logits k .. k + n - 1
-        score, s, e = best_span(start[k:k + n], end[k:k + n])
-        if score > best.get(i, (-np.inf,))[0]:
-            best[i] = (score, window_text(examples[i]["context"], offsets, s, e))
-    predictions = {e["id"]: best.get(i, (0.0, ""))[1] for i, e in enumerate(examples)}
-    return {"dev-v1.1": squad_scores(predictions, examples)}, predictions
-
-
-# ----------------------------------------------------------------------------- tasks
+# ----------------------------------------------------------------------------- the task
 
 @dataclass
 class Task:
@@ -330,7 +93,8 @@ class Task:
 
 
 def load_task(cfg: Config, tokenizer) -> Task:
-    """The task's training features and dev evaluation; bad input raises a one-line ValueError."""
+    """The task's training features and dev evaluation (tasks.py reads and scores them);
+    bad input raises a one-line ValueError."""
     names = {t.replace("-", ""): t for t in TASKS}
     name = names.get(cfg.task.lower().replace("-", ""))
     if name is None:
@@ -348,7 +112,8 @@ def load_task(cfg: Config, tokenizer) -> Task:
         dev, windows = squad_features([{**e, "answers": []} for e in dev_examples], tokenizer, max_len, cfg.doc_stride)
         return Task(name, BertQA, {}, train,
                     lambda model, cfg, rt: squad_evaluate(model, dev_examples, dev, windows, cfg, rt))
-    task, max_len = GLUE[name], cfg.max_len or 128
+    task = text_task(os.path.join(cfg.data, "train.tsv")) if name == "text" else GLUE[name]
+    max_len = cfg.max_len or 128
     splits = {os.path.splitext(f)[0]: read_glue(os.path.join(cfg.data, f), task) for f in ("train.tsv",) + task.dev}
     train = glue_features(tokenizer, *splits.pop("train"), max_len)
     dev = {split: (glue_features(tokenizer, texts, labels, max_len), labels)
@@ -357,18 +122,18 @@ def load_task(cfg: Config, tokenizer) -> Task:
                 lambda model, cfg, rt: glue_evaluate(model, task, dev, cfg, rt))
 
 
-def load_tokenizer(folder: str):
-    """The checkpoint's WordPiece tokenizer; lower-cased unless its tokenizer_config.json says not."""
-    if not os.path.isdir(folder):
-        raise ValueError(f"{folder or '--model'}: no such checkpoint folder; give one with --model")
-    vocab = os.path.join(folder, "vocab.txt")
-    if not os.path.isfile(vocab):
-        raise ValueError(f"{vocab}: missing; fine-tuning needs the checkpoint's WordPiece vocabulary")
-    lowercase, tok_cfg = True, os.path.join(folder, "tokenizer_config.json")
-    if os.path.exists(tok_cfg):
-        with open(tok_cfg) as f:
-            lowercase = json.load(f).get("do_lower_case", True)
-    return BertWordPieceTokenizer(vocab, lowercase=lowercase), vocab, lowercase
+def glue_evaluate(model, task: GlueTask, dev: dict, cfg, rt):
+    metrics, predictions = {}, {}
+    for split, (features, gold) in dev.items():
+        logits = np.stack([o[0] for o in predict(model, features, cfg, rt, split)])  # (N, num_labels)
+        metrics[split], predictions[split] = glue_scores(task, logits, gold)
+    return metrics, predictions
+
+
+def squad_evaluate(model, examples, features, windows, cfg, rt):
+    """Best span over all windows of each question, then the official EM and F1."""
+    predictions = squad_answers(examples, windows, predict(model, features, cfg, rt, "dev"))
+    return {"dev-v1.1": squad_scores(predictions, examples)}, predictions
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -415,8 +180,9 @@ def predict(model, features, cfg, rt, desc: str) -> list[tuple]:
 def fit(model, task: Task, cfg: Config, rt, lr: float, total_steps: int, stop_at: int,
         early_bird=None, desc: str = "train") -> dict:
     """The one training loop, for plain fine-tuning, the search and efficient training: AdamW
-    (train.make_optimizer), linear warm-up and decay over total_steps, gradients clipped at 1.0
-    (BERT's), stopping after stop_at steps; dev evaluation after every epoch and at the end.
+    (train.make_optimizer, with BERT's betas 0.9 and 0.999), linear warm-up and decay over
+    total_steps, gradients clipped at 1.0 (BERT's), stopping after stop_at steps; dev
+    evaluation after every epoch and at the end.
 
     With an early_bird the loop is EarlyBERT's search: the loss gets the L1 penalty on the
     slimming coefficients, every cfg.ticket_every steps the masks they give go to the
@@ -424,7 +190,7 @@ def fit(model, task: Task, cfg: Config, rt, lr: float, total_steps: int, stop_at
     """
     model.to(rt.device).train()
     net = DistributedDataParallel(model) if rt.world > 1 else model
-    optimizer = make_optimizer(model, replace(cfg, lr=lr), rt.device)
+    optimizer = make_optimizer(model, replace(cfg, lr=lr), rt.device, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(replace(cfg, max_steps=total_steps)))
     scaler = torch.amp.GradScaler("cuda", enabled=rt.dtype == torch.float16)
     run = {"steps": 0, "seconds": 0.0, "fired": False, "history": [], "metrics": None, "predictions": None}
@@ -491,7 +257,9 @@ def finetune(cfg: Config) -> dict:
     rank, world, local_rank = setup_distributed()
     device, autocast, dtype = pick_device(cfg, local_rank)
     rt = SimpleNamespace(device=device, autocast=autocast, dtype=dtype, rank=rank, world=world)
-    tokenizer, vocab, lowercase = load_tokenizer(cfg.model)
+    if not os.path.isdir(cfg.model):
+        raise ValueError(f"{cfg.model or '--model'}: no such checkpoint folder; give one with --model")
+    tokenizer, vocab, lowercase = checkpoint_tokenizer(cfg.model, pairs=True)  # [CLS] A [SEP] B [SEP]
     task = load_task(cfg, tokenizer)
     kind = ("random" if cfg.ticket == "random" else "earlybert") if cfg.earlybert else "full"
     run_dir = os.path.join(cfg.out_dir, f"{task.name}-{kind}")
@@ -501,7 +269,7 @@ def finetune(cfg: Config) -> dict:
         raise ValueError(f"{cfg.data}: too few training examples for one batch of {cfg.batch_size}")
     total = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
 
-    def pretrained(verbose=True):  # the checkpoint, with a freshly initialised task head
+    def pretrained(verbose=True):  # the checkpoint; a task head it lacks (or of other shape) starts afresh
         torch.manual_seed(cfg.seed)
         return load_pretrained(task.model_class, cfg.model, verbose=verbose, **task.overrides)
 
@@ -530,9 +298,7 @@ def finetune(cfg: Config) -> dict:
                    total_seconds=results["search_seconds"] + run["seconds"], history=run["history"],
                    config=asdict(cfg))
     if rank == 0:
-        save_pretrained(model, os.path.join(run_dir, "model"), vocab)
-        with open(os.path.join(run_dir, "model", "tokenizer_config.json"), "w") as f:
-            json.dump({"do_lower_case": lowercase}, f)
+        save_pretrained(model, os.path.join(run_dir, "model"), vocab, lowercase=lowercase)
         if ticket:
             ticket.save(os.path.join(run_dir, "ticket.json"))
         for name, obj in (("predictions.json", run["predictions"]), ("results.json", results)):

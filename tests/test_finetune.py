@@ -1,47 +1,47 @@
-"""finetune.py: GLUE and SQuAD data, their metrics, and fine-tuning plainly and the EarlyBERT way.
+"""finetune.py: fine-tuning on GLUE and SQuAD, plainly and the EarlyBERT way.
 
-Data sets are written into tmp_path by the tests; a tiny random BERT (with a vocabulary of the
-words used here) runs the pipelines end to end in a second, and the real all-MiniLM-L6-v2
-learns a small sentiment task plainly and with --earlybert (skipped when not installed).
+Data sets are written into tmp_path with test_tasks.py's writers; a tiny random BERT (with a
+vocabulary of the words used there) runs the pipelines end to end in a second, and the real
+all-MiniLM-L6-v2 learns a small sentiment task plainly and with --earlybert (skipped when not installed).
 """
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 from contextlib import nullcontext
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
-from finetune import (GLUE, Config, accuracy, average_ranks, best_span, exact_match, f1_score, finetune, load_task,
-                      load_tokenizer, matthews, normalize_answer, parse_args, pearson, read_glue, read_squad,
-                      spearman, squad_evaluate, squad_features, squad_scores, token_f1, window_text)
+from data import checkpoint_tokenizer
+from finetune import Config, finetune, load_task, parse_args, squad_evaluate
 from model import BertClassifier, BertConfig, BertMLM, load_pretrained, save_pretrained
+from tasks import GLUE, read_squad, squad_features
+from test_tasks import ANSWER, CONTEXT, WORDS, glue_folder, squad_example, write_vocab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext(), dtype=torch.float32, rank=0, world=1)
-WORDS = [f"word{i}" for i in range(40)] + "what is it where the cat sat ? . sentence second of train dev".split()
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A random 2-layer BERT checkpoint whose vocabulary holds WORDS (others become [UNK])."""
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS) + "\n")
+    folder = write_vocab(tmp_path_factory.mktemp("tiny_bert"))
     torch.manual_seed(0)
-    model = BertMLM(BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                               intermediate_size=64, max_position_embeddings=64))
-    save_pretrained(model, str(folder), str(folder / "vocab.txt"))
-    return str(folder)
+    save_pretrained(BertMLM(tiny_config()), folder)
+    return folder
+
+
+def tiny_config(**kw):
+    return BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=64, **kw)
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model):
-    return load_tokenizer(tiny_model)[0]
+    return checkpoint_tokenizer(tiny_model, pairs=True)[0]
 
 
 def run(tmp_path, **kw):
@@ -49,101 +49,7 @@ def run(tmp_path, **kw):
     return finetune(Config(**{**base, **kw}))
 
 
-# ----------------------------------------------------------------------------- metrics
-
-def test_accuracy_and_f1_match_hand_computed_values():
-    pred, gold = np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1])  # TP 2, FP 1, FN 1, TN 1
-    assert accuracy(pred, gold) == pytest.approx(3 / 5)
-    assert f1_score(pred, gold) == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
-    assert f1_score(np.zeros(5), gold) == 0.0  # no positive prediction
-
-
-def test_matthews_is_hand_computed_and_zero_for_a_constant_prediction():
-    pred, gold = np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1])
-    assert matthews(pred, gold) == pytest.approx((2 * 1 - 1 * 1) / np.sqrt(3 * 3 * 2 * 2))
-    assert matthews(np.ones(5), gold) == 0.0
-    assert matthews(np.zeros(5), gold) == 0.0
-    assert matthews(gold, gold) == pytest.approx(1.0)
-    assert matthews(1 - gold, gold) == pytest.approx(-1.0)
-
-
-def test_pearson_and_spearman_with_ties_use_average_ranks():
-    x, y = [1, 2, 3], [2, 4, 7]  # deviations (-1, 0, 1) and (-7/3, -1/3, 8/3)
-    assert pearson(x, y) == pytest.approx(5 / np.sqrt(2 * 114 / 9))
-    assert average_ranks([3, 1, 2, 2]).tolist() == [4, 1, 2.5, 2.5]
-    # ranks (1, 2.5, 2.5, 4) and (1, 2, 3, 4): covariance 4.5, variances 4.5 and 5
-    assert spearman([1, 2, 2, 3], [10, 20, 30, 40]) == pytest.approx(4.5 / np.sqrt(4.5 * 5))
-    assert spearman([5, 5, 5], [1, 2, 3]) == 0.0  # constant: no correlation, not a NaN
-
-
-def test_squad_normalisation_matches_the_official_script():
-    assert exact_match("The Cat!", "cat") == 1.0
-    assert normalize_answer("  An apple,  the pie. ") == "apple pie"
-    assert normalize_answer("theater") == "theater"  # articles only as whole words
-    assert token_f1("the cat sat", "a cat sat down") == pytest.approx(2 * 1 * (2 / 3) / (1 + 2 / 3))
-    assert token_f1("dog", "cat") == 0.0
-    examples = [{"id": "a", "answers": [{"text": "dog"}, {"text": "Cat."}]}, {"id": "b", "answers": [{"text": "x y"}]}]
-    scores = squad_scores({"a": "the cat", "b": "x"}, examples)  # best gold answer counts
-    assert scores == pytest.approx({"exact_match": 50.0, "f1": 100 * (1 + 2 / 3) / 2})
-
-
 # ----------------------------------------------------------------------------- GLUE
-
-def _mnli(i, a, b, y, split):
-    labels = [y] * (5 if split != "train" else 1)  # label1 (.. label5 in dev), then gold_label
-    return [str(i), "3119", f"{i}n", "fiction", "( a )", "( b )", "(ROOT a)", "(ROOT b)", a, b, *labels, y]
-
-
-def _mnli_header(split):
-    extra = [f"label{i}" for i in range(1, 6 if split != "train" else 2)]
-    return ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-            "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", *extra, "gold_label"]
-
-
-STSB = "index genre filename year old_index source1 source2 sentence1 sentence2 score".split()
-LAYOUTS = {  # task: (header, row) in the standard GLUE download's column order
-    "cola": (None, lambda i, a, b, y, s: ["gj04", y, "" if y == "1" else "*", a]),
-    "sst-2": (["sentence", "label"], lambda i, a, b, y, s: [a, y]),
-    "mrpc": (["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
-             lambda i, a, b, y, s: [y, f"{i}1", f"{i}2", a, b]),
-    "qqp": (["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
-            lambda i, a, b, y, s: [str(i), f"{i}1", f"{i}2", a, b, y]),
-    "sts-b": (STSB, lambda i, a, b, y, s: [str(i), "main-captions", "MSRvid", "2012test", f"{i:04}", "none", "none",
-                                            a, b, y]),
-    "mnli": (_mnli_header, _mnli),
-    "qnli": (["index", "question", "sentence", "label"], lambda i, a, b, y, s: [str(i), a, b, y]),
-    "rte": (["index", "sentence1", "sentence2", "label"], lambda i, a, b, y, s: [str(i), a, b, y]),
-    "wnli": (["index", "sentence1", "sentence2", "label"], lambda i, a, b, y, s: [str(i), a, b, y]),
-}
-
-
-def glue_folder(folder, task, rows=8):
-    """Writes train.tsv and the dev file(s) of `task`; returns {split: (texts, label ids)} expected."""
-    folder.mkdir(parents=True, exist_ok=True)
-    header, row = LAYOUTS[task]
-    labels = GLUE[task].labels or ("0.5", "4.25", "3")
-    expected = {}
-    for split in ("train",) + tuple(d[:-4] for d in GLUE[task].dev):
-        head = header(split) if callable(header) else header
-        lines, texts, ids = [] if head is None else ["\t".join(head)], [], []
-        for i in range(rows):
-            a, b, y = f"sentence {i} of {split}", f"second {i} of {split}", labels[i % len(labels)]
-            lines.append("\t".join(row(i, a, b, y, split)))
-            texts.append((a, b) if len(GLUE[task].texts) == 2 else (a,))
-            ids.append(float(y) if GLUE[task].labels is None else i % len(labels))
-        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-        expected[split] = (texts, ids)
-    return expected
-
-
-@pytest.mark.parametrize("task", list(GLUE))
-def test_each_glue_layout_parses_to_its_texts_and_labels(tmp_path, task):
-    expected = glue_folder(tmp_path, task)
-    for split, (texts, labels) in expected.items():
-        assert read_glue(str(tmp_path / f"{split}.tsv"), GLUE[task]) == (texts, labels)
-    if task == "cola":  # no header: the first line is a sentence
-        assert expected["train"][0][0] == ("sentence 0 of train",)
-
 
 @pytest.mark.parametrize("task", list(GLUE))
 def test_each_glue_task_fine_tunes_and_is_scored_with_its_metric(tmp_path, tiny_model, task):
@@ -158,6 +64,19 @@ def test_each_glue_task_fine_tunes_and_is_scored_with_its_metric(tmp_path, tiny_
     assert json.loads((out / "results.json").read_text())["metrics"] == results["metrics"]
     predictions = json.loads((out / "predictions.json").read_text())
     assert set(predictions) == dev and all(len(p) == 8 for p in predictions.values())
+
+
+def test_a_two_label_classifier_fine_tunes_on_three_label_mnli_with_a_fresh_head(tmp_path, capsys):
+    folder = write_vocab(tmp_path / "two_labels")
+    torch.manual_seed(0)
+    save_pretrained(BertClassifier(tiny_config(num_labels=2)), folder)  # an SST-2 model, say
+    glue_folder(tmp_path / "data", "mnli")
+    results = run(tmp_path, task="mnli", data=str(tmp_path / "data"), model=folder)
+    assert "initialised it afresh" in capsys.readouterr().err  # the 2-label head is not used
+    out = tmp_path / "out" / "mnli-full"
+    assert json.loads((out / "results.json").read_text())["metrics"] == results["metrics"]
+    assert set(results["metrics"]) == {"dev_matched", "dev_mismatched"}
+    assert load_pretrained(BertClassifier, str(out / "model"), verbose=False).config.num_labels == 3
 
 
 def test_unknown_task_lists_the_tasks(tmp_path):
@@ -176,16 +95,6 @@ def test_a_folder_without_dev_tsv_names_the_missing_file(tmp_path, tokenizer):
         load_task(Config(task="MNLI", data=str(tmp_path)), tokenizer)
 
 
-def test_malformed_rows_name_the_file_and_line(tmp_path):
-    path = tmp_path / "train.tsv"
-    path.write_text("sentence\tlabel\ngood one\t1\ntoo\tmany\t1\n")
-    with pytest.raises(ValueError, match=r"train\.tsv, line 3: 3 tab-separated columns, expected 2"):
-        read_glue(str(path), GLUE["sst-2"])
-    path.write_text("sentence\tlabel\ngood one\t1\nbad label\tpositive\n")
-    with pytest.raises(ValueError, match=r"train\.tsv, line 3: label 'positive' is not one of 0, 1"):
-        read_glue(str(path), GLUE["sst-2"])
-
-
 def test_bad_input_on_the_command_line_is_one_line(tmp_path, tiny_model):
     cmd = [sys.executable, "finetune.py", "--task", "nope", "--data", str(tmp_path), "--model", tiny_model]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -193,50 +102,11 @@ def test_bad_input_on_the_command_line_is_one_line(tmp_path, tiny_model):
     assert p.stderr.strip().splitlines() == [p.stderr.strip()] and p.stderr.startswith("error: unknown task 'nope'")
     with pytest.raises(SystemExit):
         parse_args(["--ticket", "random"])  # the control needs --earlybert
+    with pytest.raises(ValueError, match=r"^--model: no such checkpoint folder; give one with --model$"):
+        finetune(Config(task="rte", data=str(tmp_path)))
 
 
 # ----------------------------------------------------------------------------- SQuAD
-
-CONTEXT = " ".join(f"word{i}" for i in range(40))  # one token per word with the tiny vocabulary
-ANSWER = "word8 word9 word10 word11"  # tokens 8..11
-
-
-def squad_example(qid, answer=ANSWER, start=None):
-    start = CONTEXT.index(answer) if start is None else start
-    return {"id": qid, "question": "what is it ?", "context": CONTEXT,
-            "answers": [{"text": answer, "answer_start": start}]}
-
-
-def test_an_answer_across_a_window_boundary_is_found_in_the_windows_holding_all_of_it(tokenizer):
-    # question: 4 tokens -> context tokens start at position 6, 9 of them per window, starts 4 apart
-    features, windows = squad_features([squad_example("q")], tokenizer, max_len=16, doc_stride=4)
-    starts = [0, 4, 8, 12, 16, 20, 24, 28, 32]
-    assert len(features) == len(starts) and all(len(f["input_ids"]) <= 16 for f in features)
-    word_starts = [m.start() for m in re.finditer(r"\S+", CONTEXT)]
-    assert sorted({int(o[0]) for _, offsets, _ in windows for o in offsets}) == word_starts  # all covered
-    for f, (i, offsets, k), first in zip(features, windows, starts):
-        assert (i, k, len(offsets)) == (0, 6, min(9, 40 - first))
-        s, e = f["start_positions"], f["end_positions"]
-        if first <= 8 and 11 < first + 9:  # the window holds the whole answer
-            assert (s, e) == (8 - first + k, 11 - first + k)
-            assert window_text(CONTEXT, offsets, s - k, e - k) == ANSWER
-        else:  # the first window holds only word8 word9 of it: points at [CLS]
-            assert (s, e) == (0, 0)
-    assert features[0]["token_type_ids"].tolist() == [0] * 6 + [1] * 10
-
-
-def test_an_answer_inside_a_word_maps_to_the_tokens_covering_it(tokenizer):
-    features, windows = squad_features([squad_example("q", "ord9 wo", CONTEXT.index("ord9 wo"))], tokenizer, 64, 128)
-    (f,), ((_, offsets, k),) = features, windows
-    assert window_text(CONTEXT, offsets, f["start_positions"] - k, f["end_positions"] - k) == "word9 word10"
-
-
-def test_an_answer_not_in_its_context_is_skipped_with_a_counted_warning(tokenizer):
-    examples = [squad_example("good"), squad_example("bad", start=3), squad_example("worse", "no such words", 0)]
-    with pytest.warns(UserWarning, match=r"skipped 2 answers not found in their context \(train-v1\.1\.json\)"):
-        features, windows = squad_features(examples, tokenizer, 64, 128, "train-v1.1.json")
-    assert [i for i, _, _ in windows] == [0]
-
 
 class PointAt(torch.nn.Module):
     """A stand-in QA model whose start and end logits peak at two token ids."""
@@ -249,16 +119,13 @@ class PointAt(torch.nn.Module):
         return ((input_ids == self.start_id).float() * 10, (input_ids == self.end_id).float() * 10), None
 
 
-def test_decoding_picks_the_best_span_over_all_windows(tokenizer):
+def test_evaluation_decodes_the_models_logits_into_answers(tokenizer):
     examples = [squad_example("q")]
     features, windows = squad_features([{**examples[0], "answers": []}], tokenizer, 16, 4)
     model = PointAt(tokenizer.token_to_id("word8"), tokenizer.token_to_id("word11"))
     metrics, predictions = squad_evaluate(model, examples, features, windows, Config(batch_size=4), CPU)
     assert predictions == {"q": ANSWER}
     assert metrics == {"dev-v1.1": {"exact_match": 100.0, "f1": 100.0}}
-    start, end = np.array([0.0, 5, 1]), np.array([4.0, 0, 2])  # best sum 5 + 4: end before start, no span
-    assert best_span(start, end) == (7.0, 1, 2)
-    assert best_span(start, end, max_answer_len=1) == (5.0, 1, 1)
 
 
 def test_squad_fine_tunes_end_to_end(tmp_path, tiny_model):
