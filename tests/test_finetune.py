@@ -80,7 +80,7 @@ def test_a_two_label_classifier_fine_tunes_on_three_label_mnli_with_a_fresh_head
 
 
 def test_unknown_task_lists_the_tasks(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown task 'nope'; the tasks are cola, sst-2, .*, wnli, squad"):
+    with pytest.raises(ValueError, match=r"unknown task 'nope'; the tasks are cola, sst-2, .*, wnli, text, squad"):
         load_task(Config(task="nope", data=str(tmp_path)), None)
 
 
@@ -215,3 +215,14 @@ def test_minilm_learns_it_the_earlybert_way_with_fewer_heads_and_neurons(tmp_pat
     assert results["metrics"]["dev"]["accuracy"] >= 0.8
     model = load_pretrained(BertClassifier, str(tmp_path / "out" / "sst-2-earlybert" / "model"), verbose=False)
     assert sum(model.config.heads_per_layer) == 48 and sum(model.config.ffn_per_layer) == 5530
+
+
+def test_the_text_task_takes_its_classes_from_train_tsv(tmp_path, tokenizer):
+    assert "train.tsv: missing" in str(pytest.raises(ValueError, load_task,
+                                                     Config(task="text", data=str(tmp_path)), tokenizer).value)
+    rows = [("a small animal", "animal"), ("a tall plant", "plant"), ("a red animal", "animal"), ("a tool", "artifact")]
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
+    task = load_task(Config(task="text", data=str(tmp_path)), tokenizer)
+    assert task.overrides == {"num_labels": 3}  # artifact, animal, plant
+    assert [f["labels"] for f in task.train] == [0, 2, 0, 1]  # sorted: animal, artifact, plant
