@@ -7,8 +7,7 @@
 For every sequence length it times full training steps (forward, backward, AdamW) of:
 - ours (sparse MLM head): the vocabulary decoder runs only at the ~15% predicted positions;
 - reference (decoder over every position): the same model with logits at all T positions,
-  as the original BERT code computes them (and `transformers.BertForMaskedLM` when it is
-  installed; it is not a dependency);
+  as the original BERT code and transformers' BertForMaskedLM compute them;
 - efficient (pruned): the shapes of a default EarlyBERT ticket (1/3 of the heads, 40% of
   the FFN neurons), against the full model in time and in FLOPs.
 Inputs are random tokens without padding, so these figures measure compute alone;
@@ -95,7 +94,7 @@ def random_batch(config: BertConfig, batch_size: int, seq_len: int, sparse: bool
     return {"input_ids": ids, "mlm_labels": torch.full_like(ids, -100).scatter_(1, positions, labels)}
 
 
-def seconds_per_step(model, batch: dict, steps: int, device, dtype, compile: bool, name: str, loss_of) -> float:
+def seconds_per_step(model, batch: dict, steps: int, device, dtype, compile: bool, name: str) -> float:
     """Times `steps` training steps after WARMUP_STEPS, as train.py takes them: forward under
     autocast, backward, AdamW (fused on CUDA), zero_grad(set_to_none). Nothing inside the
     timed loop waits for the GPU (no .item()); CUDA is synchronised only at its two ends."""
@@ -112,7 +111,7 @@ def seconds_per_step(model, batch: dict, steps: int, device, dtype, compile: boo
 
     def step():
         with autocast:
-            loss = loss_of(run(**batch))
+            _, loss = run(**batch)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -128,18 +127,6 @@ def seconds_per_step(model, batch: dict, steps: int, device, dtype, compile: boo
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - start) / steps
-
-
-def transformers_mlm(config: BertConfig):
-    """transformers.BertForMaskedLM of the same size, or None when transformers is not installed."""
-    try:
-        import transformers
-    except ImportError:
-        return None
-    return transformers.BertForMaskedLM(transformers.BertConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
-        max_position_embeddings=config.max_position_embeddings))
 
 
 def loader_batches_per_s(files: list[str], cache: str, batch_size: int, seq_len: int, steps: int,
@@ -211,7 +198,7 @@ def machine(device) -> str:
         return platform.processor() or platform.machine()
 
 
-def measure(name: str, model, batch: dict, flops: int, args, device, dtype, loss_of=lambda out: out[1]) -> dict:
+def measure(name: str, model, batch: dict, flops: int, args, device, dtype) -> dict:
     """Times one variant and prints its line: step time, steps/s, tokens/s; on CUDA also the
     memory it adds (weights, optimizer state, activations) and, for a GPU in PEAK_FLOPS, MFU
     (the FLOPs this variant does, so all T positions for the reference, over the peak)."""
@@ -219,7 +206,7 @@ def measure(name: str, model, batch: dict, flops: int, args, device, dtype, loss
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     torch.manual_seed(0)
-    s = seconds_per_step(model, batch, args.steps, device, dtype, args.compile, name, loss_of)
+    s = seconds_per_step(model, batch, args.steps, device, dtype, args.compile, name)
     T = batch["input_ids"].shape[1]
     r = {"variant": name, "seq": T, "ms_per_step": 1e3 * s, "steps_per_s": 1 / s,
          "tokens_per_s": args.batch * T / s, "flops": flops}
@@ -249,11 +236,6 @@ def bench_length(T: int, config: BertConfig, args, device, dtype) -> list[dict]:
     print(f"  ours / reference: time {ours['ms_per_step'] / ref['ms_per_step']:.2f}, "
           f"FLOPs {ours['flops'] / ref['flops']:.2f}")
     results = [ours, ref]
-    hf = transformers_mlm(config)
-    if hf is not None:
-        hf_batch = {"input_ids": dense["input_ids"], "labels": dense["mlm_labels"]}
-        results.append(measure("transformers BertForMaskedLM", hf, hf_batch, flops_per_sequence(config, T, T),
-                               args, device, dtype, loss_of=lambda out: out.loss))
     small = pruned_config(config)
     eff = measure("efficient (pruned)", BertMLM(small), random_batch(small, args.batch, T, True),
                   flops_per_sequence(small, T, P), args, device, dtype)

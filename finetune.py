@@ -201,7 +201,7 @@ def fit(model, task: Task, cfg: Config, rt, lr: float, total_steps: int, stop_at
         for batch in batches(task.train, cfg.batch_size, cfg.seed + epoch, rt.rank, rt.world):
             with rt.autocast:
                 _, loss = net(**to_device(batch, rt.device))
-            losses.append(loss.item())
+            losses.append(loss.detach())  # no .item() per step: it would make the host wait for the GPU
             if early_bird:  # network slimming's L1, on the coefficients only
                 loss = loss + slim.l1_penalty(model, cfg.l1, cfg.l1)
             scaler.scale(loss).backward()
@@ -213,7 +213,8 @@ def fit(model, task: Task, cfg: Config, rt, lr: float, total_steps: int, stop_at
             scheduler.step()
             run["steps"] += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if run["steps"] % 10 == 0:
+                bar.set_postfix(loss=f"{losses[-1].item():.3f}")
             if early_bird and run["steps"] % cfg.ticket_every == 0:
                 masks = tickets.current_masks(*slim.coefficients(model), cfg.head_ratio, cfg.ffn_ratio)
                 run["fired"] = early_bird.update(*masks, run["steps"])
@@ -221,7 +222,7 @@ def fit(model, task: Task, cfg: Config, rt, lr: float, total_steps: int, stop_at
                 break
         epoch += 1
         run["seconds"] += time.time() - t0
-        record = {"epoch": epoch, "step": run["steps"], "loss": float(np.mean(losses))}
+        record = {"epoch": epoch, "step": run["steps"], "loss": torch.stack(losses).mean().item()}
         if not early_bird:
             run["metrics"], run["predictions"] = task.evaluate(model, cfg, rt)
             record["metrics"] = run["metrics"]

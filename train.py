@@ -53,7 +53,7 @@ class Config:
     batch_size: int = 32  # sequences per process per micro-step
     grad_accum: int = 1
     max_steps: int = 300
-    max_minutes: float = 0.0  # > 0: also stop after this much wall-clock time (equal-time comparisons)
+    max_minutes: float = 0.0  # > 0: also stop after this much training time (checked every log_every steps)
     lr: float = 1e-3
     warmup: float = 0.06  # fraction of max_steps
     weight_decay: float = 0.01
@@ -363,8 +363,10 @@ def train(cfg: Config, stop_after: int | None = None):
         # weight each micro-batch by its share of them (DDP then averages the gradients over ranks).
         micro_batches = [next(train_batches) for _ in range(cfg.grad_accum)]
         counts = [int((b["mlm_labels"] != -100).sum()) for b in micro_batches]  # on the CPU: no device sync
-        total = torch.tensor(float(sum(counts)), device=device)
-        if world > 1:
+        total = float(sum(counts))
+        if world > 1:  # summed over the ranks; a pinned, non-blocking copy keeps the host from waiting
+            total = torch.tensor(total).pin_memory() if device.type == "cuda" else torch.tensor(total)
+            total = total.to(device, non_blocking=True)
             dist.all_reduce(total)
         for micro, (batch, count) in enumerate(zip(micro_batches, counts)):
             batch = to_device(batch, device)
@@ -402,8 +404,9 @@ def train(cfg: Config, stop_after: int | None = None):
         if step % cfg.eval_every == 0 and step < cfg.max_steps and rank == 0:
             val_loss, val_acc = evaluate(raw_model, val_batches, device, autocast)
             write({"step": step, "val_loss": val_loss, "val_acc": val_acc})
-        out_of_time = cfg.max_minutes > 0 and elapsed > 60 * cfg.max_minutes
-        if world > 1:  # every rank must stop at the same step
+        # checked at log steps only: with several ranks it is a collective and a host sync
+        out_of_time = cfg.max_minutes > 0 and step % cfg.log_every == 0 and elapsed > 60 * cfg.max_minutes
+        if world > 1 and cfg.max_minutes > 0 and step % cfg.log_every == 0:  # every rank stops at the same step
             flag = torch.tensor(float(out_of_time), device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             out_of_time = bool(flag.item())

@@ -56,6 +56,12 @@ def test_a_short_run_lowers_held_out_loss_clearly(corpus, tmp_path):
     assert os.path.exists(tmp_path / "full" / "model" / "config.json")
 
 
+def test_max_minutes_stops_at_the_first_log_step_past_the_budget(corpus, tmp_path):
+    summary = train.train(tiny(corpus, tmp_path, max_minutes=1e-6, log_every=3))  # 60 microseconds
+    assert summary["steps"] == 3
+    assert torch.load(tmp_path / "full" / "ckpt.pt", weights_only=False)["step"] == 3  # resumable from there
+
+
 @pytest.mark.parametrize("phase", ["full", "search"])
 def test_resume_continues_exactly(corpus, tmp_path, phase):
     """k steps, stop, --resume to N == N steps straight: weights, optimizer, schedule, dropout
