@@ -248,10 +248,9 @@ def search(model, task: Task, cfg: Config, rt, total_steps: int, epoch_steps: in
     early_bird = tickets.EarlyBird()
     limit = min(total_steps, max(1, round(cfg.search_fraction * epoch_steps)))
     run = fit(model, task, cfg, rt, cfg.search_lr, total_steps, limit, early_bird, desc="search")
-    ticket = tickets.draw_ticket(*slim.coefficients(model), cfg.head_ratio, cfg.ffn_ratio,
-                                 kind="earlybird" if run["fired"] else "fixed-step", step=run["steps"])
-    ticket.history = early_bird.history  # the mask distances, for the Early-Bird figure
-    return ticket
+    return tickets.draw_ticket(*slim.coefficients(model), cfg.head_ratio, cfg.ffn_ratio,
+                               kind="earlybird" if run["fired"] else "fixed-step", step=run["steps"],
+                               history=early_bird.history)  # the mask distances, for the Early-Bird figure
 
 
 def finetune(cfg: Config) -> dict:

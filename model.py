@@ -489,8 +489,9 @@ def save_pretrained(model: BertPreTrainedBase, folder: str, vocab_path: str | No
             dst.write(src.read())
         os.replace(os.path.join(folder, "vocab.txt.tmp"), os.path.join(folder, "vocab.txt"))
     if lowercase is not None:
-        with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        with open(os.path.join(folder, "tokenizer_config.json.tmp"), "w") as f:
             json.dump({"do_lower_case": lowercase}, f)
+        os.replace(os.path.join(folder, "tokenizer_config.json.tmp"), os.path.join(folder, "tokenizer_config.json"))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -90,7 +90,8 @@ def _largest(magnitudes: np.ndarray, n_keep: int) -> list[int]:
 
 
 def draw_ticket(head_coefs, ffn_coefs, head_ratio: float = 1 / 3, ffn_ratio: float = 0.4,
-                ffn_multiple: int = 1, *, kind: str = "earlybird", step: int | None = None) -> Ticket:
+                ffn_multiple: int = 1, *, kind: str = "earlybird", step: int | None = None,
+                history: list | None = None) -> Ticket:
     """Prune the units with the smallest coefficient magnitudes (EarlyBERT's ticket-drawing stage).
 
     head_coefs, ffn_coefs: one 1-D tensor per layer (slim.coefficients gives them).
@@ -134,7 +135,7 @@ def draw_ticket(head_coefs, ffn_coefs, head_ratio: float = 1 / 3, ffn_ratio: flo
         ffn.append(_largest(m, n_keep))
 
     return Ticket(heads, ffn, [len(m) for m in head_mags], [len(m) for m in ffn_mags],
-                  head_ratio, ffn_ratio, kind, step)
+                  head_ratio, ffn_ratio, kind, step, list(history or []))
 
 
 def random_ticket(full_heads: list[int], full_ffn: list[int], head_ratio: float = 1 / 3,

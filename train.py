@@ -287,6 +287,9 @@ def train(cfg: Config, stop_after: int | None = None):
     if cfg.phase == "efficient":
         check_search_output(cfg)
     run_dir = os.path.join(cfg.out_dir, run_name(cfg))
+    ckpt_path = os.path.join(run_dir, "ckpt.pt")
+    if cfg.resume and not os.path.exists(ckpt_path):  # say so before the data is prepared
+        raise ValueError(f"{ckpt_path}: no checkpoint to resume from (drop --resume to start afresh)")
     os.makedirs(run_dir, exist_ok=True)
     data_dir, meta = prepare_data(cfg, rank, world)
     tokenizer = data.load_tokenizer(meta["vocab_path"], meta["lowercase"])
@@ -313,7 +316,6 @@ def train(cfg: Config, stop_after: int | None = None):
     if start:  # go on where the search drew the ticket: same schedule, next batches
         step = start["step"]
         train_batches.load_state_dict(start["loader"])
-    ckpt_path = os.path.join(run_dir, "ckpt.pt")
     if cfg.resume:
         step, elapsed = resume(ckpt_path, cfg, world, model, optimizer, scheduler, scaler, train_batches,
                                early_bird, rank)
@@ -448,8 +450,6 @@ RESUME_KEYS = ("phase", "data", "vocab", "init_from", "batch_size", "grad_accum"
 
 def resume(path, cfg, world, model, optimizer, scheduler, scaler, loader, early_bird, rank):
     """Continue exactly: weights, optimizer, schedule, scaler, RNG states, data position."""
-    if not os.path.exists(path):
-        raise ValueError(f"{path}: no checkpoint to resume from (drop --resume to start afresh)")
     state = load_checkpoint(path)
     if state.get("model_config") != model.config.to_dict():
         raise ValueError(f"{path}: checkpoint of another model configuration; resume with the settings it was "
@@ -490,10 +490,9 @@ def search_step(cfg: Config, model, early_bird, step: int, write):
 
 
 def draw(cfg: Config, model, early_bird, step: int, kind: str):
-    heads, ffn = slim.coefficients(model)
-    t = tickets.draw_ticket(heads, ffn, cfg.head_ratio, cfg.ffn_ratio, kind=kind, step=step)
-    t.history = early_bird.history
-    return t
+    """The ticket from the coefficients now, with the mask distances that led to it."""
+    return tickets.draw_ticket(*slim.coefficients(model), cfg.head_ratio, cfg.ffn_ratio, kind=kind, step=step,
+                               history=early_bird.history)
 
 
 def summary_search(cfg, model, ticket, early_bird, run_dir, meta, summary):
