@@ -92,7 +92,9 @@ def _write_json(obj: dict, path: str):
 
 def train_tokenizer(files: list[str], out_dir: str, vocab_size: int = 8192, lowercase: bool = True) -> str:
     """Trains a WordPiece vocab on `files` into out_dir/vocab.txt (reused when the inputs are the same).
-    The special tokens come first, in SPECIALS order, so [PAD] = 0 as in BERT's vocab."""
+    The special tokens come first, in SPECIALS order, so [PAD] = 0 as in BERT's vocab.
+    Not bit-reproducible: `tokenizers` breaks ties between equally frequent pairs differently
+    from run to run (a few tokens of 8192 differ); keep the vocab.txt to repeat a run exactly."""
     vocab_path, record_path = os.path.join(out_dir, "vocab.txt"), os.path.join(out_dir, "vocab_inputs.json")
     record = {"files": _file_stats(files), "vocab_size": vocab_size, "lowercase": lowercase}
     if os.path.exists(vocab_path) and os.path.exists(record_path) and json.load(open(record_path)) == record:
