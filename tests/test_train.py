@@ -3,6 +3,7 @@ EarlyBERT phases chain (search -> efficient), and bad input gives one clear line
 Tiny model (2 layers, hidden 32) on a slice of the built-in corpus with a 1000-token vocab."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -106,7 +107,7 @@ def searched(corpus, tmp_path_factory):
     """A search in which the early-bird rule fires (a loose epsilon for a tiny model)."""
     out = tmp_path_factory.mktemp("earlybert")
     summary = train.train(tiny(corpus, out, phase="search", max_steps=200, eb_k=3, eb_epsilon=0.3, lr=1e-2,
-                               lambda_head=1e-2, lambda_ffn=1e-2))
+                               lambda_head=1e-2, lambda_ffn=1e-2, dropout=0.0))  # no dropout: see the compile test
     return out, summary
 
 
@@ -225,3 +226,20 @@ def test_the_command_line_prints_one_line_for_bad_input(tmp_path):
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [f"error: {tmp_path}/search/ticket.json: missing; run `python train.py "
                                                f"--phase search` first (or point --search-dir at its output)"]
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
+                    reason="torch.compile on the CPU (inductor) needs a C++ compiler")
+def test_compile_trains_a_pruned_model_as_eager_does(corpus, searched, tmp_path):
+    """--compile on a rebuilt model whose layers differ in heads and FFN width: same weights
+    as eager after two steps (the searched model has no dropout, whose random numbers a
+    compiled graph draws differently)."""
+    out, summary = searched
+    kw = dict(phase="efficient", search_dir=str(out / "search"), max_steps=summary["drawn_at"] + 2)
+    train.train(tiny(corpus, tmp_path / "eager", **kw))
+    train.train(tiny(corpus, tmp_path / "compiled", compile=True, **kw))
+    a = torch.load(tmp_path / "eager/efficient/ckpt.pt", weights_only=False)
+    b = torch.load(tmp_path / "compiled/efficient/ckpt.pt", weights_only=False)
+    assert a["model_config"]["heads_per_layer"] is not None  # really a pruned model
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], atol=1e-5, rtol=1e-4, msg=name)
