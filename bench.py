@@ -25,7 +25,7 @@ from contextlib import nullcontext
 import torch
 from tqdm import tqdm
 
-from model import BertConfig, BertMLM
+from model import BertConfig, BertMLM, flops_per_sequence
 
 SIZES = {"small": dict(layers=4, hidden=256, heads=4, ffn=1024),  # runs on a laptop CPU
          "base": dict(layers=12, hidden=768, heads=12, ffn=3072)}  # BERT-base, for a GPU
@@ -48,26 +48,6 @@ def n_predictions(seq_len: int, mask_prob: float = 0.15) -> int:
     """Predicted positions per sequence, as data.MLMBatches: [CLS] and [SEP] are never masked.
     The round() keeps float error (0.15 * 20 = 3.0000000000000004) from adding one."""
     return math.ceil(round(mask_prob * (seq_len - 2), 6))
-
-
-def flops_per_sequence(config: BertConfig, seq_len: int, n_predictions: int) -> int:
-    """Model FLOPs of one training step on one sequence: 3 x the forward pass (the backward
-    pass costs about twice the forward), counting 2*m*n*k for every (m x k) @ (k x n) matmul.
-    Embeddings (lookups), LayerNorm, softmax, GELU and the loss are not counted: they are
-    O(T * hidden) against the matmuls' O(T * hidden^2). Per-layer heads and FFN widths
-    come from the config, so a pruned (rebuilt) model counts only what it keeps."""
-    T, P, H, V = seq_len, n_predictions, config.hidden_size, config.vocab_size
-    forward = 0
-    for i in range(config.num_hidden_layers):
-        width = config.heads(i) * config.head_dim  # the kept heads' concatenated size
-        f = config.ffn(i)
-        forward += 3 * 2 * T * H * width  # Q, K, V projections
-        forward += 2 * T * T * width      # attention scores Q K^T, every head
-        forward += 2 * T * T * width      # attention probabilities x V
-        forward += 2 * T * width * H      # output projection
-        forward += 2 * T * H * f + 2 * T * f * H  # FFN up and down
-    forward += 2 * P * H * H + 2 * P * H * V  # MLM head at the predicted positions: transform, decoder
-    return 3 * forward
 
 
 def pruned_config(config: BertConfig, head_ratio: float = 1 / 3, ffn_ratio: float = 0.4) -> BertConfig:

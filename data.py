@@ -1,9 +1,12 @@
 """
 The masked-language-model data pipeline: text files -> WordPiece ids on disk -> masked batches.
+(Where the text comes from, the built-in corpus and a user's files, is corpus.py.)
 
 1. `train_tokenizer` / `load_tokenizer`: BERT's WordPiece vocabulary, one token a line in a vocab.txt.
-2. `prepare`: tokenizes plain-text files once, streaming, into flat token arrays (train.bin,
-   val.bin; memory-mapped later, so the corpus may be far larger than RAM) and document offsets.
+2. `prepare_corpus`: checks the text files, trains a vocabulary if none is given and tokenizes
+   them once, streaming (`prepare`), into flat token arrays (train.bin, val.bin; memory-mapped
+   later, so the corpus may be far larger than RAM) and document offsets, in a cache folder
+   named after what it is made from.
 3. `MLMBatches`: cuts documents into `[CLS] chunk [SEP]` sequences and masks them as BERT does
    (Devlin et al. 2019, Sec. 3.1 and Appendix A.1): 15% of the tokens are predicted; of those
    80% become [MASK], 10% a random token, 10% stay unchanged.
@@ -15,13 +18,13 @@ Departures from BERT's create_pretraining_data.py, on purpose:
   instead of BERT's 10 static copies written to disk.
 - Random replacements are drawn from the non-special tokens only.
 """
-import ast
 import hashlib
 import json
 import math
 import os
-import sysconfig
-import warnings
+import re
+import shutil
+import sys
 import zlib
 
 import numpy as np
@@ -29,7 +32,12 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 
+from checkpoint import atomic, read_json, write_json
+from corpus import check_text_file, read_documents
+
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+VAL_TOKENS = 500_000  # held out by prepare_corpus: 100 evaluation batches of 32 x 128 read ~400k
+BYTES_PER_TOKEN = 4  # of English text with a WordPiece vocab (3.9 on the built-in corpus with 8192 tokens)
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -46,6 +54,7 @@ def _bert_tokenizer(vocab: dict | None, lowercase: bool) -> Tokenizer:
 def load_tokenizer(vocab_path: str, lowercase: bool = True) -> Tokenizer:
     if not os.path.isfile(vocab_path):
         raise ValueError(f"{vocab_path}: no such vocab file (one WordPiece token per line, as BERT's vocab.txt)")
+    check_text_file(vocab_path)  # a binary or empty file is one line here, not a tokenizers error
     vocab = models.WordPiece.read_file(vocab_path)
     missing = [t for t in SPECIALS if t not in vocab]
     if missing:
@@ -65,8 +74,7 @@ def checkpoint_tokenizer(folder: str, pairs: bool = False) -> tuple[Tokenizer, s
     vocab, lowercase = os.path.join(folder, "vocab.txt"), True
     tok_cfg = os.path.join(folder, "tokenizer_config.json")
     if os.path.exists(tok_cfg):
-        with open(tok_cfg) as f:
-            lowercase = bool(json.load(f).get("do_lower_case", True))
+        lowercase = bool(read_json(tok_cfg, "tokenizer config").get("do_lower_case", True))
     tokenizer = load_tokenizer(vocab, lowercase)
     if pairs:
         cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
@@ -75,30 +83,11 @@ def checkpoint_tokenizer(folder: str, pairs: bool = False) -> tuple[Tokenizer, s
     return tokenizer, vocab, lowercase
 
 
-def _file_stats(files: list[str]) -> list[dict]:
-    """What a cache records of its inputs; a changed size or mtime means the cache is stale."""
-    for f in files:
-        if not os.path.isfile(f):
-            raise ValueError(f"{f}: no such text file")
-    return [{"path": os.path.abspath(f), "size": os.path.getsize(f), "mtime_ns": os.stat(f).st_mtime_ns}
-            for f in files]
-
-
-def _write_json(obj: dict, path: str):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".tmp", path)  # a crash mid-write never leaves a valid-looking cache
-
-
 def train_tokenizer(files: list[str], out_dir: str, vocab_size: int = 8192, lowercase: bool = True) -> str:
-    """Trains a WordPiece vocab on `files` into out_dir/vocab.txt (reused when the inputs are the same).
+    """Trains a WordPiece vocab on `files` into out_dir/vocab.txt and returns its path.
     The special tokens come first, in SPECIALS order, so [PAD] = 0 as in BERT's vocab.
     Not bit-reproducible: `tokenizers` breaks ties between equally frequent pairs differently
     from run to run (a few tokens of 8192 differ); keep the vocab.txt to repeat a run exactly."""
-    vocab_path, record_path = os.path.join(out_dir, "vocab.txt"), os.path.join(out_dir, "vocab_inputs.json")
-    record = {"files": _file_stats(files), "vocab_size": vocab_size, "lowercase": lowercase}
-    if os.path.exists(vocab_path) and os.path.exists(record_path) and json.load(open(record_path)) == record:
-        return vocab_path
     os.makedirs(out_dir, exist_ok=True)
     tokenizer = _bert_tokenizer(None, lowercase)
     # limit_alphabet=1000 as BertWordPieceTokenizer: rare characters become [UNK] rather than eat the vocab.
@@ -106,85 +95,10 @@ def train_tokenizer(files: list[str], out_dir: str, vocab_size: int = 8192, lowe
                                                      limit_alphabet=1000, show_progress=True))
     vocab = tokenizer.get_vocab()
     assert [vocab[t] for t in SPECIALS] == list(range(len(SPECIALS)))
-    with open(vocab_path + ".tmp", "w", encoding="utf-8") as f:
+    vocab_path = os.path.join(out_dir, "vocab.txt")
+    with atomic(vocab_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("\n".join(sorted(vocab, key=vocab.get)) + "\n")
-    os.replace(vocab_path + ".tmp", vocab_path)
-    _write_json(record, record_path)
     return vocab_path
-
-
-# ----------------------------------------------------------------------------- corpus
-
-def builtin_corpus(out_dir: str) -> list[str]:
-    """Real English text shipped with CPython, so a run needs no download: the help topics of
-    `pydoc_data` (the language reference) and the docstrings of the standard library, one document
-    per topic and per module. About 2 MB; it varies a little with the Python version."""
-    path = os.path.join(out_dir, "builtin_corpus.txt")
-    if os.path.exists(path):
-        return [path]
-    from pydoc_data.topics import topics
-    docs = [topics[k] for k in sorted(topics)]
-    stdlib = sysconfig.get_paths()["stdlib"]
-    for folder, subfolders, names in os.walk(stdlib):
-        subfolders[:] = sorted(d for d in subfolders if d not in ("site-packages", "test", "tests", "idle_test"))
-        for name in sorted(n for n in names if n.endswith(".py")):
-            with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as f, warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # invalid escapes in old modules' strings
-                try:
-                    tree = ast.parse(f.read())
-                except SyntaxError:
-                    continue
-            docs.append("\n".join(_docstrings(tree)))
-    # Blank lines separate documents in the file, so paragraphs inside one are joined.
-    docs = ["\n".join(line.rstrip() for line in d.splitlines() if line.strip()) for d in docs]
-    os.makedirs(out_dir, exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write("\n\n".join(d for d in docs if d) + "\n")
-    os.replace(path + ".tmp", path)
-    return [path]
-
-
-def _docstrings(tree: ast.Module):
-    """Docstrings of a module, its classes and their methods; one-liners such as 'Return self.' are skipped."""
-    stack = [tree]
-    while stack:
-        node = stack.pop(0)
-        doc = ast.get_docstring(node)
-        if doc and len(doc) >= 80:
-            yield doc
-        stack += [n for n in node.body if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
-
-
-def _has_blank_line_between_text(path: str) -> bool:
-    """True when a blank line separates two lines of text: then blank lines separate documents,
-    otherwise every line is a document. Reads until the answer is known."""
-    seen_text = seen_blank = False
-    with open(path, "rb") as f:
-        for raw in f:
-            if not raw.strip():
-                seen_blank = seen_text
-            elif seen_blank:
-                return True
-            else:
-                seen_text = True
-    return False
-
-
-def read_documents(path: str):
-    """Yields (document text, bytes of the file it used)."""
-    by_blank_lines = _has_blank_line_between_text(path)
-    lines, n_bytes = [], 0
-    with open(path, "rb") as f:
-        for raw in f:
-            n_bytes += len(raw)
-            line = raw.decode("utf-8", errors="replace").strip()
-            if line:
-                lines.append(line)
-            if lines and (not line or not by_blank_lines):
-                yield "\n".join(lines), n_bytes
-                lines, n_bytes = [], 0
-    if lines:
-        yield "\n".join(lines), n_bytes
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -208,23 +122,17 @@ def _uniform_hash(index: np.ndarray, seed: int) -> np.ndarray:
 def prepare(files: list[str], tokenizer: Tokenizer, out_dir: str, val_fraction: float = 0.02, seed: int = 0) -> dict:
     """Tokenizes text files into out_dir/{train,val}.bin (flat token ids) and {train,val}_docs.npy
     (int64 start offsets of the documents, plus the end). Documents are separated by blank lines,
-    or are single lines in a file without blank lines. Whole documents are held out for validation.
-    Reuses the files when meta.json says they were made from the same inputs."""
+    or are single lines in a file without blank lines. Whole documents are held out for validation:
+    each with probability val_fraction, by a hash of its index. meta.json is written last, so only
+    a finished prepare has one. `prepare_corpus` checks the files first and caches the result."""
     if not files:
         raise ValueError("prepare: no text files given")
     vocab_size = tokenizer.get_vocab_size()
-    want = {"files": _file_stats(files), "tokenizer_sha256": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),
-            "val_fraction": val_fraction, "seed": seed}
-    for f in want["files"]:
-        if f["size"] == 0:
-            raise ValueError(f"{f['path']}: the file is empty")
     meta_path = os.path.join(out_dir, "meta.json")
     if os.path.exists(meta_path):
-        meta = json.load(open(meta_path))
-        if all(meta.get(k) == v for k, v in want.items()):
-            return meta
-        os.remove(meta_path)  # stale: the files it describes are about to be replaced
+        os.remove(meta_path)  # it describes files that are about to be replaced
     os.makedirs(out_dir, exist_ok=True)
+    sizes = [os.path.getsize(f) for f in files]
 
     dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
     bins = {s: open(os.path.join(out_dir, f"{s}.bin.tmp"), "w+b") for s in ("train", "val")}
@@ -244,7 +152,7 @@ def prepare(files: list[str], tokenizer: Tokenizer, out_dir: str, val_fraction: 
             offsets[split].append(n_tokens[split] + np.cumsum(lengths[keep]))
             n_tokens[split] += int(lengths[keep].sum())
 
-    with tqdm(total=sum(f["size"] for f in want["files"]), unit="B", unit_scale=True, desc="tokenizing") as bar:
+    with tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="tokenizing") as bar:
         for path in files:
             docs, n_bytes, n_file_docs = [], 0, 0
             for text, used in read_documents(path):
@@ -270,14 +178,90 @@ def prepare(files: list[str], tokenizer: Tokenizer, out_dir: str, val_fraction: 
     for split in ("train", "val"):
         bins[split].close()
         os.replace(bins[split].name, os.path.join(out_dir, f"{split}.bin"))
-        with open(os.path.join(out_dir, f"{split}_docs.npy.tmp"), "wb") as f:
+        with atomic(os.path.join(out_dir, f"{split}_docs.npy")) as tmp, open(tmp, "wb") as f:
             np.save(f, docs[split])
-        os.replace(os.path.join(out_dir, f"{split}_docs.npy.tmp"), os.path.join(out_dir, f"{split}_docs.npy"))
-    meta = {**want, "dtype": np.dtype(dtype).name, "vocab_size": vocab_size, "max_token_id": max_id,
+    meta = {"files": [os.path.abspath(f) for f in files], "val_fraction": val_fraction, "seed": seed,
+            "tokenizer_sha256": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),
+            "dtype": np.dtype(dtype).name, "vocab_size": vocab_size, "max_token_id": max_id,
             "train_tokens": int(docs["train"][-1]), "val_tokens": int(docs["val"][-1]),
             "train_docs": len(docs["train"]) - 1, "val_docs": len(docs["val"]) - 1}
-    _write_json(meta, meta_path)  # last: only a finished prepare has a meta.json
+    write_json(meta, meta_path)  # last: only a finished prepare has a meta.json
     return meta
+
+
+def _names(files: list[str]) -> str:
+    """The user's files, for a message."""
+    return ", ".join(files[:3]) + (f" (+{len(files) - 3} more)" if len(files) > 3 else "")
+
+
+def corpus_key(files: list[str], vocab: str, vocab_size: int, lowercase: bool, val_tokens: int, seed: int) -> str:
+    """The cache folder's name, e.g. `builtin-1a2b3c4d`: the first file's name, and a hash of all
+    the prepared data depends on (each file's path, size and mtime; the vocab file's content, or
+    the size of the vocab to train; lowercasing; the held-out size), so different inputs never
+    share or overwrite a cache, and a changed file is prepared anew."""
+    record = {"files": [(os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files],
+              "vocab": hashlib.sha256(open(vocab, "rb").read()).hexdigest() if vocab else vocab_size,
+              "lowercase": lowercase, "val_tokens": val_tokens, "seed": seed}
+    label = re.sub(r"[^A-Za-z0-9_.]+", "_", os.path.splitext(os.path.basename(files[0]))[0])[:32]
+    return f"{label}-{hashlib.sha256(json.dumps(record).encode()).hexdigest()[:8]}"
+
+
+def prepare_corpus(files: list[str], cache_root: str, vocab: str = "", vocab_size: int = 8192,
+                   lowercase: bool = True, val_tokens: int = VAL_TOKENS, seed: int = 0) -> tuple[str, dict]:
+    """Text files -> (data_dir, meta): a prepared corpus in cache_root/<corpus_key>/, which
+    `MLMBatches(data_dir, ...)` reads. meta (also data_dir/meta.json) holds vocab_path,
+    lowercase, train_tokens, val_tokens, files, ...
+
+    Every file and the vocab are checked before anything is written; without `vocab`, a
+    WordPiece vocabulary of vocab_size tokens is trained on the files into data_dir/vocab/.
+    About val_tokens tokens of whole documents are held out (at most 20% of the corpus), enough
+    for a stable held-out accuracy. A finished cache is reused without work. The folder is built
+    under a temporary name (with the process id) and renamed into place when complete, so a
+    crash leaves nothing that passes for a cache, and of two processes preparing the same corpus
+    at once, the second to finish uses the first one's folder."""
+    if not files:
+        raise ValueError("prepare_corpus: no text files given")
+    for f in files:
+        if not os.path.isfile(f):
+            raise ValueError(f"{f}: no such text file")
+    tokenizer = load_tokenizer(vocab, lowercase) if vocab else None  # checks the vocab before any work
+    data_dir = os.path.join(cache_root, corpus_key(files, vocab, vocab_size, lowercase, val_tokens, seed))
+    meta_path = os.path.join(data_dir, "meta.json")
+    if os.path.exists(meta_path):
+        print(f"reusing the prepared corpus in {data_dir}", file=sys.stderr)
+        return data_dir, read_json(meta_path)
+    with tqdm(total=sum(os.path.getsize(f) for f in files), unit="B", unit_scale=True, desc="checking",
+              leave=False) as bar:
+        for f in files:
+            check_text_file(f, bar)
+    tmp = f"{data_dir}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed process that had our pid
+    try:
+        if tokenizer is None:
+            print(f"training a WordPiece vocabulary of {vocab_size} tokens on {_names(files)}", file=sys.stderr)
+            tokenizer = load_tokenizer(train_tokenizer(files, os.path.join(tmp, "vocab"), vocab_size, lowercase),
+                                       lowercase)
+            if tokenizer.get_vocab_size() < vocab_size // 2:  # the trainer ran out of pairs to merge
+                raise ValueError(f"{_names(files)}: too little text to train a vocabulary of {vocab_size} tokens "
+                                 f"(it gave {tokenizer.get_vocab_size()}); give more text, a smaller "
+                                 f"vocab size or a vocab file")
+        val_fraction = min(0.2, val_tokens * BYTES_PER_TOKEN / sum(os.path.getsize(f) for f in files))
+        meta = prepare(files, tokenizer, tmp, val_fraction, seed)
+        if meta["train_docs"] == 0 or meta["val_docs"] == 0:
+            raise ValueError(f"{_names(files)}: too little text: {meta['train_docs'] + meta['val_docs']} "
+                             f"document(s), but one to train on and one to hold out are needed")
+        trained = os.path.join(os.path.abspath(data_dir), "vocab", "vocab.txt")
+        meta.update(vocab_path=os.path.abspath(vocab) if vocab else trained, lowercase=lowercase)
+        write_json(meta, os.path.join(tmp, "meta.json"))
+        os.rename(tmp, data_dir)  # fails if data_dir exists: another process finished first
+    except OSError:
+        if not os.path.exists(meta_path):
+            raise
+        print(f"another process prepared the same corpus: using {data_dir}", file=sys.stderr)
+        meta = read_json(meta_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return data_dir, meta
 
 
 # ----------------------------------------------------------------------------- masking
@@ -373,8 +357,8 @@ class MLMBatches:
         paths = [os.path.join(data_dir, f) for f in ("meta.json", f"{split}.bin", f"{split}_docs.npy")]
         for path in paths:
             if not os.path.exists(path):
-                raise ValueError(f"{path}: missing; run data.prepare on your text files into {data_dir} first")
-        meta = json.load(open(paths[0]))
+                raise ValueError(f"{path}: missing; prepare your text files with data.prepare_corpus first")
+        meta = read_json(paths[0], "prepared corpus description")
         if vocab_size <= meta["max_token_id"]:
             raise ValueError(f"{paths[0]}: the data holds token id {meta['max_token_id']}, but vocab_size is "
                              f"{vocab_size}; prepare the data with the model's tokenizer")

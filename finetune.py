@@ -1,27 +1,31 @@
 """Fine-tune BERT on GLUE or SQuAD v1.1, plainly or the EarlyBERT way (Chen et al., ACL 2021).
 
-    python finetune.py --task sst-2 --data glue/SST-2 --model bert-base-cased/ [--earlybert]
+    python finetune.py --task sst-2 --data glue/SST-2 --model bert-base-cased/ [--earlybert [--ticket random]]
     python finetune.py --task squad --data squad/ --model bert-base-uncased/ --batch-size 12 --lr 3e-5
+    python finetune.py --compare out/finetune/sst-2-*     # finished runs side by side, a markdown table
 
 The tasks' data, windows and metrics are in tasks.py; this file is the loop and the stages.
-Plain: AdamW, linear warm-up over 10% of the steps then linear decay, dev scores every epoch.
---earlybert runs the paper's three stages on the task (sec. 3; ../shared/SPEC.md):
-  1. search: slimming coefficients + L1 (--search-lr); every --ticket-every steps the masks
-     they give go to the early-bird rule; stop when it fires or at --search-fraction epochs;
-  2. draw the ticket: heads pruned layer-wise, FFN neurons globally, by |coefficient|;
-  3. efficient training: the pre-trained checkpoint loaded again with a fresh task head (the
-     official code restarts from the search's checkpoint-0), rebuilt smaller, trained without
-     L1 for --epochs. `--earlybert --ticket random` is the control: random units, no search.
-Writes OUT_DIR/TASK-{full,earlybert,random}/: model/, results.json (metrics, history, seconds
-per stage, the ticket), ticket.json, predictions.json (SQuAD's as evaluate-v1.1.py reads them).
+Plain fine-tuning: AdamW, linear warm-up over --warmup of the steps, then linear decay to 0.
+--earlybert runs the paper's three stages on the task:
+  1. searching (sec. 3.1): a slimming coefficient on every head and FFN neuron, trained with
+     the weights under an L1 penalty (--l1) at --search-lr;
+  2. drawing the ticket (sec. 3.2): every --ticket-every steps the masks the coefficients give
+     go to the early-bird rule; when it fires, or at the longest search (--search-fraction of
+     an epoch), heads are pruned layer-wise and FFN neurons globally, by |coefficient|;
+  3. efficient training (sec. 3.3): the pre-trained checkpoint loaded again with a fresh task
+     head (the official code restarts from the search's checkpoint-0), physically rebuilt
+     smaller, trained without L1 for --epochs at --lr.
+--ticket random is the control: as many units pruned, chosen at random, no search.
+Writes OUT_DIR/TASK-{full,earlybert,random}/: model/, results.json (dev scores, steps, seconds,
+FLOPs per example, the ticket), predictions.json; EarlyBERT adds ticket.json, mask_distances.json.
 """
-import argparse
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 from typing import Callable
 
@@ -32,53 +36,61 @@ from tqdm import tqdm
 
 import slim
 import ticket as tickets
+from checkpoint import load_pretrained, read_json, save_pretrained, write_json
 from data import checkpoint_tokenizer
-from model import BertClassifier, BertQA, count_parameters, load_pretrained, save_pretrained
+from model import BertClassifier, BertQA, configure_optimizers, count_parameters, lr_lambda
+from runtime import finish_distributed, parse_config, pick_device, run_lock, setup_distributed, to_device
 from tasks import (GLUE, TASKS, GlueTask, glue_features, glue_scores, read_glue, read_squad, squad_answers,
                    squad_features, squad_scores, text_task)
-from train import lr_lambda, make_optimizer, pick_device, setup_distributed, to_device
+
+# The official search is a fine-tuning run of its own, 3 epochs long, cut at the draw step.
+SEARCH_EPOCHS = 3
 
 
 @dataclass
 class Config:
-    task: str = "sst-2"  # cola, sst-2, mrpc, qqp, sts-b, mnli, qnli, rte, wnli or squad
-    data: str = ""  # the task's folder: GLUE's train.tsv + dev.tsv, or train-v1.1.json + dev-v1.1.json
-    model: str = ""  # a checkpoint folder (config.json, vocab.txt, weights): model.py loads it
-    out_dir: str = "out/finetune"
-    epochs: int = 3
-    lr: float = 2e-5
-    batch_size: int = 32  # per process
+    task: str = "sst-2"  # cola, sst-2, mrpc, qqp, sts-b, mnli, qnli, rte, wnli, text (sentence<TAB>label) or squad
+    data: str = ""  # the task's folder: GLUE's train.tsv + dev.tsv, or SQuAD's train-v1.1.json + dev-v1.1.json
+    model: str = ""  # a checkpoint folder (config.json, vocab.txt, weights): a downloaded BERT or train.py's model/
+    out_dir: str = "out/finetune"  # results go to OUT_DIR/TASK-{full,earlybert,random}/
+    force: bool = False  # overwrite the results of an earlier run of the same task and variant
+    epochs: int = 3  # training epochs (of the smaller model, with --earlybert)
+    lr: float = 2e-5  # peak learning rate; 2e-5 is BERT-base's, smaller models often want 5e-5 to 1e-4
+    batch_size: int = 32  # examples per process per step
     max_len: int = 0  # tokens per sequence; 0: 128 for GLUE, 384 for SQuAD
     doc_stride: int = 128  # SQuAD: tokens between the starts of a long context's windows
-    max_steps: int = 0  # > 0: at most this many steps per training stage (quick looks, tests)
-    warmup: float = 0.1  # fraction of the steps
-    weight_decay: float = 0.01
-    seed: int = 42
-    device: str = "auto"  # auto | cpu | cuda
-    # EarlyBERT (../shared/SPEC.md; the official fine-tuning defaults)
-    earlybert: bool = False
-    ticket: str = "earlybird"  # earlybird: searched | random: the control
-    search_lr: float = 2e-5
-    l1: float = 1e-4  # lambda of the L1 penalty, heads and FFN neurons alike
-    head_ratio: float = 1 / 3  # pruned per layer
-    ffn_ratio: float = 0.4  # pruned over all layers
-    ticket_every: int = 10  # steps between the masks the early-bird rule compares
-    search_fraction: float = 0.2  # the longest search, in epochs
+    max_steps: int = 0  # > 0: at most this many steps per stage (quick looks, tests)
+    warmup: float = 0.1  # linear warm-up of training, as a fraction of its steps (the search has none)
+    weight_decay: float = 0.01  # AdamW's, on matrices only
+    seed: int = 42  # shuffling, fresh task heads, random tickets
+    device: str = "auto"  # auto: a GPU when there is one
+    # EarlyBERT (sec. 3); the defaults are the official fine-tuning scripts'
+    earlybert: bool = False  # search, draw the ticket, train the smaller model
+    ticket: str = "earlybird"  # earlybird: searched | random: the control, same sizes, units at random
+    search_lr: float = 2e-5  # the search's learning rate: no warm-up, linear decay over 3 epochs, cut at the draw
+    l1: float = 1e-4  # lambda of the L1 penalty on the slimming coefficients, heads and FFN neurons alike
+    head_ratio: float = 1 / 3  # fraction of heads pruned in every layer
+    ffn_ratio: float = 0.4  # fraction of FFN neurons pruned over all layers
+    search_fraction: float = 0.2  # the longest search, in epochs (the official code's fixed draw step)
+    ticket_every: int = 0  # steps between the masks the early-bird rule compares; 0: the longest search / (2 k)
+    eb_k: int = 5  # the early-bird rule compares the newest mask with the k - 1 before it
+    eb_epsilon: float = 0.1  # and fires when every distance is below epsilon (0: never, draw at the longest search)
 
 
 def parse_args(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    choices = {"ticket": ("earlybird", "random"), "device": ("auto", "cpu", "cuda")}
-    for f in fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default, choices=choices.get(f.name))
-    cfg = Config(**vars(p.parse_args(argv)))
+    return parse_config(Config, argv, {"ticket": ("earlybird", "random"), "device": ("auto", "cpu", "cuda")},
+                        description=__doc__)
+
+
+def check_config(cfg: Config):
+    """Settings that cannot work, as one line before any work is done."""
     if cfg.ticket == "random" and not cfg.earlybert:
-        p.error("--ticket random is the control of --earlybert: give both")
-    return cfg
+        raise ValueError("--ticket random is the control of --earlybert: give both")
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ValueError(f"--epochs {cfg.epochs} --batch-size {cfg.batch_size}: both must be at least 1")
+    if cfg.search_fraction <= 0 or cfg.ticket_every < 0:
+        raise ValueError(f"--search-fraction {cfg.search_fraction} --ticket-every {cfg.ticket_every}: the longest "
+                         "search must be > 0 epochs, the spacing of the masks >= 0 steps (0: automatic)")
 
 
 # ----------------------------------------------------------------------------- the task
@@ -92,13 +104,18 @@ class Task:
     evaluate: Callable  # (model, cfg, rt) -> (metrics, predictions)
 
 
+def task_name(name: str) -> str:
+    """The task's name as TASKS spell it ('SST2' -> 'sst-2'); an unknown one is a one-line error."""
+    names = {t.replace("-", ""): t for t in TASKS}
+    if name.lower().replace("-", "") not in names:
+        raise ValueError(f"unknown task {name!r}; the tasks are {', '.join(TASKS)}")
+    return names[name.lower().replace("-", "")]
+
+
 def load_task(cfg: Config, tokenizer) -> Task:
     """The task's training features and dev evaluation (tasks.py reads and scores them);
-    bad input raises a one-line ValueError."""
-    names = {t.replace("-", ""): t for t in TASKS}
-    name = names.get(cfg.task.lower().replace("-", ""))
-    if name is None:
-        raise ValueError(f"unknown task {cfg.task!r}; the tasks are {', '.join(TASKS)}")
+    bad input raises a one-line ValueError naming the file."""
+    name = task_name(cfg.task)
     if not os.path.isdir(cfg.data):
         raise ValueError(f"{cfg.data or '--data'}: no such folder; give the task's data folder with --data")
     if name == "squad":
@@ -134,6 +151,17 @@ def squad_evaluate(model, examples, features, windows, cfg, rt):
     """Best span over all windows of each question, then the official EM and F1."""
     predictions = squad_answers(examples, windows, predict(model, features, cfg, rt, "dev"))
     return {"dev-v1.1": squad_scores(predictions, examples)}, predictions
+
+
+def flops_per_example(config, lengths) -> float:
+    """Training FLOPs per example (forward + backward = 3 x forward) at each example's own length
+    T, averaged. Per layer, with w = kept heads x head_dim and f kept FFN neurons: 2 T H (4 w + 2 f)
+    for the Q, K, V, output and FFN projections, 4 T^2 w for attention; embeddings, LayerNorms,
+    softmax, the task head and padding are not counted (as in bench.py): the model's work."""
+    T, H = np.asarray(lengths, np.float64), config.hidden_size
+    forward = sum(2 * T * H * (4 * w + 2 * f) + 4 * T * T * w for w, f in
+                  ((config.heads(l) * config.head_dim, config.ffn(l)) for l in range(config.num_hidden_layers)))
+    return float(3 * np.mean(forward))
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -177,26 +205,25 @@ def predict(model, features, cfg, rt, desc: str) -> list[tuple]:
     return outputs
 
 
-def fit(model, task: Task, cfg: Config, rt, lr: float, total_steps: int, stop_at: int,
-        early_bird=None, desc: str = "train") -> dict:
-    """The one training loop, for plain fine-tuning, the search and efficient training: AdamW
-    (train.make_optimizer, with BERT's betas 0.9 and 0.999), linear warm-up and decay over
-    total_steps, gradients clipped at 1.0 (BERT's), stopping after stop_at steps; dev
-    evaluation after every epoch and at the end.
+def fit(model, task: Task, cfg: Config, rt, lr: float, warmup_steps: int, total_steps: int, stop_at: int,
+        early_bird=None, every: int = 0, desc: str = "train") -> dict:
+    """The one training loop, for plain fine-tuning, the search and efficient training: AdamW with
+    BERT's betas (0.9, 0.999), linear warm-up over warmup_steps then linear decay to 0 at total_steps,
+    gradients clipped at 1.0 (BERT's), stopping after stop_at steps; dev scores after every epoch.
 
-    With an early_bird the loop is EarlyBERT's search: the loss gets the L1 penalty on the
-    slimming coefficients, every cfg.ticket_every steps the masks they give go to the
-    early-bird rule, training stops when it fires, and there is no dev evaluation.
-    """
+    With an early_bird the loop is EarlyBERT's search (sec. 3.1-3.2): the loss gets the L1
+    penalty on the slimming coefficients, every `every` steps the masks they give go to the
+    early-bird rule, and training stops when it fires (run["ticket"]) or at stop_at, where the
+    ticket is drawn as the official code draws it; there is no dev evaluation."""
     model.to(rt.device).train()
     net = DistributedDataParallel(model) if rt.world > 1 else model
-    optimizer = make_optimizer(model, replace(cfg, lr=lr), rt.device, betas=(0.9, 0.999))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(replace(cfg, max_steps=total_steps)))
+    optimizer = configure_optimizers(model, lr, cfg.weight_decay, (0.9, 0.999), rt.device.type)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup_steps, total_steps))
     scaler = torch.amp.GradScaler("cuda", enabled=rt.dtype == torch.float16)
-    run = {"steps": 0, "seconds": 0.0, "fired": False, "history": [], "metrics": None, "predictions": None}
+    run = {"steps": 0, "seconds": 0.0, "ticket": None, "history": [], "metrics": None, "predictions": None}
     bar = tqdm(total=stop_at, desc=desc, disable=rt.rank != 0, dynamic_ncols=True)
     epoch, t0 = 0, time.time()
-    while run["steps"] < stop_at and not run["fired"]:
+    while run["steps"] < stop_at and not run["ticket"]:
         losses = []
         for batch in batches(task.train, cfg.batch_size, cfg.seed + epoch, rt.rank, rt.world):
             with rt.autocast:
@@ -210,19 +237,24 @@ def fit(model, task: Task, cfg: Config, rt, lr: float, total_steps: int, stop_at
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            last_lr = optimizer.param_groups[0]["lr"]  # the rate this step used
             scheduler.step()
             run["steps"] += 1
             bar.update(1)
-            if run["steps"] % 10 == 0:
+            step = run["steps"]
+            if step % 10 == 0:
                 bar.set_postfix(loss=f"{losses[-1].item():.3f}")
-            if early_bird and run["steps"] % cfg.ticket_every == 0:
-                masks = tickets.current_masks(*slim.coefficients(model), cfg.head_ratio, cfg.ffn_ratio)
-                run["fired"] = early_bird.update(*masks, run["steps"])
-            if run["steps"] >= stop_at or run["fired"]:
+            if early_bird and step % every == 0:
+                run["ticket"] = tickets.observe(early_bird, model, step, cfg.head_ratio, cfg.ffn_ratio)
+            if early_bird and not run["ticket"] and step == stop_at:  # the rule did not fire in time
+                run["ticket"] = tickets.draw_now(early_bird, model, step, cfg.head_ratio, cfg.ffn_ratio)
+            if step >= stop_at or run["ticket"]:
                 break
+        if epoch == 0:  # where the loss started, for the underfitting hint
+            run["start_loss"] = torch.stack(losses[:10]).mean().item()
         epoch += 1
         run["seconds"] += time.time() - t0
-        record = {"epoch": epoch, "step": run["steps"], "loss": torch.stack(losses).mean().item()}
+        record = {"epoch": epoch, "step": run["steps"], "loss": torch.stack(losses).mean().item(), "lr": last_lr}
         if not early_bird:
             run["metrics"], run["predictions"] = task.evaluate(model, cfg, rt)
             record["metrics"] = run["metrics"]
@@ -236,34 +268,57 @@ def fit(model, task: Task, cfg: Config, rt, lr: float, total_steps: int, stop_at
 
 # ----------------------------------------------------------------------------- EarlyBERT
 
-def search(model, task: Task, cfg: Config, rt, total_steps: int, epoch_steps: int):
-    """EarlyBERT's stages 1 and 2 on the task: train with slimming coefficients and L1 until
-    the early-bird rule fires or --search-fraction of an epoch has passed, then draw the ticket.
-    The search follows the learning-rate schedule of a whole run (it is a fine-tuning run cut
-    short, as in the official code), so it is not stopped by a decay to zero.
+def search(model, task: Task, cfg: Config, rt, early_bird, epoch_steps: int):
+    """EarlyBERT's searching and ticket-drawing stages (sec. 3.1 and 3.2) on the task: train with
+    slimming coefficients and L1 until the early-bird rule (You et al., ICLR 2020) fires or the
+    longest search (--search-fraction of an epoch) has passed, then draw the ticket.
+    Returns the ticket and what the search did (results.json's "search").
 
-    Departs from the official code, which draws at the fixed fraction (`slimming_coef_step`);
-    here that fraction is the longest the search may run."""
+    The schedule is the official scripts': the search is a fine-tuning run of its own, SEARCH_EPOCHS
+    long, with no warm-up and linear decay, cut at the draw step, so its learning rate stays near
+    --search-lr (0.97 of it on average over 0.2 epoch). Inside the warm-up of the whole run's
+    schedule, a 0.2-epoch search would average a third to a half of it.
+
+    The masks are recorded every --ticket-every steps; by default the longest search / (2 k), at
+    least 1, so the rule, which needs k masks, can fire halfway through the longest search.
+    Departs from the official code, which draws at the fixed fraction (`slimming_coef_step`):
+    here that fraction is the longest the search may run, and --eb-epsilon 0 restores it."""
     slim.add_coefficients(model)  # before fit() makes the optimizer, so they train
-    early_bird = tickets.EarlyBird()
-    limit = min(total_steps, max(1, round(cfg.search_fraction * epoch_steps)))
-    run = fit(model, task, cfg, rt, cfg.search_lr, total_steps, limit, early_bird, desc="search")
-    return tickets.draw_ticket(*slim.coefficients(model), cfg.head_ratio, cfg.ffn_ratio,
-                               kind="earlybird" if run["fired"] else "fixed-step", step=run["steps"],
-                               history=early_bird.history)  # the mask distances, for the Early-Bird figure
+    longest = min(max(1, round(cfg.search_fraction * epoch_steps)), SEARCH_EPOCHS * epoch_steps)
+    longest = min(longest, cfg.max_steps) if cfg.max_steps > 0 else longest
+    every = cfg.ticket_every or max(1, longest // (2 * early_bird.k))
+    run = fit(model, task, cfg, rt, cfg.search_lr, 0, SEARCH_EPOCHS * epoch_steps, longest, early_bird, every,
+              desc="search")
+    return run["ticket"], {"steps": run["steps"], "seconds": run["seconds"], "longest": longest,
+                           "epoch_steps": epoch_steps, "every": every, "k": early_bird.k, "epsilon": early_bird.epsilon,
+                           "fired": run["ticket"].kind == "earlybird", "history": run["history"]}
 
 
 def finetune(cfg: Config) -> dict:
-    rank, world, local_rank = setup_distributed()
-    device, autocast, dtype = pick_device(cfg, local_rank)
-    rt = SimpleNamespace(device=device, autocast=autocast, dtype=dtype, rank=rank, world=world)
+    check_config(cfg)
+    kind = ("random" if cfg.ticket == "random" else "earlybert") if cfg.earlybert else "full"
+    run_dir = os.path.join(cfg.out_dir, f"{task_name(cfg.task)}-{kind}")
+    results_path = os.path.join(run_dir, "results.json")
+    if os.path.exists(results_path) and not cfg.force:
+        raise ValueError(f"{results_path}: a finished run is there; pass --force to overwrite it, "
+                         "or choose another --out-dir")
+    early_bird = tickets.EarlyBird(cfg.eb_k, cfg.eb_epsilon) if kind == "earlybert" else None  # checks k early
     if not os.path.isdir(cfg.model):
         raise ValueError(f"{cfg.model or '--model'}: no such checkpoint folder; give one with --model")
+    rank, world, local_rank = setup_distributed()
+    device, autocast, dtype = pick_device(cfg.device, local_rank)
+    rt = SimpleNamespace(device=device, autocast=autocast, dtype=dtype, rank=rank, world=world)
+    with run_lock(run_dir) if rank == 0 else nullcontext():
+        results = run_stages(cfg, rt, kind, run_dir, early_bird)
+    finish_distributed(world)
+    return results
+
+
+def run_stages(cfg: Config, rt, kind: str, run_dir: str, early_bird) -> dict:
+    """Plain fine-tuning, or EarlyBERT's three stages, or the random-ticket control; then the files."""
     tokenizer, vocab, lowercase = checkpoint_tokenizer(cfg.model, pairs=True)  # [CLS] A [SEP] B [SEP]
     task = load_task(cfg, tokenizer)
-    kind = ("random" if cfg.ticket == "random" else "earlybert") if cfg.earlybert else "full"
-    run_dir = os.path.join(cfg.out_dir, f"{task.name}-{kind}")
-    epoch_steps = math.ceil(len(task.train) // world / cfg.batch_size)  # per process
+    epoch_steps = math.ceil(len(task.train) // rt.world / cfg.batch_size)  # per process
     total = cfg.epochs * epoch_steps
     if total == 0:
         raise ValueError(f"{cfg.data}: too few training examples for one batch of {cfg.batch_size}")
@@ -274,55 +329,125 @@ def finetune(cfg: Config) -> dict:
         return load_pretrained(task.model_class, cfg.model, verbose=verbose, **task.overrides)
 
     model = pretrained()
-    results = {"task": task.name, "mode": kind, "parameters": count_parameters(model), "search_seconds": 0.0}
-    ticket = None
-    if cfg.earlybert:
+    full_parameters = count_parameters(model)
+    # search_seconds: the search's steps (with the draw) and the rebuild, not a process's one-time costs
+    ticket, searched, search_seconds = None, None, 0.0
+    if kind == "random":  # the control: no search, the same numbers pruned at random
+        c = model.config
+        ticket = tickets.random_ticket([c.heads(l) for l in range(c.num_hidden_layers)],
+                                       [c.ffn(l) for l in range(c.num_hidden_layers)],
+                                       cfg.head_ratio, cfg.ffn_ratio, cfg.seed)
+    elif kind == "earlybert":
+        ticket, searched = search(model, task, cfg, rt, early_bird, epoch_steps)
+        model = pretrained(verbose=False)  # rewind to the pre-trained weights
+        search_seconds = searched["seconds"]
+    if ticket:
         t0 = time.time()
-        if cfg.ticket == "random":  # the control: no search, the same numbers pruned at random
-            c = model.config
-            ticket = tickets.random_ticket([c.heads(l) for l in range(c.num_hidden_layers)],
-                                           [c.ffn(l) for l in range(c.num_hidden_layers)],
-                                           cfg.head_ratio, cfg.ffn_ratio, cfg.seed)
-        else:
-            ticket = search(model, task, cfg, rt, total, epoch_steps)
-            model = pretrained(verbose=False)  # rewind to the pre-trained weights
         model = tickets.rebuild(model, ticket)  # physically smaller; the coefficients are all 1
-        results["search_seconds"] = time.time() - t0
-        results["ticket"] = {"kind": ticket.kind, "drawn_at_step": ticket.step,
-                             "kept_heads": sum(map(len, ticket.heads)), "total_heads": sum(ticket.full_heads),
-                             "kept_ffn": sum(map(len, ticket.ffn)), "total_ffn": sum(ticket.full_ffn),
-                             "parameters": count_parameters(model)}
+        search_seconds += time.time() - t0
     torch.manual_seed(cfg.seed)
-    run = fit(model, task, cfg, rt, cfg.lr, total, total)
-    results.update(metrics=run["metrics"], train_seconds=run["seconds"], steps=run["steps"],
-                   total_seconds=results["search_seconds"] + run["seconds"], history=run["history"],
-                   config=asdict(cfg))
-    if rank == 0:
+    run = fit(model, task, cfg, rt, cfg.lr, int(cfg.warmup * total), total, total)
+    results = {"task": task.name, "mode": kind, "metrics": run["metrics"],
+               "search_steps": searched["steps"] if searched else 0, "search_seconds": search_seconds,
+               "steps": run["steps"], "train_seconds": run["seconds"], "total_seconds": search_seconds + run["seconds"],
+               "parameters": count_parameters(model),
+               "flops_per_example": flops_per_example(model.config, [len(f["input_ids"]) for f in task.train]),
+               "ticket": {**tickets.summary(ticket), "parameters_before": full_parameters} if ticket else None,
+               "search": searched, "history": run["history"], "config": asdict(cfg)}
+    if rt.rank == 0:
         save_pretrained(model, os.path.join(run_dir, "model"), vocab, lowercase=lowercase)
+        plot = None
         if ticket:
             ticket.save(os.path.join(run_dir, "ticket.json"))
-        for name, obj in (("predictions.json", run["predictions"]), ("results.json", results)):
-            with open(os.path.join(run_dir, name), "w") as f:
-                json.dump(obj, f, indent=2)
-        print(report(results, run_dir), file=sys.stderr)
-    if world > 1:
-        torch.distributed.destroy_process_group()
+        if searched:
+            plot = tickets.save_mask_distances(early_bird, run_dir, ticket.step)
+        write_json(run["predictions"], os.path.join(run_dir, "predictions.json"))
+        write_json(results, os.path.join(run_dir, "results.json"))  # last: a run with results.json is complete
+        print(report(results, run_dir, plot), file=sys.stderr)
+        hint = underfit_hint(run["start_loss"], run["history"][-1]["loss"], cfg.lr)
+        if hint:
+            print(hint, file=sys.stderr)
     return results
 
 
-def report(r: dict, run_dir: str) -> str:
-    lines = [f"{r['task']} ({r['mode']}) dev: {json.dumps(r['metrics'])} -> {run_dir}",
-             f"training: {r['steps']} steps, {r['train_seconds']:.1f} s; total {r['total_seconds']:.1f} s"]
-    if "ticket" in r:
-        t = r["ticket"]
-        lines.insert(1, f"search: {r['search_seconds']:.1f} s; ticket ({t['kind']}, step {t['drawn_at_step']}) "
-                        f"keeps {t['kept_heads']}/{t['total_heads']} heads, {t['kept_ffn']}/{t['total_ffn']} FFN "
-                        f"neurons, {t['parameters'] / 1e6:.1f}M of {r['parameters'] / 1e6:.1f}M parameters")
+# ----------------------------------------------------------------------------- what a run says
+
+def underfit_hint(start_loss: float, final_loss: float, lr: float) -> str | None:
+    """One line when the last epoch's training loss is still above half the loss the model started
+    at: the model may be underfitting, usually a learning rate too small for it."""
+    if start_loss <= 0 or final_loss <= 0.5 * start_loss:
+        return None
+    return (f"hint: the training loss is still {final_loss:.3f}, {final_loss / start_loss:.0%} of the "
+            f"{start_loss:.3f} it started at: the model may be underfitting. Try a larger --lr (this run: {lr:g}; "
+            "2e-5 suits BERT-base, smaller models often need 5e-5 to 1e-4) or more --epochs")
+
+
+def report(r: dict, run_dir: str, plot: str | None = None) -> str:
+    lines = [f"{r['task']} ({r['mode']}) dev: {json.dumps(r['metrics'])} -> {run_dir}"]
+    t, s = r["ticket"], r["search"]
+    if s:
+        when = (f"fired at step {s['steps']} of at most {s['longest']}" if s["fired"] else
+                f"did not fire by step {s['steps']}, the longest search: ticket drawn there, as the official code does")
+        lines.append(f"search: {s['steps']} steps, {r['search_seconds']:.1f} s; the early-bird rule {when} "
+                     f"(--search-fraction {r['config']['search_fraction']:g} of {s['epoch_steps']} steps per epoch; "
+                     f"a mask every {s['every']} step(s), k {s['k']}, epsilon {s['epsilon']:g})")
+        if s["k"] * s["every"] > s["longest"]:
+            lines.append(f"the search was too short for the rule: its {s['k']} masks take {s['k'] * s['every']} "
+                         "steps; raise --search-fraction or lower --ticket-every")
+    if t:
+        lines.append(f"ticket ({t['rule']}) keeps {t['kept_heads']}/{t['total_heads']} heads, {t['kept_ffn']}/"
+                     f"{t['total_ffn']} FFN neurons: {r['parameters'] / 1e6:.3g}M of "
+                     f"{t['parameters_before'] / 1e6:.3g}M parameters")
+    if s:
+        lines.append(f"mask distances -> {run_dir}/mask_distances.json"
+                     + (f" and {plot}" if plot else " (pip install matplotlib for a plot)"))
+    lines.append(f"training: {r['steps']} steps, {r['train_seconds']:.1f} s; total {r['total_seconds']:.1f} s")
     return "\n".join(lines)
+
+
+NUMBERS = ("search_seconds", "train_seconds", "total_seconds", "search_steps", "steps", "parameters",
+           "flops_per_example")
+
+
+def compare(paths: list[str]) -> str:
+    """Finished runs side by side, a markdown table: their dev scores, seconds (search, training,
+    total, and total against the plain run's), steps, parameters and training FLOPs per example.
+    `paths`: run folders (OUT_DIR/TASK-VARIANT) or their results.json files."""
+    if not paths:
+        raise ValueError("--compare: give the run folders, e.g. --compare out/finetune/sst-2-*")
+    runs = []
+    for p in paths:
+        if not os.path.exists(p):
+            raise ValueError(f"{p}: no such run folder or results file")
+        path = os.path.join(p, "results.json") if os.path.isdir(p) else p
+        r = read_json(path, "finetune.py results file")
+        bad = [k for k in NUMBERS if not isinstance(r.get(k), (int, float))]
+        if bad or not isinstance(r.get("metrics"), dict) or not all(isinstance(m, dict) for m in r["metrics"].values()):
+            raise ValueError(f"{path}: not a finetune.py results file (missing or bad: {', '.join(bad) or 'metrics'})")
+        runs.append((os.path.basename(os.path.dirname(os.path.abspath(path))), r))
+    plain = {r["task"]: r["total_seconds"] for _, r in runs if r.get("mode") == "full"}  # per task
+    lines = ["| run | dev | search s | training s | total s | vs plain | steps (search + training) | parameters "
+             "| GFLOPs/example |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in runs:
+        dev = "; ".join(f"{split} " + ", ".join(f"{k} {v:.4g}" for k, v in m.items())
+                        for split, m in r["metrics"].items())
+        ratio = f"{r['total_seconds'] / plain[r['task']]:.2f}" if plain.get(r.get("task")) else "-"
+        lines.append(f"| {name} | {dev} | {r['search_seconds']:.1f} | {r['train_seconds']:.1f} | "
+                     f"{r['total_seconds']:.1f} | {ratio} | {r['search_steps']} + {r['steps']} | "
+                     f"{r['parameters'] / 1e6:.3g}M | {r['flops_per_example'] / 1e9:.3g} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--compare"]:
+        print(compare(argv[1:]))
+    else:
+        finetune(parse_args(argv))
 
 
 if __name__ == "__main__":
     try:
-        finetune(parse_args())
+        main()
     except ValueError as e:  # bad input: one clear line, no traceback
         sys.exit(f"error: {e}")

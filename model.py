@@ -15,15 +15,11 @@ EarlyBERT needs two things from the model, both here:
   that slim.py fills with the network-slimming coefficients during the search. They are
   None otherwise and then cost nothing.
 
-Checkpoints load from and save to the folder layout BERT checkpoints use
-(`config.json`, `vocab.txt`, `model.safetensors` or `pytorch_model.bin`). Our module names
-are shorter than the reference implementation's; `_RENAMES` maps between the two.
+Parameter names are a contract: checkpoint.py maps them onto the reference
+implementation's, so real BERT checkpoints load. The optimizer set-up and the learning-rate
+schedule that train.py and finetune.py share are at the end (`configure_optimizers`, `lr_lambda`).
 """
-import json
 import math
-import os
-import struct
-import sys
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 
@@ -114,7 +110,8 @@ class SelfAttention(nn.Module):
     """Multi-head scaled dot-product attention (Vaswani et al., eq. 1) with `n_heads` heads.
 
     `head_coef` (n_heads,), when set by slim.py, is EarlyBERT's slimming coefficient of
-    each head: it scales that head's context vector before the heads are concatenated.
+    each head (sec. 3.1): it scales that head's context vector before the heads are
+    concatenated, which is the same as scaling its attention probabilities.
     """
 
     def __init__(self, c: BertConfig, n_heads: int):
@@ -146,7 +143,7 @@ class FeedForward(nn.Module):
     """Position-wise FFN: up-projection, GELU, down-projection (Vaswani et al., eq. 2).
 
     `ffn_coef` (n_neurons,), when set by slim.py, scales each intermediate neuron's
-    activation before the down-projection (EarlyBERT's FFN slimming coefficients).
+    activation before the down-projection (EarlyBERT's FFN slimming coefficients, sec. 3.1).
     """
 
     def __init__(self, c: BertConfig, n_neurons: int):
@@ -313,185 +310,49 @@ class BertQA(BertPreTrainedBase):
         return (start, end), loss
 
 
-# ----------------------------------------------------------------------------- checkpoints
+# ----------------------------------------------------------------------------- training set-up
 
-# (our name, reference name) fragments, applied in order in either direction. Order matters:
-# ".attention.output.dense." must be seen before ".output.dense.".
-_RENAMES = [
-    ("bert.embeddings.word.", "bert.embeddings.word_embeddings."),
-    ("bert.embeddings.position.", "bert.embeddings.position_embeddings."),
-    ("bert.embeddings.token_type.", "bert.embeddings.token_type_embeddings."),
-    ("bert.embeddings.norm.", "bert.embeddings.LayerNorm."),
-    ("bert.layers.", "bert.encoder.layer."),
-    (".attn.query.", ".attention.self.query."),
-    (".attn.key.", ".attention.self.key."),
-    (".attn.value.", ".attention.self.value."),
-    (".attn.out.", ".attention.output.dense."),
-    (".attn_norm.", ".attention.output.LayerNorm."),
-    (".ffn.up.", ".intermediate.dense."),
-    (".ffn.down.", ".output.dense."),
-    (".ffn_norm.", ".output.LayerNorm."),
-    ("pooler.", "bert.pooler.dense."),
-    ("mlm.transform.", "cls.predictions.transform.dense."),
-    ("mlm.norm.", "cls.predictions.transform.LayerNorm."),
-    ("mlm.bias", "cls.predictions.bias"),
-    ("qa.", "qa_outputs."),
-]
-
-def to_reference_name(name: str) -> str:
-    for ours, ref in _RENAMES:
-        if name.startswith(ours) or ours.startswith("."):
-            name = name.replace(ours, ref)
-    return name
+def configure_optimizers(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.98),
+                         device_type: str = "cpu") -> torch.optim.AdamW:
+    """AdamW with two parameter groups: weight decay on matrices and embeddings, none on
+    biases, LayerNorms and slimming coefficients (every 1-D parameter). beta2 0.98 for
+    pre-training (RoBERTa, cramming); fine-tuning passes BERT's 0.999. Fused on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-6, fused=device_type == "cuda")
 
 
-def from_reference_name(name: str) -> str:
-    name = name.replace(".gamma", ".weight").replace(".beta", ".bias")  # TF-era LayerNorm names
-    if name.split(".")[0] in ("embeddings", "encoder", "pooler"):  # saved from a bare BertModel
-        name = "bert." + name
-    for ours, ref in _RENAMES:
-        if name.startswith(ref) or ref.startswith("."):
-            name = name.replace(ref, ours)
-    return name
+def lr_lambda(warmup_steps: int, total_steps: int, start: int = 0):
+    """BERT's schedule as a LambdaLR factor: linear warm-up over `warmup_steps` (0: none),
+    then linear decay to 0 at `total_steps`. `start` is the step the scheduler's count 0
+    stands for (efficient training that goes on from a search's draw step)."""
+    def factor(s: int) -> float:
+        s += start
+        if s < warmup_steps:
+            return (s + 1) / warmup_steps
+        return max(0.0, (total_steps - s) / max(1, total_steps - warmup_steps))
+    return factor
 
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-           "U8": torch.uint8, "BOOL": torch.bool}
-
-
-def read_safetensors(path: str) -> dict:
-    """A .safetensors file is an 8-byte header length, a JSON header, then raw tensors."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        (n,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8:8 + n])
-        tensors = {}
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            start, end = (8 + n + o for o in info["data_offsets"])
-            if end > len(data):
-                raise ValueError(f"tensor {name} ends past the end of the file")
-            buf = bytearray(data[start:end])
-            t = torch.frombuffer(buf, dtype=_DTYPES[info["dtype"]]) if buf else torch.empty(0, dtype=_DTYPES[info["dtype"]])
-            tensors[name] = t.reshape(info["shape"])
-    except Exception as e:  # struct.error, json, KeyError, reshape: all mean a damaged file
-        raise ValueError(f"{path}: cannot read the weights, the file is truncated or corrupt ({e})") from None
-    return tensors
-
-
-def write_safetensors(tensors: dict, path: str):
-    names = {v: k for k, v in _DTYPES.items()}
-    header, blobs, offset = {}, [], 0
-    for name, t in tensors.items():
-        t = t.detach().cpu().contiguous()
-        blob = t.reshape(-1).view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    head = json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)  # the format aligns the data to 8 bytes
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(head)) + head)
-        for blob in blobs:
-            f.write(blob)
-
-
-def read_weights(folder: str) -> tuple[dict, str]:
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        path = os.path.join(folder, name)
-        if not os.path.exists(path):
-            continue
-        if name.endswith(".safetensors"):
-            return read_safetensors(path), path
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True), path
-        except Exception as e:
-            raise ValueError(f"{path}: cannot read the weights, the file is truncated or corrupt "
-                             f"({str(e).splitlines()[0]})") from None
-    raise ValueError(f"{folder}: no model.safetensors or pytorch_model.bin in this folder")
-
-
-def read_config(folder: str) -> BertConfig:
-    path = os.path.join(folder, "config.json")
-    if not os.path.isdir(folder):
-        raise ValueError(f"{folder}: no such checkpoint folder")
-    if not os.path.exists(path):
-        raise ValueError(f"{path}: missing; a checkpoint folder needs config.json beside its weights")
-    try:
-        with open(path) as f:
-            return BertConfig.from_dict(json.load(f))
-    except (json.JSONDecodeError, TypeError, AssertionError) as e:
-        raise ValueError(f"{path}: not a valid BERT config ({e})") from None
-
-
-def load_pretrained(model_class, folder: str, verbose: bool = True, **overrides):
-    """Build `model_class` (Bert, BertMLM, BertClassifier, BertQA) from a checkpoint folder.
-
-    Weights the checkpoint lacks (a task head, say) keep their fresh init and are
-    reported; `overrides` change config fields (e.g. num_labels=3, dropout).
-    """
-    config = read_config(folder)
-    for k, v in overrides.items():
-        setattr(config, k, v)
-    vocab = os.path.join(folder, "vocab.txt")
-    if os.path.exists(vocab):
-        with open(vocab, encoding="utf-8") as f:
-            n_vocab = sum(1 for _ in f)
-        if n_vocab > config.vocab_size:
-            raise ValueError(f"{vocab}: {n_vocab} tokens, but config.json has vocab_size {config.vocab_size}")
-    weights, path = read_weights(folder)
-    model = model_class(config)
-    prefix = "" if isinstance(model, BertPreTrainedBase) else "bert."  # a bare encoder
-    own = {prefix + k: v for k, v in model.state_dict().items()}
-    state = {}
-    for ref_name, t in weights.items():
-        name = from_reference_name(ref_name)
-        if name not in own:
-            continue  # another task's head, a buffer, the tied decoder
-        if t.shape != own[name].shape and not name.startswith(("bert.", "mlm.")):
-            if verbose:  # a task head for another number of labels: this task gets a fresh one
-                print(f"{os.path.basename(path)}: {ref_name} has shape {tuple(t.shape)}, this task needs "
-                      f"{tuple(own[name].shape)}: initialised it afresh", file=sys.stderr)
-            continue
-        if t.shape != own[name].shape:
-            raise ValueError(f"{path}: weight {ref_name} has shape {tuple(t.shape)}, but config.json "
-                             f"gives {tuple(own[name].shape)}")
-        state[name] = t
-    missing = [k for k in own if k not in state]
-    if len(missing) == len(own):
-        raise ValueError(f"{path}: none of its weights is a BERT weight")
-    model.load_state_dict({k[len(prefix):]: v for k, v in state.items()}, strict=False)
-    if missing and verbose:
-        groups = sorted({k.rsplit(".", 1)[0] for k in missing})
-        print(f"{os.path.basename(path)} has no weights for {', '.join(groups)}: initialised them", file=sys.stderr)
-    return model
-
-
-def save_pretrained(model: BertPreTrainedBase, folder: str, vocab_path: str | None = None,
-                    lowercase: bool | None = None):
-    """Write config.json + model.safetensors (+ vocab.txt, + tokenizer_config.json with the
-    vocab's lower-casing) in the reference layout.
-    Each file goes to a temporary name first and is renamed, so a crash never leaves
-    a half-written checkpoint behind."""
-    os.makedirs(folder, exist_ok=True)
-    weights = {to_reference_name(k): v for k, v in model.state_dict().items()}
-    tmp = os.path.join(folder, "model.safetensors.tmp")
-    write_safetensors(weights, tmp)
-    os.replace(tmp, os.path.join(folder, "model.safetensors"))
-    with open(os.path.join(folder, "config.json.tmp"), "w") as f:
-        json.dump(model.config.to_dict(), f, indent=2)
-    os.replace(os.path.join(folder, "config.json.tmp"), os.path.join(folder, "config.json"))
-    if vocab_path and os.path.abspath(vocab_path) != os.path.abspath(os.path.join(folder, "vocab.txt")):
-        with open(vocab_path, "rb") as src, open(os.path.join(folder, "vocab.txt.tmp"), "wb") as dst:
-            dst.write(src.read())
-        os.replace(os.path.join(folder, "vocab.txt.tmp"), os.path.join(folder, "vocab.txt"))
-    if lowercase is not None:
-        with open(os.path.join(folder, "tokenizer_config.json.tmp"), "w") as f:
-            json.dump({"do_lower_case": lowercase}, f)
-        os.replace(os.path.join(folder, "tokenizer_config.json.tmp"), os.path.join(folder, "tokenizer_config.json"))
+def flops_per_sequence(config: BertConfig, seq_len: int, n_predictions: int) -> int:
+    """Model FLOPs of one training step on one sequence: 3 x the forward pass (the backward
+    pass costs about twice the forward), counting 2*m*n*k for every (m x k) @ (k x n) matmul.
+    Embeddings (lookups), LayerNorm, softmax, GELU and the loss are not counted: they are
+    O(T * hidden) against the matmuls' O(T * hidden^2). Per-layer heads and FFN widths
+    come from the config, so a pruned (rebuilt) model counts only what it keeps."""
+    T, P, H, V = seq_len, n_predictions, config.hidden_size, config.vocab_size
+    forward = 0
+    for i in range(config.num_hidden_layers):
+        width = config.heads(i) * config.head_dim  # the kept heads' concatenated size
+        f = config.ffn(i)
+        forward += 3 * 2 * T * H * width  # Q, K, V projections
+        forward += 2 * T * T * width      # attention scores Q K^T, every head
+        forward += 2 * T * T * width      # attention probabilities x V
+        forward += 2 * T * width * H      # output projection
+        forward += 2 * T * H * f + 2 * T * f * H  # FFN up and down
+    forward += 2 * P * H * H + 2 * P * H * V  # MLM head at the predicted positions: transform, decoder
+    return 3 * forward
 
 
 def count_parameters(model: nn.Module) -> int:

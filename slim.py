@@ -1,14 +1,15 @@
 """Network slimming (Liu et al., 2017) as EarlyBERT uses it to search for a ticket.
 
-In its searching stage EarlyBERT (Chen et al., 2021, sec. 3) gives every attention head
-and every FFN intermediate neuron a learnable scalar, the slimming coefficient, set to 1.0:
+In its searching stage EarlyBERT (Chen et al., ACL 2021, sec. 3.1) gives every attention
+head and every FFN intermediate neuron a learnable scalar, the slimming coefficient, set to 1.0:
 
     head h of layer l:    context_h   -> c_head[l, h] * context_h    (before the out-projection)
     neuron i of layer l:  GELU(up)_i  -> c_ffn[l, i]  * GELU(up)_i   (before the down-projection)
 
 and trains them with the rest of the network under an L1 penalty, which pushes the
-coefficients of units the task does not need towards zero. ticket.py then prunes the
-units with the smallest |c|. model.py multiplies by the coefficients when its
+coefficients of units the task does not need towards zero (the searching stage's loss:
+task loss + lambda_head * sum |c_head| + lambda_ffn * sum |c_ffn|). ticket.py then prunes
+the units with the smallest |c| (sec. 3.2). model.py multiplies by the coefficients when its
 `head_coef` / `ffn_coef` slots are set; this file fills and empties those slots.
 """
 import torch
@@ -21,10 +22,11 @@ def _layers(model: nn.Module):
 
 
 def add_coefficients(model: nn.Module) -> nn.Module:
-    """Give every head and every FFN neuron a slimming coefficient, all 1.0 (so the
-    model's outputs do not change). Call it before building the optimizer, or the
-    coefficients are not trained. They are 1-D, so a weight-decay split by dimension
-    already puts them in the no-decay group, as the official code does."""
+    """Give every head and every FFN neuron a slimming coefficient, all 1.0, so the model's
+    outputs do not change (EarlyBERT sec. 3.1; network slimming's scaling factors). Call it
+    before building the optimizer, or the coefficients are not trained. They are 1-D, so a
+    weight-decay split by dimension already puts them in the no-decay group, as the
+    official code does."""
     for layer in _layers(model):
         device = layer.attn.query.weight.device
         layer.attn.head_coef = nn.Parameter(torch.ones(layer.attn.n_heads, device=device))
@@ -57,13 +59,15 @@ def coefficients(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tenso
 
 
 def l1_penalty(model: nn.Module, lambda_head: float = 1e-4, lambda_ffn: float = 1e-4) -> torch.Tensor:
-    """lambda_head * sum |c_head| + lambda_ffn * sum |c_ffn|, summed over all layers
-    (EarlyBERT's searching stage; 1e-4 for both is the official fine-tuning default).
+    """lambda_head * sum |c_head| + lambda_ffn * sum |c_ffn|, summed over all layers: the L1
+    term of EarlyBERT's searching stage (sec. 3.1; 1e-4 for both is the official fine-tuning
+    default). Its gradient is lambda * sign(c), a constant pull of every coefficient towards 0.
 
     Count it once per optimizer step: add it to the loss of one step, or to each
     micro-batch's loss *before* that loss is divided by the gradient-accumulation steps.
     Departs from the official code, which adds it after the division, so there the
-    penalty's strength grows with the number of accumulation steps.
+    penalty counts once per micro-batch and its strength grows with the number of
+    accumulation steps: the same lambda searches differently when a batch is split differently.
     """
     params = coefficient_parameters(model)
     heads, ffn = params[0::2], params[1::2]

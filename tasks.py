@@ -84,6 +84,19 @@ def corr(pred, gold): return {"pearson": pearson(pred, gold), "spearman": spearm
 
 # ----------------------------------------------------------------------------- GLUE's tasks
 
+def read_text(path: str) -> str:
+    """A data file's text, UTF-8 (a byte-order mark is dropped); any other encoding is a
+    one-line error naming the file and the line, not a UnicodeDecodeError."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
+                         "save the file as UTF-8") from None
+
+
 @dataclass(frozen=True)
 class GlueTask:
     texts: tuple[int, ...]  # the column of the sentence, or the two of the sentence pair
@@ -115,8 +128,8 @@ def text_task(train_path: str) -> GlueTask:
     dev.tsv with a `sentence<TAB>label` header. The classes are train.tsv's labels, sorted."""
     if not os.path.isfile(train_path):
         raise ValueError(f"{train_path}: missing; the text task reads train.tsv and dev.tsv (sentence<TAB>label)")
-    with open(train_path, encoding="utf-8") as f:
-        labels = {line.rstrip("\n").split("\t")[-1] for n, line in enumerate(f) if n > 0 and line.strip()}
+    lines = read_text(train_path).split("\n")
+    labels = {line.rstrip("\r").split("\t")[-1] for line in lines[1:] if line.strip()}
     if len(labels) < 2:
         raise ValueError(f"{train_path}: needs rows of at least two labels, found {len(labels)}")
     return GlueTask((0,), 1, tuple(sorted(labels)), acc)
@@ -127,8 +140,8 @@ def read_glue(path: str, task: GlueTask) -> tuple[list[tuple[str, ...]], list]:
     (as the first row, for CoLA, which has no header); labels become class ids (floats for STS-B)."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: missing; a GLUE task folder holds train.tsv and {' and '.join(task.dev)}")
-    with open(path, encoding="utf-8", newline="\n") as f:  # tabs only: GLUE's fields are never quoted
-        rows = [(n, line.rstrip("\r\n").split("\t")) for n, line in enumerate(f, 1) if line.strip()]
+    lines = read_text(path).split("\n")  # tabs only: GLUE's fields are never quoted
+    rows = [(n, line.rstrip("\r").split("\t")) for n, line in enumerate(lines, 1) if line.strip()]
     if len(rows) <= task.header:
         raise ValueError(f"{path}: no rows")
     width, need = len(rows[0][1]), max(task.texts + (task.label,)) + 1
@@ -175,12 +188,12 @@ def read_squad(path: str) -> list[dict]:
     """SQuAD v1.1 JSON -> [{"id", "question", "context", "answers": [{"text", "answer_start"}]}]."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: missing; a SQuAD folder holds train-v1.1.json and dev-v1.1.json")
+    text = read_text(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            articles = json.load(f)["data"]
+        articles = json.loads(text)["data"]
         return [{"id": qa["id"], "question": qa["question"], "context": p["context"], "answers": qa["answers"]}
                 for a in articles for p in a["paragraphs"] for qa in p["qas"]]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a SQuAD v1.1 file ({type(e).__name__}: {e})") from None
 
 

@@ -1,29 +1,38 @@
-"""Early-bird tickets: draw them from slimming coefficients, decide when one has
-emerged, and rebuild the physically smaller BERT they describe.
+"""Early-bird tickets: draw them from slimming coefficients, decide when one has emerged,
+rebuild the physically smaller BERT they describe (EarlyBERT, Chen et al., ACL 2021, sec.
+3.2 and 3.3), and look at them.
 
-EarlyBERT (Chen et al., 2021), sec. 3: the ticket-drawing and efficient-training stages.
-
-    draw_ticket     rank heads (layer-wise) and FFN neurons (globally) by |coefficient|,
-                    prune the smallest                                  -> Ticket
-    random_ticket   the same numbers pruned, units chosen at random     -> Ticket (control)
+    draw_ticket     prune the smallest |coefficient|: heads layer-wise, FFN neurons globally
+    random_ticket   the same numbers pruned, units chosen at random (the control)
     EarlyBird       the early-bird rule (You et al., ICLR 2020): stop searching once the
                     masks the coefficients give stop moving (mask distance < epsilon)
-    rebuild         a smaller model of the same class: the ticket's heads and neurons
-                    removed from the weights, surviving coefficients folded in
+    observe         one check of the rule during a search; the ticket when it fires
+    slice_state     the kept units' entries of a state dict (weights, AdamW moments)
+    rebuild         the smaller model: slice_state, then fold_coefficients
 
-A ticket's indices always refer to the model it is applied to, so a rebuilt model can be
-pruned again by a ticket drawn from it.
+A ticket's indices refer to the model it is applied to, so a rebuilt model can be pruned
+again by a ticket drawn from it. `python ticket.py show|apply|compare` looks at, applies
+and compares ticket files (see main).
 """
+import argparse
 import dataclasses
 import json
 import math
 import os
+import re
+import shutil
+import sys
 from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+import slim
+from checkpoint import (atomic, from_reference_name, read_config, read_json, read_weights, short,
+                        to_reference_name, write_json, write_safetensors)
+from model import Bert
 
 
 @dataclass
@@ -35,39 +44,34 @@ class Ticket:
     full_ffn: list[int]
     head_ratio: float            # the pruned fractions asked for
     ffn_ratio: float
-    kind: str = "earlybird"      # "earlybird", "fixed-step" or "random"
+    kind: str = "earlybird"      # "earlybird", "fixed-step", "random" or "full"
     step: int | None = None      # search step it was drawn at
     history: list[dict] = field(default_factory=list)  # EarlyBird.history: the mask distances
 
     def save(self, path: str):
-        """Human-readable JSON, one line per layer; written to a temporary name and
-        renamed, so a crash never leaves half a ticket."""
+        """Human-readable JSON, one line per layer, written atomically."""
         lines = []
         for key, value in asdict(self).items():
+            text = json.dumps(value)
             if isinstance(value, list) and value and isinstance(value[0], (list, dict)):
-                value = "[\n    " + ",\n    ".join(json.dumps(v) for v in value) + "\n  ]"
-            else:
-                value = json.dumps(value)
-            lines.append(f"  {json.dumps(key)}: {value}")
-        with open(path + ".tmp", "w") as f:
+                text = "[\n    " + ",\n    ".join(json.dumps(v) for v in value) + "\n  ]"
+            lines.append(f"  {json.dumps(key)}: {text}")
+        with atomic(path) as tmp, open(tmp, "w") as f:
             f.write("{\n" + ",\n".join(lines) + "\n}\n")
-        os.replace(path + ".tmp", path)
 
     @classmethod
     def load(cls, path: str) -> "Ticket":
-        if not os.path.exists(path):
+        """A ticket file, checked for shape (not yet against a model: check_ticket_fits)."""
+        if not os.path.isfile(path):
             raise ValueError(f"{path}: no such ticket file; draw one with the search phase first")
+        d = read_json(path, "ticket file")
         try:
-            with open(path) as f:
-                d = json.load(f)
             ticket = cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
-            assert all(map(_is_int_list, ticket.heads + ticket.ffn)), \
-                "indices must be lists of integers, one list per layer"
-            assert _is_int_list(ticket.full_heads) and _is_int_list(ticket.full_ffn), \
-                "sizes must be lists of integers"
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, AssertionError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ValueError(f"{path}: not a valid ticket file ({msg})") from None
+            assert all(map(_is_int_list, ticket.heads + ticket.ffn + [ticket.full_heads, ticket.full_ffn])), \
+                "indices and sizes must be lists of integers"
+        except (TypeError, AssertionError) as e:
+            raise ValueError(f"{path}: not a valid ticket file ({short(e)})") from None
+        check_ticket_fits(ticket, None, path)
         return ticket
 
 
@@ -76,11 +80,6 @@ def _is_int_list(xs) -> bool:
 
 
 # ----------------------------------------------------------------------------- drawing
-
-def _check_ratio(name: str, ratio: float):
-    if not 0 <= ratio < 1:
-        raise ValueError(f"{name}={ratio}: a pruning ratio is the fraction of units to prune, in [0, 1)")
-
 
 def _largest(magnitudes: np.ndarray, n_keep: int) -> list[int]:
     """Indices of the n_keep largest magnitudes, sorted. The sort is stable, so among equal
@@ -92,7 +91,7 @@ def _largest(magnitudes: np.ndarray, n_keep: int) -> list[int]:
 def draw_ticket(head_coefs, ffn_coefs, head_ratio: float = 1 / 3, ffn_ratio: float = 0.4,
                 ffn_multiple: int = 1, *, kind: str = "earlybird", step: int | None = None,
                 history: list | None = None) -> Ticket:
-    """Prune the units with the smallest coefficient magnitudes (EarlyBERT's ticket-drawing stage).
+    """Prune the units with the smallest coefficient magnitudes (EarlyBERT sec. 3.2).
 
     head_coefs, ffn_coefs: one 1-D tensor per layer (slim.coefficients gives them).
     Heads are pruned layer-wise: round(head_ratio * n_heads) in every layer (official
@@ -109,16 +108,13 @@ def draw_ticket(head_coefs, ffn_coefs, head_ratio: float = 1 / 3, ffn_ratio: flo
     layer's full width), since matrix multiplies are fastest on widths that are multiples
     of 64 or so. The ticket still records the ffn_ratio asked for.
     """
-    _check_ratio("head_ratio", head_ratio)
-    _check_ratio("ffn_ratio", ffn_ratio)
+    for name, ratio in (("head_ratio", head_ratio), ("ffn_ratio", ffn_ratio)):
+        if not 0 <= ratio < 1:
+            raise ValueError(f"{name}={ratio}: a pruning ratio is the fraction of units to prune, in [0, 1)")
     assert ffn_multiple >= 1 and len(head_coefs) == len(ffn_coefs)
-    head_mags = [torch.as_tensor(c).detach().abs().double().cpu().numpy() for c in head_coefs]
-    ffn_mags = [torch.as_tensor(c).detach().abs().double().cpu().numpy() for c in ffn_coefs]
-
-    heads = []
-    for m in head_mags:
-        n_prune = min(round(head_ratio * len(m)), len(m) - 1)
-        heads.append(_largest(m, len(m) - n_prune))
+    head_mags, ffn_mags = ([torch.as_tensor(c).detach().abs().double().cpu().numpy() for c in coefs]
+                           for coefs in (head_coefs, ffn_coefs))
+    heads = [_largest(m, len(m) - min(round(head_ratio * len(m)), len(m) - 1)) for m in head_mags]
 
     # One global threshold: rank all neurons together, in layer-major order so that ties
     # break by (layer, index). Within a layer this order is the layer's own stable order,
@@ -128,12 +124,8 @@ def draw_ticket(head_coefs, ffn_coefs, head_ratio: float = 1 / 3, ffn_ratio: flo
     n_prune = round(ffn_ratio * len(everything))
     pruned_per_layer = np.bincount(layer_of[np.argsort(everything, kind="stable")[:n_prune]],
                                    minlength=len(ffn_mags))
-    ffn = []
-    for m, n_pruned in zip(ffn_mags, pruned_per_layer):
-        n_keep = max(1, len(m) - int(n_pruned))
-        n_keep = min(len(m), math.ceil(n_keep / ffn_multiple) * ffn_multiple)
-        ffn.append(_largest(m, n_keep))
-
+    n_keep = [max(1, len(m) - int(n)) for m, n in zip(ffn_mags, pruned_per_layer)]
+    ffn = [_largest(m, min(len(m), math.ceil(n / ffn_multiple) * ffn_multiple)) for m, n in zip(ffn_mags, n_keep)]
     return Ticket(heads, ffn, [len(m) for m in head_mags], [len(m) for m in ffn_mags],
                   head_ratio, ffn_ratio, kind, step, list(history or []))
 
@@ -144,9 +136,14 @@ def random_ticket(full_heads: list[int], full_ffn: list[int], head_ratio: float 
     neurons pruned overall as draw_ticket would, but chosen at random. It is draw_ticket
     on seeded random scores, so the same rules (minimum per layer, ffn_multiple) hold."""
     g = torch.Generator().manual_seed(seed)
-    head_scores = [torch.rand(n, generator=g) for n in full_heads]
-    ffn_scores = [torch.rand(n, generator=g) for n in full_ffn]
+    head_scores, ffn_scores = ([torch.rand(n, generator=g) for n in sizes] for sizes in (full_heads, full_ffn))
     return draw_ticket(head_scores, ffn_scores, head_ratio, ffn_ratio, ffn_multiple, kind="random")
+
+
+def full_ticket(config) -> Ticket:
+    """The ticket that keeps every unit of a model: rebuilding with it only folds the coefficients in."""
+    heads, ffn = ([size(l) for l in range(config.num_hidden_layers)] for size in (config.heads, config.ffn))
+    return Ticket([list(range(h)) for h in heads], [list(range(f)) for f in ffn], heads, ffn, 0.0, 0.0, "full")
 
 
 def ticket_masks(ticket: Ticket) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,13 +164,14 @@ def current_masks(head_coefs, ffn_coefs, head_ratio: float = 1 / 3, ffn_ratio: f
 # ----------------------------------------------------------------------------- the early-bird rule
 
 def mask_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Normalised Hamming distance: the fraction of units whose keep/prune bit differs."""
+    """Normalised Hamming distance between two keep-masks (Early-Bird, You et al. 2020;
+    EarlyBERT sec. 3.2): the fraction of units whose keep/prune bit differs."""
     assert a.shape == b.shape, "masks over different sets of units"
     return (a != b).sum().item() / a.numel()
 
 
 class EarlyBird:
-    """The early-bird rule (You et al., ICLR 2020), as EarlyBERT uses it.
+    """The early-bird rule (You et al., ICLR 2020), as EarlyBERT sec. 3.2 uses it.
 
     Feed it the current masks every few steps. It keeps the last k in a FIFO; once it has
     k, it computes for heads and for FFN neurons separately the largest distance between
@@ -181,9 +179,10 @@ class EarlyBird:
     epsilon (k = 5 and epsilon = 0.1 are Early-Bird's defaults).
 
     Departs from the official EarlyBERT code, which draws at a fixed step instead
-    (`slimming_coef_step`); we keep that as an option in the training loop.
-    With coefficients initialised at 1.0 the very first mask is all ties, broken by
-    index, which says nothing: record the first mask after some training.
+    (`slimming_coef_step`): the rule stops the search as soon as the ticket has stopped
+    changing, which is the point of an early-bird ticket; the fixed step stays an option
+    (observe's draw_step). With coefficients initialised at 1.0 the very first mask is all
+    ties, broken by index, which says nothing: record the first mask after some training.
     """
 
     def __init__(self, k: int = 5, epsilon: float = 0.1):
@@ -219,69 +218,116 @@ class EarlyBird:
         self.queue = deque(((h, f) for _, h, f in self.masks[-self.k:]), maxlen=self.k)
 
 
+def observe(early_bird: EarlyBird, model: nn.Module, step: int, head_ratio: float, ffn_ratio: float,
+            draw_step: int = 0) -> Ticket | None:
+    """One check during the search (EarlyBERT sec. 3.2): record the masks the model's slimming
+    coefficients give at `step`, and return the ticket when it is time to draw it: when the
+    early-bird rule fires (kind "earlybird"), or, with draw_step > 0, at that step (kind
+    "fixed-step", the official code's way; the rule then only records its distances). Else None."""
+    heads, ffn = slim.coefficients(model)
+    fired = early_bird.update(*current_masks(heads, ffn, head_ratio, ffn_ratio), step)
+    if draw_step > 0:
+        return draw_now(early_bird, model, step, head_ratio, ffn_ratio) if step == draw_step else None
+    return draw_now(early_bird, model, step, head_ratio, ffn_ratio, "earlybird") if fired else None
+
+
+def draw_now(early_bird: EarlyBird, model: nn.Module, step: int, head_ratio: float, ffn_ratio: float,
+             kind: str = "fixed-step") -> Ticket:
+    """The ticket the model's coefficients give now, with the distances that led to it
+    (the fallback when the search ends before the rule fires)."""
+    return draw_ticket(*slim.coefficients(model), head_ratio, ffn_ratio, kind=kind, step=step,
+                       history=early_bird.history)
+
+
+def summary(ticket: Ticket) -> dict:
+    """What a run reports of its ticket."""
+    return {"drawn_at": ticket.step, "rule": ticket.kind,
+            "kept_heads": sum(map(len, ticket.heads)), "total_heads": sum(ticket.full_heads),
+            "kept_ffn": sum(map(len, ticket.ffn)), "total_ffn": sum(ticket.full_ffn)}
+
+
 def distance_matrix(masks: list[tuple]) -> np.ndarray:
     """Pairwise mask distances between recorded masks (EarlyBird.masks): a (2, n, n) array,
     [0] over heads and [1] over FFN neurons (the figure the Early-Bird paper draws)."""
-    n = len(masks)
-    d = np.zeros((2, n, n))
-    for i in range(n):
-        for j in range(i + 1, n):
-            for kind in (0, 1):
-                d[kind, i, j] = d[kind, j, i] = mask_distance(masks[i][kind + 1], masks[j][kind + 1])
+    d = np.zeros((2, len(masks), len(masks)))
+    for i, j in zip(*np.triu_indices(len(masks), 1)):
+        for kind in (0, 1):
+            d[kind, i, j] = d[kind, j, i] = mask_distance(masks[i][kind + 1], masks[j][kind + 1])
     return d
 
 
-def plot_distances(early_bird: EarlyBird, path: str):
-    """Save the mask-distance matrices (heads, FFN) and the distances over steps to `path`.
-    Returns the path, or None when matplotlib is not installed (it is optional)."""
+def save_mask_distances(early_bird: EarlyBird, folder: str, draw_step: int | None = None) -> str | None:
+    """folder/mask_distances.json (the steps and both distance matrices) and, with matplotlib,
+    folder/mask_distances.png. Returns the picture's path, or None."""
+    d = distance_matrix(early_bird.masks)
+    write_json({"steps": [s for s, _, _ in early_bird.masks], "head_distance": d[0].tolist(),
+                "ffn_distance": d[1].tolist()}, os.path.join(folder, "mask_distances.json"), indent=None)
+    return plot_distances(early_bird, os.path.join(folder, "mask_distances.png"), draw_step)
+
+
+def plot_distances(early_bird: EarlyBird, path: str, draw_step: int | None = None) -> str | None:
+    """The mask-distance matrices (heads, FFN; one colour scale, axes in steps, the draw step
+    marked) and, per recorded mask, its largest distance to the k - 1 masks before it against
+    epsilon: what the rule looks at, readable whether it fired or not. Returns `path`, or
+    None without matplotlib (optional) or without masks."""
     try:
         from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
     except ImportError:
         return None
     if not early_bird.masks:
         return None
-    steps = [s for s, _, _ in early_bird.masks]
-    d = distance_matrix(early_bird.masks)
+    steps = np.array([s for s, _, _ in early_bird.masks], dtype=float)
+    d, k, eps = distance_matrix(early_bird.masks), early_bird.k, early_bird.epsilon
+    gaps = np.diff(steps) if len(steps) > 1 else np.ones(1)
+    edges = np.concatenate([[steps[0] - gaps[0] / 2], (steps[1:] + steps[:-1]) / 2, [steps[-1] + gaps[-1] / 2]])
     fig = Figure(figsize=(15, 4.5), layout="constrained")
     axes = fig.subplots(1, 3)
     for ax, matrix, title in zip(axes, d, ("heads", "FFN neurons")):
-        image = ax.imshow(matrix, cmap="viridis", vmin=0)
-        ticks = np.linspace(0, len(steps) - 1, min(len(steps), 6)).round().astype(int)
-        ax.set_xticks(ticks, [steps[t] for t in ticks])
-        ax.set_yticks(ticks, [steps[t] for t in ticks])
-        ax.set_title(f"mask distance, {title}")
-        ax.set_xlabel("step")
-        fig.colorbar(image, ax=ax)
-    for key, label in (("head_distance", "heads"), ("ffn_distance", "FFN neurons")):
-        points = [(h["step"], h[key]) for h in early_bird.history if h[key] is not None]
-        axes[2].plot([s for s, _ in points], [v for _, v in points], marker="o", label=label)
-    axes[2].axhline(early_bird.epsilon, color="gray", linestyle="--", label="epsilon")
-    axes[2].set_title(f"largest distance to the last {early_bird.k - 1} masks")
-    axes[2].set_xlabel("step")
+        image = ax.pcolormesh(edges, edges, matrix, cmap="viridis", vmin=0, vmax=max(d.max(), eps))
+        ax.set(title=f"mask distance, {title}", xlabel="step", ylabel="step", aspect="equal")
+        ax.invert_yaxis()  # the first mask at the top left, as in the Early-Bird paper
+        for line in (ax.axvline, ax.axhline) if draw_step is not None else ():
+            line(draw_step, color="red", lw=1, ls="--")
+    fig.colorbar(image, ax=axes[:2], label="fraction of units whose keep/prune bit differs")
+    for kind, label in ((0, "heads"), (1, "FFN neurons")):
+        axes[2].plot(steps[1:], [d[kind, i, max(0, i - k + 1):i].max() for i in range(1, len(steps))],
+                     marker="o", label=label)
+    axes[2].axhline(eps, color="gray", ls="--", label=f"epsilon {eps}")
+    if len(steps) > 1:  # the rule decides only once it has k masks
+        axes[2].axvspan(edges[0], edges[min(k - 1, len(steps))], color="gray", alpha=0.15,
+                        label=f"fewer than {k} masks")
+    if draw_step is not None:
+        axes[2].axvline(draw_step, color="red", lw=1, ls="--", label=f"ticket drawn, step {draw_step}")
+    fired = [h["step"] for h in early_bird.history if h["head_distance"] is not None
+             and max(h["head_distance"], h["ffn_distance"]) < eps]
+    axes[2].set(title=f"largest distance to the previous {k - 1} masks\n"
+                      + (f"(the rule fired at step {fired[0]})" if fired else "(the rule did not fire)"),
+                xlabel="step", ylim=(0, max(d.max(), eps) * 1.05))
     axes[2].legend()
-    fig.savefig(path, dpi=120)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     return path
 
 
 # ----------------------------------------------------------------------------- rebuild
 
-def check_ticket_fits(ticket: Ticket, config, ticket_path: str):
-    """Raise a one-line ValueError naming `ticket_path` unless the ticket was drawn from a
-    model with the config's per-layer sizes and its indices are valid for them."""
-    n, n_ticket = config.num_hidden_layers, len(ticket.full_heads)
+def check_ticket_fits(ticket: Ticket, config, ticket_path: str, where: str = "the checkpoint"):
+    """Raise a one-line ValueError naming `ticket_path` unless the ticket's lists are consistent
+    and, given a config, drawn from a model with its per-layer sizes (`where` names that model)."""
+    n_ticket = len(ticket.full_heads)
     if not len(ticket.heads) == len(ticket.ffn) == len(ticket.full_ffn) == n_ticket:
         raise ValueError(f"{ticket_path}: its heads, ffn, full_heads and full_ffn lists differ in "
                          "length (one entry per layer each); the file is damaged, draw it again")
-    if n_ticket != n:
+    if config is not None and n_ticket != config.num_hidden_layers:
         raise ValueError(f"{ticket_path}: drawn from a model with {n_ticket} layers, "
-                         f"but the checkpoint has {n}")
-    for l in range(n):
-        for what, full, size, kept in (("heads", ticket.full_heads[l], config.heads(l), ticket.heads[l]),
-                                       ("FFN neurons", ticket.full_ffn[l], config.ffn(l), ticket.ffn[l])):
+                         f"but {where} has {config.num_hidden_layers}")
+    for l in range(n_ticket):
+        sizes = (config.heads(l), config.ffn(l)) if config is not None else (ticket.full_heads[l], ticket.full_ffn[l])
+        for what, full, size, kept in (("heads", ticket.full_heads[l], sizes[0], ticket.heads[l]),
+                                       ("FFN neurons", ticket.full_ffn[l], sizes[1], ticket.ffn[l])):
             if full != size:
                 raise ValueError(f"{ticket_path}: layer {l} had {full} {what} when the ticket was "
-                                 f"drawn, but the checkpoint's layer {l} has {size}; "
-                                 "use the model it was drawn from")
+                                 f"drawn, but {where}'s layer {l} has {size}; use the model it was drawn from")
             if not kept:
                 raise ValueError(f"{ticket_path}: layer {l} keeps no {what}; every layer must keep one")
             if len(set(kept)) != len(kept):
@@ -291,44 +337,219 @@ def check_ticket_fits(ticket: Ticket, config, ticket_path: str):
                                  f"but the layer has only {size} (indices 0..{size - 1})")
 
 
+# layers.L.<producer> weight/bias: kept units' output rows; layers.L.<consumer>.weight: input columns
+_SLICED = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:(attn\.(?:query|key|value)|ffn\.up)\.(?:weight|bias)"
+                     r"|(attn\.out|ffn\.down)\.weight)$")
+
+
+def slice_state(tensors: dict, ticket: Ticket) -> dict:
+    """The entries of a state dict (parameter name -> tensor: weights, or AdamW's exp_avg /
+    exp_avg_sq per parameter) that the ticket keeps, as EarlyBERT sec. 3.3 removes units:
+    per layer, the kept heads' output rows (and bias entries) of query/key/value and their
+    input columns of the attention output projection; the kept neurons' output rows (and
+    bias entries) of the FFN up-projection and their input columns of its down-projection.
+    Everything else (embeddings, LayerNorms, the out/down biases, task heads) passes
+    through; the slimming coefficients are dropped (fold_coefficients folds them in)."""
+    out = {}
+    for name, t in tensors.items():
+        m = _SLICED.search(name)
+        if m is None:
+            if not name.endswith(("head_coef", "ffn_coef")):
+                out[name] = t
+            continue
+        l, dim = int(m[1]), 0 if m[2] else 1  # producers: rows; consumers: columns
+        kept, full = (ticket.heads[l], ticket.full_heads[l]) if (m[2] or m[3]).startswith("attn") else \
+            (ticket.ffn[l], ticket.full_ffn[l])
+        width = t.shape[dim] // full  # head_dim for heads, 1 for neurons
+        assert width * full == t.shape[dim], f"{name}: {t.shape[dim]} does not divide into {full} units"
+        index = (torch.tensor(kept)[:, None] * width + torch.arange(width)).flatten()  # (kept * width,)
+        out[name] = t.index_select(dim, index.to(t.device))
+    return out
+
+
 @torch.no_grad()
 def rebuild(model: nn.Module, ticket: Ticket) -> nn.Module:
-    """A physically smaller copy of `model` (same class) keeping only the ticket's heads
-    and neurons (EarlyBERT's efficient-training stage). Per layer, with kept heads H and kept neurons N:
-      query/key/value: the output rows (and bias entries) of the heads in H
-      attention out:   the matching input columns, each scaled by its head's coefficient
-      FFN up:          the output rows (and bias entries) in N
-      FFN down:        the input columns in N, each scaled by its neuron's coefficient
-    Folding the coefficients in leaves the rebuilt model without any, and makes its
-    outputs equal to `model`'s with the pruned units' coefficients set to zero. A model
-    without coefficients counts as all ones. Everything else (embeddings, LayerNorms,
-    the out/down biases, task heads) is copied unchanged; `model` itself is not modified.
-    """
-    c = model.config
-    check_ticket_fits(ticket, c, "ticket")
-    config = dataclasses.replace(c, heads_per_layer=[len(h) for h in ticket.heads],
-                                 ffn_per_layer=[len(n) for n in ticket.ffn])
+    """A physically smaller copy of `model` (same class) keeping only the ticket's heads and
+    neurons (EarlyBERT sec. 3.3, efficient training): the weights sliced by slice_state, then
+    each kept unit's input columns of the attention output / FFN down projection multiplied
+    by its slimming coefficient. Folding the coefficients in leaves the rebuilt model without
+    any, and makes its outputs equal to `model`'s with the pruned units' coefficients set to
+    zero. A model without coefficients counts as all ones; `model` itself is not modified.
+    The official code has no folding: it rewinds to the weights the search started from,
+    which have no coefficients (here too that is only slicing). Going on from the draw step
+    (train.py's --init continue) needs them folded in, so the smaller model computes what
+    the searched one did; its AdamW moments go through the same two functions."""
+    check_ticket_fits(ticket, model.config, "ticket")
     weight = next(model.parameters())
-    small = type(model)(config).to(device=weight.device, dtype=weight.dtype)
-
-    state = {k: v for k, v in model.state_dict().items() if not k.endswith(("head_coef", "ffn_coef"))}
-    prefix = "bert." if hasattr(model, "bert") else ""
-    for l, layer in enumerate(getattr(model, "bert", model).layers):
-        attn, ffn, p = layer.attn, layer.ffn, f"{prefix}layers.{l}."
-        heads = torch.tensor(ticket.heads[l], device=weight.device)
-        neurons = torch.tensor(ticket.ffn[l], device=weight.device)
-        rows = (heads[:, None] * c.head_dim + torch.arange(c.head_dim, device=weight.device)).flatten()
-        for proj in ("query", "key", "value"):
-            state[p + f"attn.{proj}.weight"] = getattr(attn, proj).weight[rows]
-            state[p + f"attn.{proj}.bias"] = getattr(attn, proj).bias[rows]
-        head_coef = torch.ones(attn.n_heads) if attn.head_coef is None else attn.head_coef
-        scale = head_coef.to(weight.device, torch.float32)[heads].repeat_interleave(c.head_dim)
-        # (hidden, kept heads * head_dim): each head's columns times its coefficient
-        state[p + "attn.out.weight"] = attn.out.weight[:, rows].float() * scale
-        state[p + "ffn.up.weight"] = ffn.up.weight[neurons]
-        state[p + "ffn.up.bias"] = ffn.up.bias[neurons]
-        ffn_coef = torch.ones(ffn.up.out_features) if ffn.ffn_coef is None else ffn.ffn_coef
-        scale = ffn_coef.to(weight.device, torch.float32)[neurons]
-        state[p + "ffn.down.weight"] = ffn.down.weight[:, neurons].float() * scale  # (hidden, kept neurons)
-    small.load_state_dict(state)  # strict: every weight of the smaller model is accounted for
+    small = type(model)(_pruned_config(model.config, ticket)).to(device=weight.device, dtype=weight.dtype)
+    small.load_state_dict(fold_coefficients(slice_state(model.state_dict(), ticket), model, ticket))  # strict
     return small.train(model.training)
+
+
+def _pruned_config(config, ticket: Ticket):
+    return dataclasses.replace(config, heads_per_layer=list(map(len, ticket.heads)),
+                               ffn_per_layer=list(map(len, ticket.ffn)))
+
+
+@torch.no_grad()
+def fold_coefficients(state: dict, model: nn.Module, ticket: Ticket, power: int = 1) -> dict:
+    """A sliced state with each kept unit's input columns of the attention output and FFN down
+    projections multiplied by the unit's slimming coefficient (from `model`) to the `power`:
+    1 for the weights (rebuild); -1 for AdamW's exp_avg and -2 for exp_avg_sq, which then hold
+    what they would for the folded weights, whose gradients are the old ones divided by c.
+    A model without coefficients leaves the state as it is."""
+    state, prefix = dict(state), "bert." if hasattr(model, "bert") else ""
+    for l, layer in enumerate(getattr(model, "bert", model).layers):
+        for coef, kept, name, width in ((layer.attn.head_coef, ticket.heads[l], "attn.out", model.config.head_dim),
+                                        (layer.ffn.ffn_coef, ticket.ffn[l], "ffn.down", 1)):
+            key = f"{prefix}layers.{l}.{name}.weight"
+            if coef is not None and key in state:  # (hidden, kept units * width): each unit's columns scaled
+                scale = coef.float()[torch.tensor(kept, device=coef.device)].repeat_interleave(width) ** power
+                state[key] = (state[key].float() * scale.to(state[key].device)).to(state[key].dtype)
+    return state
+
+
+# ----------------------------------------------------------------------------- command line
+
+def parameters_and_flops(config, seq_len: int) -> tuple[int, int]:
+    """Parameters of the encoder (embeddings + layers) a config describes, per-layer sizes and
+    all, and its training FLOPs per token as bench.py counts them: 6 per weight of a matrix
+    (forward and backward) + 12 * seq_len per attention-head dimension (the scores, and their
+    product with V). The MLM or task head is left out: a ticket does not change it."""
+    with torch.device("meta"):  # shapes only, nothing allocated
+        bert = Bert(config)
+    matrices = sum(p.numel() for p in bert.layers.parameters() if p.dim() == 2)
+    head_dims = sum(config.heads(l) for l in range(config.num_hidden_layers)) * config.head_dim
+    return sum(p.numel() for p in bert.parameters()), 6 * matrices + 12 * seq_len * head_dims
+
+
+def show(path: str, model_dir: str | None = None, seq_len: int = 128, plot: str | None = None) -> str:
+    """What a ticket keeps, per layer and in total; given the model's folder, what that saves."""
+    if seq_len < 1:
+        raise ValueError(f"--seq-len {seq_len}: a sequence length is at least 1")
+    t = Ticket.load(path)
+    config = read_config(model_dir) if model_dir else None
+    if config is not None:
+        check_ticket_fits(t, config, path, os.path.join(model_dir, "config.json"))
+    pct = lambda a, b: f"{a}/{b} ({a / b:.0%})"
+    lines = [f"{path}: {_describe(t)} ticket; pruning ratios: heads {t.head_ratio:.3g}, FFN {t.ffn_ratio:.3g}",
+             "layer  heads kept              FFN width"]
+    lines += [f"{l:5}  {f'{len(h)}/{n}':>5}  {' '.join(map(str, h)):<17} {pct(len(f), m)}"
+              for l, (h, n, f, m) in enumerate(zip(t.heads, t.full_heads, t.ffn, t.full_ffn))]
+    s = summary(t)
+    lines.append(f"total  heads {pct(s['kept_heads'], s['total_heads'])}, "
+                 f"FFN neurons {pct(s['kept_ffn'], s['total_ffn'])}")
+    if config is None:
+        lines.append("(parameters and FLOPs depend on the hidden size and vocabulary, which a ticket does not "
+                     "record: add --model FOLDER)")
+    else:
+        (p, fl), (p0, fl0) = (parameters_and_flops(c, seq_len) for c in (_pruned_config(config, t), config))
+        lines.append(f"parameters (embeddings + encoder): {p / 1e6:.2f}M of {p0 / 1e6:.2f}M ({p / p0:.0%}); training "
+                     f"FLOPs per token at length {seq_len}: {fl / 1e6:.2f}M of {fl0 / 1e6:.2f}M ({fl / fl0:.0%})")
+    if plot:
+        lines.append(f"picture -> {plot_ticket(t, plot)}")
+    return "\n".join(lines)
+
+
+def plot_ticket(t: Ticket, path: str) -> str:
+    """Kept heads as a layers x heads grid, kept FFN widths as bars against the full widths."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ValueError(f"{path}: --plot needs matplotlib (pip install matplotlib)") from None
+    grid = np.full((len(t.heads), max(t.full_heads)), np.nan)  # NaN (blank): the layer has no such head
+    for l, kept in enumerate(t.heads):
+        grid[l, :t.full_heads[l]], grid[l, kept] = 0, 1
+    fig = Figure(figsize=(11, 1.5 + 0.4 * len(t.heads)), layout="constrained")
+    ax_heads, ax_ffn = fig.subplots(1, 2)
+    ax_heads.imshow(grid, cmap="Blues", vmin=-0.3, vmax=1)
+    ax_heads.set(title="heads (dark: kept)", xlabel="head", ylabel="layer", xticks=range(grid.shape[1]),
+                 yticks=range(len(t.heads)))
+    ax_ffn.barh(range(len(t.ffn)), t.full_ffn, color="lightgray", label="full width")
+    ax_ffn.barh(range(len(t.ffn)), list(map(len, t.ffn)), color="tab:blue", label="kept")
+    ax_ffn.set(title="FFN neurons", xlabel="neurons", ylabel="layer", yticks=range(len(t.ffn)))
+    ax_ffn.invert_yaxis()  # layer 0 on top, as in the grid
+    ax_ffn.legend(loc="upper left", bbox_to_anchor=(1, 1))
+    with atomic(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    return path
+
+
+def apply(path: str, model_dir: str, out_dir: str, force: bool = False) -> str:
+    """Rebuild a checkpoint folder (ours or a downloaded BERT) into the smaller model the ticket
+    describes. It slices the weight file itself (slice_state), so every tensor the folder holds
+    is kept: pooler, MLM head, a task head. Everything is checked before anything is written."""
+    t = Ticket.load(path)
+    config, config_path = read_config(model_dir), os.path.join(model_dir, "config.json")
+    check_ticket_fits(t, config, path, config_path)
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not force:
+        raise ValueError(f"{out_dir}: already exists and is not empty; choose another --out or add --force")
+    weights, weights_path = read_weights(model_dir)
+    state = {from_reference_name(k): v for k, v in weights.items()}
+    with torch.device("meta"):  # the shapes config.json promises, without allocating anything
+        expected = {"bert." + k: v.shape for k, v in Bert(config).state_dict().items()}
+    for name, v in state.items():
+        if name in expected and v.shape != expected[name]:
+            raise ValueError(f"{weights_path}: weight {to_reference_name(name)} has shape {tuple(v.shape)}, "
+                             f"but {config_path} gives {tuple(expected[name])}")
+    state = slice_state(state, t)
+    os.makedirs(out_dir, exist_ok=True)
+    with atomic(os.path.join(out_dir, "model.safetensors")) as tmp:
+        write_safetensors({to_reference_name(k): v for k, v in state.items()}, tmp)
+    write_json(_pruned_config(config, t).to_dict(), os.path.join(out_dir, "config.json"))
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+        if os.path.isfile(os.path.join(model_dir, name)) and not os.path.samefile(model_dir, out_dir):
+            with atomic(os.path.join(out_dir, name)) as tmp:
+                shutil.copyfile(os.path.join(model_dir, name), tmp)
+    n, n0 = sum(v.numel() for v in state.values()), sum(v.numel() for v in weights.values())
+    return f"{out_dir}: {n / 1e6:.2f}M of {n0 / 1e6:.2f}M weights (load_pretrained and finetune.py --model load it)"
+
+
+def _describe(t: Ticket) -> str:
+    return t.kind + (f", drawn at step {t.step}" if t.step is not None else "")
+
+
+def compare(a_path: str, b_path: str) -> str:
+    """The mask distance between two tickets of one model, per layer and over all layers."""
+    a, b = Ticket.load(a_path), Ticket.load(b_path)
+    if (a.full_heads, a.full_ffn) != (b.full_heads, b.full_ffn):
+        raise ValueError(f"{b_path}: drawn from a model with heads {b.full_heads} and FFN widths {b.full_ffn}, "
+                         f"but {a_path} from one with {a.full_heads} and {a.full_ffn}; compare tickets of one model")
+    (ha, fa), (hb, fb) = ticket_masks(a), ticket_masks(b)
+    layers = zip(ha.split(a.full_heads), hb.split(a.full_heads), fa.split(a.full_ffn), fb.split(a.full_ffn))
+    return "\n".join([f"{a_path} ({_describe(a)}) vs {b_path} ({_describe(b)})",
+                      "mask distance: the fraction of units one ticket keeps and the other prunes",
+                      "layer   heads     FFN"]
+                     + [f"{l:5}   {mask_distance(h1, h2):.3f}   {mask_distance(f1, f2):.3f}"
+                        for l, (h1, h2, f1, f2) in enumerate(layers)]
+                     + [f"all     {mask_distance(ha, hb):.3f}   {mask_distance(fa, fb):.3f}"])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="ticket.py", description="Look at, apply and compare EarlyBERT tickets.")
+    sub = parser.add_subparsers(required=True)
+    p = sub.add_parser("show", help="what a ticket keeps, per layer and in total")
+    p.add_argument("ticket")
+    p.add_argument("--model", help="the checkpoint folder it fits: adds parameters and FLOPs")
+    p.add_argument("--seq-len", type=int, default=128, help="sequence length for the FLOPs (default 128)")
+    p.add_argument("--plot", help="also draw the kept units into this PNG (needs matplotlib)")
+    p.set_defaults(run=lambda a: show(a.ticket, a.model, a.seq_len, a.plot))
+    p = sub.add_parser("apply", help="rebuild a checkpoint folder into the smaller model of the ticket")
+    p.add_argument("ticket")
+    p.add_argument("--model", required=True, help="checkpoint folder (config.json, vocab.txt, weights)")
+    p.add_argument("--out", required=True, help="folder for the smaller model; must be new or empty")
+    p.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
+    p.set_defaults(run=lambda a: apply(a.ticket, a.model, a.out, a.force))
+    p = sub.add_parser("compare", help="mask distance between two tickets of one model")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.set_defaults(run=lambda a: compare(a.a, a.b))
+    args = parser.parse_args(argv)
+    print(args.run(args))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as e:  # bad input: one clear line, no traceback
+        sys.exit(f"error: {e}")

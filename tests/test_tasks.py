@@ -1,8 +1,8 @@
 """tasks.py: GLUE's nine layouts and metrics, SQuAD v1.1's windows, span decoding and official scores.
 
-Data sets are written into tmp_path; the tokenizer is WordPiece over a vocabulary of the words
-used here (others become [UNK]), so a context word is one token. test_finetune.py reuses the
-writers (glue_folder, squad_example) to fine-tune on the same data.
+Data sets are written into tmp_path by conftest.py's writers (glue_folder, squad), which
+test_finetune.py shares; the tokenizer is WordPiece over a vocabulary of the words used there
+(others become [UNK]), so a context word is one token.
 """
 import re
 
@@ -11,22 +11,12 @@ import pytest
 
 from data import checkpoint_tokenizer
 from tasks import (GLUE, accuracy, average_ranks, best_span, exact_match, f1_score, glue_features, glue_scores,
-                   matthews, max_context, normalize_answer, pearson, read_glue, spearman, squad_answers,
-                   squad_features, squad_scores, token_f1, window_text)
-
-WORDS = [f"word{i}" for i in range(40)] + "what is it where the cat sat ? . sentence second of train dev".split()
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def write_vocab(folder):
-    """A checkpoint folder's vocab.txt holding WORDS; returns the folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(SPECIALS + WORDS) + "\n")
-    return str(folder)
+                   matthews, max_context, normalize_answer, pearson, read_glue, read_squad, spearman, squad_answers,
+                   squad_features, squad_scores, text_task, token_f1, window_text)
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
+def tokenizer(tmp_path_factory, write_vocab):
     return checkpoint_tokenizer(write_vocab(tmp_path_factory.mktemp("vocab")), pairs=True)[0]
 
 
@@ -70,55 +60,8 @@ def test_squad_normalisation_matches_the_official_script():
 
 # ----------------------------------------------------------------------------- GLUE
 
-def _mnli(i, a, b, y, split):
-    labels = [y] * (5 if split != "train" else 1)  # label1 (.. label5 in dev), then gold_label
-    return [str(i), "3119", f"{i}n", "fiction", "( a )", "( b )", "(ROOT a)", "(ROOT b)", a, b, *labels, y]
-
-
-def _mnli_header(split):
-    extra = [f"label{i}" for i in range(1, 6 if split != "train" else 2)]
-    return ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-            "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", *extra, "gold_label"]
-
-
-STSB = "index genre filename year old_index source1 source2 sentence1 sentence2 score".split()
-LAYOUTS = {  # task: (header, row) in the standard GLUE download's column order
-    "cola": (None, lambda i, a, b, y, s: ["gj04", y, "" if y == "1" else "*", a]),
-    "sst-2": (["sentence", "label"], lambda i, a, b, y, s: [a, y]),
-    "mrpc": (["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
-             lambda i, a, b, y, s: [y, f"{i}1", f"{i}2", a, b]),
-    "qqp": (["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
-            lambda i, a, b, y, s: [str(i), f"{i}1", f"{i}2", a, b, y]),
-    "sts-b": (STSB, lambda i, a, b, y, s: [str(i), "main-captions", "MSRvid", "2012test", f"{i:04}", "none", "none",
-                                            a, b, y]),
-    "mnli": (_mnli_header, _mnli),
-    "qnli": (["index", "question", "sentence", "label"], lambda i, a, b, y, s: [str(i), a, b, y]),
-    "rte": (["index", "sentence1", "sentence2", "label"], lambda i, a, b, y, s: [str(i), a, b, y]),
-    "wnli": (["index", "sentence1", "sentence2", "label"], lambda i, a, b, y, s: [str(i), a, b, y]),
-}
-
-
-def glue_folder(folder, task, rows=8):
-    """Writes train.tsv and the dev file(s) of `task`; returns {split: (texts, label ids)} expected."""
-    folder.mkdir(parents=True, exist_ok=True)
-    header, row = LAYOUTS[task]
-    labels = GLUE[task].labels or ("0.5", "4.25", "3")
-    expected = {}
-    for split in ("train",) + tuple(d[:-4] for d in GLUE[task].dev):
-        head = header(split) if callable(header) else header
-        lines, texts, ids = [] if head is None else ["\t".join(head)], [], []
-        for i in range(rows):
-            a, b, y = f"sentence {i} of {split}", f"second {i} of {split}", labels[i % len(labels)]
-            lines.append("\t".join(row(i, a, b, y, split)))
-            texts.append((a, b) if len(GLUE[task].texts) == 2 else (a,))
-            ids.append(float(y) if GLUE[task].labels is None else i % len(labels))
-        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-        expected[split] = (texts, ids)
-    return expected
-
-
 @pytest.mark.parametrize("task", list(GLUE))
-def test_each_glue_layout_parses_to_its_texts_and_labels(tmp_path, task):
+def test_each_glue_layout_parses_to_its_texts_and_labels(tmp_path, glue_folder, task):
     expected = glue_folder(tmp_path, task)
     for split, (texts, labels) in expected.items():
         assert read_glue(str(tmp_path / f"{split}.tsv"), GLUE[task]) == (texts, labels)
@@ -134,6 +77,21 @@ def test_malformed_rows_name_the_file_and_line(tmp_path):
     path.write_text("sentence\tlabel\ngood one\t1\nbad label\tpositive\n")
     with pytest.raises(ValueError, match=r"train\.tsv, line 3: label 'positive' is not one of 0, 1"):
         read_glue(str(path), GLUE["sst-2"])
+
+
+def test_a_file_that_is_not_utf8_is_one_error_naming_it_and_the_line(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_bytes("sentence\tlabel\ngood one\t1\n".encode() + "caf\u00e9 latin-1\t0\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"train\.tsv, line 3: not UTF-8 text \(byte 0xe9\); save the file as UTF-8$"):
+        read_glue(str(path), GLUE["sst-2"])
+    with pytest.raises(ValueError, match=r"train\.tsv, line 3: not UTF-8"):
+        text_task(str(path))
+    squad = tmp_path / "dev-v1.1.json"
+    squad.write_bytes(b'{"data": [{"title": "\xff"}]}')
+    with pytest.raises(ValueError, match=r"dev-v1\.1\.json, line 1: not UTF-8 text \(byte 0xff\)"):
+        read_squad(str(squad))
+    path.write_bytes(b"\xef\xbb\xbfsentence\tlabel\r\ngood one\t1\r\n")  # a byte-order mark and CRLF are fine
+    assert read_glue(str(path), GLUE["sst-2"]) == ([("good one",)], [1])
 
 
 def test_a_pair_is_cls_a_sep_b_sep_with_the_longer_sentence_cut_first(tokenizer):
@@ -152,29 +110,19 @@ def test_glue_scores_are_the_tasks_metric_of_the_argmax_or_the_score():
 
 # ----------------------------------------------------------------------------- SQuAD
 
-CONTEXT = " ".join(f"word{i}" for i in range(40))  # one token per word with the tiny vocabulary
-ANSWER = "word8 word9 word10 word11"  # tokens 8..11
-
-
-def squad_example(qid, answer=ANSWER, start=None):
-    start = CONTEXT.index(answer) if start is None else start
-    return {"id": qid, "question": "what is it ?", "context": CONTEXT,
-            "answers": [{"text": answer, "answer_start": start}]}
-
-
-def test_an_answer_across_a_window_boundary_is_found_in_the_windows_holding_all_of_it(tokenizer):
+def test_an_answer_across_a_window_boundary_is_found_in_the_windows_holding_all_of_it(tokenizer, squad):
     # question: 4 tokens -> context tokens start at position 6, 9 of them per window, starts 4 apart
-    features, windows = squad_features([squad_example("q")], tokenizer, max_len=16, doc_stride=4)
+    features, windows = squad_features([squad.example("q")], tokenizer, max_len=16, doc_stride=4)
     starts = [0, 4, 8, 12, 16, 20, 24, 28, 32]
     assert len(features) == len(starts) and all(len(f["input_ids"]) <= 16 for f in features)
-    word_starts = [m.start() for m in re.finditer(r"\S+", CONTEXT)]
+    word_starts = [m.start() for m in re.finditer(r"\S+", squad.context)]
     assert sorted({int(o[0]) for w in windows for o in w.offsets}) == word_starts  # all covered
     for f, (i, offsets, k, _), first in zip(features, windows, starts):
         assert (i, k, len(offsets)) == (0, 6, min(9, 40 - first))
         s, e = f["start_positions"], f["end_positions"]
         if first <= 8 and 11 < first + 9:  # the window holds the whole answer
             assert (s, e) == (8 - first + k, 11 - first + k)
-            assert window_text(CONTEXT, offsets, s - k, e - k) == ANSWER
+            assert window_text(squad.context, offsets, s - k, e - k) == squad.answer
         else:  # the first window holds only word8 word9 of it: points at [CLS]
             assert (s, e) == (0, 0)
     assert features[0]["token_type_ids"].tolist() == [0] * 6 + [1] * 10
@@ -190,14 +138,15 @@ def test_each_token_has_its_most_context_in_exactly_one_window():
     assert max_context([(0, 3), (2, 4)], 4)[1].tolist() == [False, True]  # the longer window wins the tie at 2
 
 
-def test_an_answer_inside_a_word_maps_to_the_tokens_covering_it(tokenizer):
-    features, windows = squad_features([squad_example("q", "ord9 wo", CONTEXT.index("ord9 wo"))], tokenizer, 64, 128)
+def test_an_answer_inside_a_word_maps_to_the_tokens_covering_it(tokenizer, squad):
+    example = squad.example("q", "ord9 wo", squad.context.index("ord9 wo"))
+    features, windows = squad_features([example], tokenizer, 64, 128)
     (f,), ((_, offsets, k, _),) = features, windows
-    assert window_text(CONTEXT, offsets, f["start_positions"] - k, f["end_positions"] - k) == "word9 word10"
+    assert window_text(squad.context, offsets, f["start_positions"] - k, f["end_positions"] - k) == "word9 word10"
 
 
-def test_an_answer_not_in_its_context_is_skipped_with_a_counted_warning(tokenizer):
-    examples = [squad_example("good"), squad_example("bad", start=3), squad_example("worse", "no such words", 0)]
+def test_an_answer_not_in_its_context_is_skipped_with_a_counted_warning(tokenizer, squad):
+    examples = [squad.example("good"), squad.example("bad", start=3), squad.example("worse", "no such words", 0)]
     with pytest.warns(UserWarning, match=r"skipped 2 answers not found in their context \(train-v1\.1\.json\)"):
         features, windows = squad_features(examples, tokenizer, 64, 128, "train-v1.1.json")
     assert [w.example for w in windows] == [0]
@@ -209,27 +158,27 @@ def point_at(features, starts: dict, ends: dict):
              np.vectorize(lambda t: ends.get(t, 0.0))(f["input_ids"]).astype(np.float32)) for f in features]
 
 
-def test_decoding_picks_the_best_span_over_all_windows(tokenizer):
-    examples = [squad_example("q")]
+def test_decoding_picks_the_best_span_over_all_windows(tokenizer, squad):
+    examples = [squad.example("q")]
     features, windows = squad_features([{**examples[0], "answers": []}], tokenizer, 16, 4)
     word = tokenizer.token_to_id
     predictions = squad_answers(examples, windows, point_at(features, {word("word8"): 10}, {word("word11"): 10}))
     metrics = {"dev-v1.1": squad_scores(predictions, examples)}
-    assert predictions == {"q": ANSWER}
+    assert predictions == {"q": squad.answer}
     assert metrics == {"dev-v1.1": {"exact_match": 100.0, "f1": 100.0}}
     start, end = np.array([0.0, 5, 1]), np.array([4.0, 0, 2])  # best sum 5 + 4: end before start, no span
     assert best_span(start, end) == (7.0, 1, 2)
     assert best_span(start, end, max_answer_len=1) == (5.0, 1, 1)
 
 
-def test_a_span_counts_only_in_the_window_where_its_start_has_most_context(tokenizer):
+def test_a_span_counts_only_in_the_window_where_its_start_has_most_context(tokenizer, squad):
     # windows of 9 tokens starting 4 apart: word7 has most context (3 and 5) in the window
     # starting at word4, so the first window's higher-scored "word7 word8" does not count there
-    examples = [squad_example("q")]
+    examples = [squad.example("q")]
     features, windows = squad_features([{**examples[0], "answers": []}], tokenizer, 16, 4)
     word = tokenizer.token_to_id
     outputs = point_at(features, {word("word8"): 10}, {word("word11"): 10})
     k = windows[0].context_at
     outputs[0][0][k + 7], outputs[0][1][k + 8] = 20, 15  # first window only: "word7 word8" scores 35 > 20
-    assert squad_answers(examples, windows, outputs) == {"q": ANSWER}
+    assert squad_answers(examples, windows, outputs) == {"q": squad.answer}
     assert not windows[0].max_context[7] and windows[1].max_context[3]

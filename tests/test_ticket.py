@@ -1,115 +1,169 @@
-"""ticket.py: drawing tickets, mask distance, the early-bird rule, and the structured rebuild."""
+"""ticket.py: drawing tickets, mask distance, the early-bird rule, the structured rebuild, the command line.
+
+Each function is graded by its own tests: the rebuild and slicing tests use literal tickets and
+coefficients set by hand (not draw_ticket or slim.py), the early-bird tests a reference mask
+distance, so a blanked-out function fails its own tests only."""
 import json
+import os
+import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
-from model import Bert, BertClassifier, BertConfig, BertMLM, BertQA, load_pretrained, save_pretrained
-from slim import add_coefficients, coefficient_parameters
-from ticket import (EarlyBird, Ticket, check_ticket_fits, current_masks, distance_matrix, draw_ticket,
-                    mask_distance, plot_distances, random_ticket, rebuild, ticket_masks)
+import ticket as tickets
+from checkpoint import load_pretrained, read_safetensors, save_pretrained
+from model import Bert, BertClassifier, BertConfig, BertMLM, BertQA
+from ticket import (EarlyBird, Ticket, check_ticket_fits, current_masks, distance_matrix, draw_now, draw_ticket,
+                    fold_coefficients, full_ticket, main, mask_distance, observe, parameters_and_flops, plot_distances,
+                    random_ticket, rebuild, save_mask_distances, slice_state, summary, ticket_masks)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(**kw):
+def tiny_config(**kw):  # 3 layers of 4 heads (head_dim 8) and 8 FFN neurons
     base = dict(vocab_size=101, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                intermediate_size=48, max_position_embeddings=64, num_labels=3)
+                intermediate_size=8, max_position_embeddings=64, num_labels=3)
     return BertConfig(**{**base, **kw})
+
+
+def literal(heads, ffn, full_heads=(4, 4, 4), full_ffn=(8, 8, 8), **kw):
+    return Ticket(heads, ffn, list(full_heads), list(full_ffn), 0.25, 0.4, **kw)
+
+
+TICKETS = [literal([[0, 2, 3], [1], [0, 1, 2, 3]], [[1, 4, 6], [0, 1, 2, 3, 5, 7], [7]]),
+           literal([[3], [0, 1], [1, 2]], [[0], [2, 3], [1, 2, 3, 4, 5, 6, 7]]),
+           literal([[0, 1, 2, 3]] * 3, [list(range(8))] * 3)]  # keeps everything
 
 
 def batch(seed=0, B=3, T=11):
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 101, (B, T), generator=g)
-    types = torch.randint(0, 2, (B, T), generator=g)
+    ids, types = torch.randint(5, 101, (B, T), generator=g), torch.randint(0, 2, (B, T), generator=g)
     mask = torch.ones(B, T, dtype=torch.long)
-    mask[1, 7:] = 0  # padding
-    mask[2, 4:] = 0
+    mask[1, 7:], mask[2, 4:] = 0, 0  # padding
     return ids, types, mask
 
 
 def logits(model, seed=0):
-    ids, types, mask = batch(seed)
     with torch.no_grad():
-        out = model(ids, types, mask)
+        out = model(*batch(seed))
     out = out if torch.is_tensor(out) else out[0]  # task models give (logits, loss)
     return torch.cat(out, -1) if isinstance(out, tuple) else out  # BertQA's logits: (start, end)
 
 
-@torch.no_grad()
-def zero_pruned_coefficients(model, ticket):
+def set_coefficients(model, ticket, seed):
+    """Random coefficients (signs too) put in the model's slots by hand; the ticket's pruned units' at 0."""
+    g = torch.Generator().manual_seed(seed)
     for layer, heads, neurons in zip(getattr(model, "bert", model).layers, ticket.heads, ticket.ffn):
-        for coef, kept in ((layer.attn.head_coef, heads), (layer.ffn.ffn_coef, neurons)):
-            pruned = torch.ones_like(coef, dtype=torch.bool)
-            pruned[kept] = False
-            coef[pruned] = 0.0
-
-
-def masked_model(model_class, ticket, seed):
-    """The full model with random coefficients (signs too), those of the ticket's pruned units at 0."""
-    torch.manual_seed(seed)
-    model = add_coefficients(model_class(tiny_config())).eval()
-    with torch.no_grad():
-        for p in coefficient_parameters(model):
-            p.uniform_(-1.5, 1.5)
-    zero_pruned_coefficients(model, ticket)
+        for slot, module, n, kept in (("head_coef", layer.attn, 4, heads), ("ffn_coef", layer.ffn, 8, neurons)):
+            keep = torch.zeros(n)
+            keep[kept] = 1.0
+            setattr(module, slot, nn.Parameter((torch.rand(n, generator=g) * 3 - 1.5) * keep))
     return model
 
 
-# ----------------------------------------------------------------------------- rebuild
+# ----------------------------------------------------------------------------- slicing and rebuild
 
-@pytest.mark.parametrize("model_class", [BertMLM, BertClassifier, BertQA, Bert])
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_rebuilt_model_matches_masked_model(model_class, seed):
-    head_ratio = [0.25, 0.5, 0.75][seed]
-    ticket = random_ticket([4, 4, 4], [48, 48, 48], head_ratio=head_ratio, ffn_ratio=0.6, seed=seed)
-    model = masked_model(model_class, ticket, seed)
-    small = rebuild(model, ticket)
+def test_slice_state_keeps_the_kept_units_rows_and_columns_exactly():
+    t = literal([[1, 3]], [[0, 2]], full_heads=[4], full_ffn=[3])  # heads of dim 2: rows 2,3 and 6,7
+    p = "layers.0."  # a bare encoder's names (a task model's start with "bert.")
+    state = {p + "attn.query.weight": torch.arange(40.).view(8, 5), p + "attn.query.bias": torch.arange(8.),
+             p + "attn.out.weight": torch.arange(40.).view(5, 8), p + "attn.out.bias": torch.arange(5.),
+             p + "ffn.up.weight": torch.arange(15.).view(3, 5), p + "ffn.up.bias": torch.arange(3.),
+             p + "ffn.down.weight": torch.arange(15.).view(5, 3), p + "attn.head_coef": torch.ones(4),
+             p + "ffn.ffn_coef": torch.ones(3), "embeddings.word.weight": torch.ones(7, 5)}
+    sliced = slice_state(state, t)
+    assert set(sliced) == set(state) - {p + "attn.head_coef", p + "ffn.ffn_coef"}
+    assert torch.equal(sliced[p + "attn.query.weight"], state[p + "attn.query.weight"][[2, 3, 6, 7]])
+    assert torch.equal(sliced[p + "attn.query.bias"], torch.tensor([2., 3., 6., 7.]))
+    assert torch.equal(sliced[p + "attn.out.weight"], state[p + "attn.out.weight"][:, [2, 3, 6, 7]])
+    assert torch.equal(sliced[p + "ffn.up.weight"], state[p + "ffn.up.weight"][[0, 2]])
+    assert torch.equal(sliced[p + "ffn.up.bias"], torch.tensor([0., 2.]))
+    assert torch.equal(sliced[p + "ffn.down.weight"], state[p + "ffn.down.weight"][:, [0, 2]])
+    for name in (p + "attn.out.bias", "embeddings.word.weight"):
+        assert sliced[name] is state[name]
+
+
+def test_slice_state_slices_adamw_moments_like_the_weights():
+    model = BertMLM(tiny_config())
+    g = torch.Generator().manual_seed(0)
+    exp_avg = {name: torch.rand(p.shape, generator=g) for name, p in model.named_parameters()}  # AdamW's, by name
+    sliced = slice_state(exp_avg, TICKETS[0])
+    q, out, down = "bert.layers.1.attn.query.weight", "bert.layers.0.attn.out.weight", "bert.layers.2.ffn.down.weight"
+    assert torch.equal(sliced[q], exp_avg[q][8:16])  # layer 1 keeps head 1 of 4, head_dim 8
+    assert torch.equal(sliced[out], exp_avg[out][:, [*range(0, 8), *range(16, 32)]])  # heads 0, 2, 3
+    assert torch.equal(sliced[down], exp_avg[down][:, [7]])
+    small = BertMLM(tiny_config(heads_per_layer=[3, 1, 4], ffn_per_layer=[3, 6, 1]))
+    assert {k: v.shape for k, v in sliced.items()} == {k: v.shape for k, v in small.named_parameters()}
+
+
+def test_fold_coefficients_scales_each_kept_units_columns_by_a_power_of_its_coefficient():
+    model = BertMLM(tiny_config())  # coefficients in layer 0 only, set by hand
+    model.bert.layers[0].attn.head_coef = nn.Parameter(torch.tensor([2.0, -1.0, 4.0, 0.5]))
+    model.bert.layers[0].ffn.ffn_coef = nn.Parameter(torch.arange(1.0, 9.0))
+    out, down, up = "bert.layers.0.attn.out.weight", "bert.layers.0.ffn.down.weight", "bert.layers.1.attn.out.weight"
+    state = {out: torch.ones(32, 24), down: torch.ones(32, 3), up: torch.ones(32, 8)}  # sliced by TICKETS[0]
+    heads = torch.tensor([2.0] * 8 + [4.0] * 8 + [0.5] * 8)  # kept heads 0, 2, 3 (head_dim 8)
+    neurons = torch.tensor([2.0, 5.0, 7.0])  # kept neurons 1, 4, 6
+    for power in (1, -1, -2):  # weights; AdamW's exp_avg; exp_avg_sq
+        folded = fold_coefficients(state, model, TICKETS[0], power)
+        assert torch.allclose(folded[out], torch.ones(32, 24) * heads ** power)
+        assert torch.allclose(folded[down], torch.ones(32, 3) * neurons ** power)
+        assert folded[up] is state[up] and torch.equal(state[out], torch.ones(32, 24))  # no coefficients; no change
+
+
+@pytest.mark.parametrize("model_class, t, seed", [(BertMLM, TICKETS[0], 0), (BertClassifier, TICKETS[1], 1),
+                                                  (BertQA, TICKETS[0], 2), (Bert, TICKETS[1], 3),
+                                                  (BertMLM, TICKETS[2], 4)])
+def test_rebuilt_model_matches_masked_model(model_class, t, seed):
+    torch.manual_seed(seed)
+    model = set_coefficients(model_class(tiny_config()).eval(), t, seed)
+    small = rebuild(model, t)
     assert type(small) is model_class and not small.training
-    assert small.config.heads_per_layer == [len(h) for h in ticket.heads]
-    assert small.config.ffn_per_layer == [len(n) for n in ticket.ffn]
+    assert small.config.heads_per_layer == [len(h) for h in t.heads]
+    assert small.config.ffn_per_layer == [len(n) for n in t.ffn]
     layers = getattr(small, "bert", small).layers
     assert all(layer.attn.head_coef is None and layer.ffn.ffn_coef is None for layer in layers)
-    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
     assert (logits(small) - logits(model)).abs().max() <= 1e-5  # every position, padded ones too
 
 
-def test_rebuild_of_a_rebuilt_model_composes():
-    first = random_ticket([4, 4, 4], [48, 48, 48], head_ratio=0.25, ffn_ratio=0.3, seed=3)
-    model = masked_model(BertMLM, first, seed=3)
-    small = rebuild(model, first)  # folds model's coefficients; small has none (= all ones)
-    second = random_ticket(small.config.heads_per_layer, small.config.ffn_per_layer,
-                           head_ratio=0.4, ffn_ratio=0.5, seed=4)  # indices relative to `small`
-    smaller = rebuild(small, second)
+def test_rebuild_without_coefficients_only_slices():
+    torch.manual_seed(0)
+    model = BertClassifier(tiny_config())
+    small = rebuild(model, TICKETS[0])
+    assert torch.equal(small.bert.layers[0].ffn.down.weight, model.bert.layers[0].ffn.down.weight[:, [1, 4, 6]])
+    assert torch.equal(small.bert.layers[1].attn.value.bias, model.bert.layers[1].attn.value.bias[8:16])
+    with pytest.raises(ValueError, match="2 layers"):  # a ticket that does not fit
+        rebuild(model, literal([[0]] * 2, [[0]] * 2, [4] * 2, [8] * 2))
 
-    # Both at once, in the full model's indices: zero every coefficient the composed ticket prunes.
-    both = Ticket([[f[i] for i in s] for f, s in zip(first.heads, second.heads)],
-                  [[f[i] for i in s] for f, s in zip(first.ffn, second.ffn)],
-                  [4, 4, 4], [48, 48, 48], 0.0, 0.0)
-    zero_pruned_coefficients(model, both)
-    assert smaller.config.ffn_per_layer == [len(n) for n in both.ffn]
+
+def test_rebuild_of_a_rebuilt_model_composes():
+    model = set_coefficients(BertMLM(tiny_config()).eval(), TICKETS[0], seed=5)
+    second = literal([[1, 2], [0], [3]], [[0, 2], [1, 3, 5], [0]], full_heads=[3, 1, 4], full_ffn=[3, 6, 1])
+    smaller = rebuild(rebuild(model, TICKETS[0]), second)  # second's indices are relative to the first rebuild
+    both = literal([[2, 3], [1], [3]], [[1, 6], [1, 3, 7], [7]])  # the same, in the full model's indices
+    set_coefficients(model, both, seed=5)  # same values, more of them at zero
+    assert smaller.config.ffn_per_layer == [2, 3, 1]
     assert (logits(smaller) - logits(model)).abs().max() <= 1e-5
 
 
-def test_rebuilt_model_saves_and_reloads_on_its_own(tmp_path):
-    ticket = random_ticket([4, 4, 4], [48, 48, 48], seed=5)
-    small = rebuild(masked_model(BertClassifier, ticket, seed=5), ticket)
-    save_pretrained(small, str(tmp_path))
-    reloaded = load_pretrained(BertClassifier, str(tmp_path), verbose=False).eval()
-    assert reloaded.config.heads_per_layer == small.config.heads_per_layer
-    assert reloaded.config.ffn_per_layer == small.config.ffn_per_layer
-    assert torch.equal(logits(reloaded), logits(small))
-
-
 def test_rebuild_leaves_the_original_model_alone_and_keeps_its_mode():
-    ticket = random_ticket([4, 4, 4], [48, 48, 48], seed=6)
-    model = masked_model(BertMLM, ticket, seed=6).train()
+    model = set_coefficients(BertMLM(tiny_config()).train(), TICKETS[1], seed=6)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    small = rebuild(model, ticket)
+    small = rebuild(model, TICKETS[1])
     assert small.training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert torch.equal(small.bert.embeddings.word.weight, model.bert.embeddings.word.weight)
     assert small.bert.embeddings.word.weight.data_ptr() != model.bert.embeddings.word.weight.data_ptr()
+
+
+def test_rebuilt_model_saves_and_reloads_on_its_own(tmp_path):
+    small = rebuild(set_coefficients(BertClassifier(tiny_config()), TICKETS[1], seed=5), TICKETS[1]).eval()
+    save_pretrained(small, str(tmp_path))
+    reloaded = load_pretrained(BertClassifier, str(tmp_path), verbose=False).eval()
+    assert reloaded.config.ffn_per_layer == small.config.ffn_per_layer == [1, 2, 7]
+    assert torch.equal(logits(reloaded), logits(small))
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -117,115 +171,110 @@ def test_rebuild_leaves_the_original_model_alone_and_keeps_its_mode():
 def test_heads_are_pruned_layer_wise():
     g = torch.Generator().manual_seed(0)
     heads = [torch.randn(12, generator=g) * s for s in (1.0, 0.01, 100.0)]  # very different scales
-    ffn = [torch.randn(8, generator=g) for _ in range(3)]
-    ticket = draw_ticket(heads, ffn, head_ratio=1 / 3)
+    ticket = draw_ticket(heads, [torch.randn(8, generator=g) for _ in range(3)], head_ratio=1 / 3)
     assert [len(h) for h in ticket.heads] == [8, 8, 8]  # 4 of 12 pruned in every layer
     for c, kept in zip(heads, ticket.heads):
         pruned = sorted(set(range(12)) - set(kept))
-        assert c.abs()[pruned].max() <= c.abs()[kept].min()
-        assert kept == sorted(kept)
+        assert c.abs()[pruned].max() <= c.abs()[kept].min() and kept == sorted(kept)
 
 
 def test_ffn_is_pruned_with_one_global_threshold():
     g = torch.Generator().manual_seed(1)
-    heads = [torch.rand(4, generator=g) for _ in range(3)]
     ffn = [torch.randn(48, generator=g) * s for s in (1.0, 0.2, 3.0)]
-    ticket = draw_ticket(heads, ffn, ffn_ratio=0.4)
-    _, keep = ticket_masks(ticket)
+    ticket = draw_ticket([torch.rand(4, generator=g) for _ in range(3)], ffn, ffn_ratio=0.4)
+    keep = torch.zeros(144, dtype=torch.bool)
+    keep[[48 * l + i for l, kept in enumerate(ticket.ffn) for i in kept]] = True
     magnitudes = torch.cat(ffn).abs()
     assert (~keep).sum() == round(0.4 * 144)
     assert magnitudes[~keep].max() <= magnitudes[keep].min()  # every pruned |c| <= every kept |c|
     widths = [len(n) for n in ticket.ffn]
-    assert len(set(widths)) == 3 and widths[1] < widths[0] < widths[2]
+    assert widths[1] < widths[0] < widths[2]
 
 
 def test_ties_break_by_index_deterministically():
     ones_h, ones_f = [torch.ones(4)] * 3, [torch.ones(10)] * 3
     ticket = draw_ticket(ones_h, ones_f, head_ratio=0.5, ffn_ratio=0.5)
     assert ticket.heads == [[2, 3]] * 3  # lower index ranks lower among equals
-    # globally in layer-major order: all of layer 0, then the first 5 of layer 1 go first
     # Globally, in layer-major order: all of layer 0 and the first 5 of layer 1 rank lowest;
     # layer 0 then keeps its "largest", the last of its ties.
     assert ticket.ffn == [[9], list(range(5, 10)), list(range(10))]
-    assert draw_ticket(ones_h, ones_f, 0.5, 0.5) == ticket
 
 
 def test_every_layer_keeps_at_least_one_head_and_one_neuron():
-    heads = [torch.rand(4) for _ in range(3)]
+    heads = [torch.tensor([0.3, 0.9, 0.1, 0.2]), torch.tensor([0.5, 0.1, 0.2, 0.7]), torch.tensor([1., 2., 3., 4.])]
     ffn = [torch.full((20,), 1e-6), torch.rand(20) + 1, torch.rand(20) + 1]
     ffn[0][13] = 2e-6  # layer 0's largest
     ticket = draw_ticket(heads, ffn, head_ratio=0.99, ffn_ratio=0.5)
-    assert all(len(h) == 1 for h in ticket.heads)
-    assert ticket.heads == [[int(c.abs().argmax())] for c in heads]
-    assert ticket.ffn[0] == [13]
+    assert ticket.heads == [[1], [3], [3]] and ticket.ffn[0] == [13]
 
 
 def test_ranking_uses_magnitudes_not_signed_values():
-    heads = [torch.tensor([0.1, -5.0, 0.2, 0.3])]
-    ffn = [torch.tensor([0.5, -9.0, 0.01, 0.6])]
-    ticket = draw_ticket(heads, ffn, head_ratio=0.5, ffn_ratio=0.5)
-    assert ticket.heads == [[1, 3]]  # the large negative coefficient is kept
-    assert ticket.ffn == [[1, 3]]
+    ticket = draw_ticket([torch.tensor([0.1, -5.0, 0.2, 0.3])], [torch.tensor([0.5, -9.0, 0.01, 0.6])], 0.5, 0.5)
+    assert ticket.heads == [[1, 3]] and ticket.ffn == [[1, 3]]  # the large negative coefficient is kept
 
 
 def test_ffn_multiple_rounds_kept_widths_up():
     g = torch.Generator().manual_seed(2)
     heads = [torch.rand(4, generator=g) for _ in range(3)]
     ffn = [torch.rand(48, generator=g) * s for s in (1.0, 0.3, 2.0)]
-    plain = draw_ticket(heads, ffn, ffn_ratio=0.4)
-    rounded = draw_ticket(heads, ffn, ffn_ratio=0.4, ffn_multiple=16)
+    plain, rounded = draw_ticket(heads, ffn, ffn_ratio=0.4), draw_ticket(heads, ffn, ffn_ratio=0.4, ffn_multiple=16)
     for c, p, r in zip(ffn, plain.ffn, rounded.ffn):
         assert len(r) == min(48, -(-len(p) // 16) * 16)  # up to a multiple of 16, at most full width
-        assert set(p) <= set(r)
-        extra = sorted(set(r) - set(p))  # the next-largest |c| of the layer
-        rest = sorted(set(range(48)) - set(r))
-        assert not extra or not rest or c.abs()[extra].min() >= c.abs()[rest].max()
+        extra, rest = sorted(set(r) - set(p)), sorted(set(range(48)) - set(r))  # extra: the next-largest |c|
+        assert set(p) <= set(r) and (not extra or not rest or c.abs()[extra].min() >= c.abs()[rest].max())
 
 
 def test_random_ticket_has_the_same_counts_and_depends_only_on_the_seed():
     full_heads, full_ffn = [12, 12, 6], [64, 64, 32]
     a = random_ticket(full_heads, full_ffn, seed=0)
-    g = torch.Generator().manual_seed(0)
-    drawn = draw_ticket([torch.rand(n, generator=g) for n in full_heads],
-                        [torch.rand(n, generator=g) for n in full_ffn])
-    assert [len(h) for h in a.heads] == [len(h) for h in drawn.heads] == [8, 8, 4]
-    assert sum(map(len, a.ffn)) == sum(map(len, drawn.ffn)) == 160 - round(0.4 * 160)
+    assert [len(h) for h in a.heads] == [8, 8, 4] and sum(map(len, a.ffn)) == 160 - round(0.4 * 160)
     assert a.kind == "random" and a.full_heads == full_heads and a.full_ffn == full_ffn
     assert random_ticket(full_heads, full_ffn, seed=0) == a
-    assert random_ticket(full_heads, full_ffn, seed=1).ffn != a.ffn
-    assert random_ticket(full_heads, full_ffn, seed=1).heads != a.heads
-
-
-def test_ticket_saves_and_loads(tmp_path):
-    path = tmp_path / "ticket.json"
-    ticket = random_ticket([4, 4, 4], [48, 48, 48], seed=0)
-    ticket.kind, ticket.step = "earlybird", 120
-    ticket.history = [{"step": 100, "head_distance": None, "ffn_distance": None},
-                      {"step": 120, "head_distance": 0.0, "ffn_distance": 0.05}]
-    ticket.save(str(path))
-    assert Ticket.load(str(path)) == ticket
-    text = path.read_text()
-    assert json.loads(text)["ffn"] == ticket.ffn
-    assert len(text.splitlines()) < 30  # one line per layer, not one per index
+    b = random_ticket(full_heads, full_ffn, seed=1)
+    assert b.ffn != a.ffn and b.heads != a.heads
 
 
 def test_current_masks_are_the_masks_of_the_drawn_ticket():
-    heads, ffn = [torch.randn(4) for _ in range(3)], [torch.randn(48) for _ in range(3)]
+    heads, ffn = [torch.tensor([0.1, 0.4, 0.3, 0.2])], [torch.tensor([0.5, 0.1, 0.2, 0.7, 0.3, 0.9])]
     head_mask, ffn_mask = current_masks(heads, ffn, 0.25, 0.5)
-    assert head_mask.dtype == torch.bool and head_mask.shape == (12,) and ffn_mask.shape == (144,)
-    assert head_mask.sum() == 9 and ffn_mask.sum() == 72
-    expected = ticket_masks(draw_ticket(heads, ffn, 0.25, 0.5))
-    assert torch.equal(head_mask, expected[0]) and torch.equal(ffn_mask, expected[1])
+    assert head_mask.tolist() == [False, True, True, True] and ffn_mask.tolist() == [1, 0, 0, 1, 0, 1]
+
+
+def test_ticket_saves_and_loads_one_line_per_layer(tmp_path):
+    path, t = tmp_path / "ticket.json", literal(TICKETS[0].heads, TICKETS[0].ffn, kind="earlybird", step=120)
+    t.history = [{"step": 100, "head_distance": None, "ffn_distance": None},
+                 {"step": 120, "head_distance": 0.0, "ffn_distance": 0.05}]
+    t.save(str(path))
+    assert Ticket.load(str(path)) == t and json.loads(path.read_text())["ffn"] == t.ffn
+    lines = path.read_text().splitlines()
+    assert "    [0, 1, 2, 3, 5, 7]," in lines and len(lines) == 22  # a line per layer, not per index
+    assert os.listdir(tmp_path) == ["ticket.json"]  # no temporary file left behind
+
+
+def test_full_ticket_keeps_every_unit():
+    t = full_ticket(tiny_config(heads_per_layer=[4, 1, 2], ffn_per_layer=[8, 3, 5]))
+    assert t.heads == [[0, 1, 2, 3], [0], [0, 1]] and t.ffn[1:] == [[0, 1, 2], [0, 1, 2, 3, 4]]
+    assert (t.full_heads, t.full_ffn, t.kind) == ([4, 1, 2], [8, 3, 5], "full")
+
+
+def test_ticket_masks_are_flat_and_layer_major():
+    heads, ffn = ticket_masks(literal([[1], [0, 3]], [[2], [0]], full_heads=[2, 4], full_ffn=[3, 2]))
+    assert heads.tolist() == [False, True, True, False, False, True] and ffn.tolist() == [0, 0, 1, 1, 0]
 
 
 # ----------------------------------------------------------------------------- the early-bird rule
 
+@pytest.fixture
+def reference_distance(monkeypatch):
+    """The rule graded on its own: a reference mask distance in place of ticket.mask_distance."""
+    monkeypatch.setattr(tickets, "mask_distance", lambda a, b: (a != b).double().mean().item())
+
+
 def test_mask_distance_is_the_fraction_of_differing_bits():
     a = torch.tensor([1, 1, 0, 0, 1, 0, 1, 0], dtype=torch.bool)
     b = torch.tensor([1, 0, 0, 1, 1, 0, 1, 0], dtype=torch.bool)
-    assert mask_distance(a, a) == 0.0
+    assert mask_distance(a, a) == 0.0 and mask_distance(a, ~a) == 1.0
     assert mask_distance(a, b) == mask_distance(b, a) == 2 / 8
-    assert mask_distance(a, ~a) == 1.0
 
 
 def flip(mask, n):
@@ -234,75 +283,107 @@ def flip(mask, n):
     return mask
 
 
-def test_early_bird_fires_only_when_masks_are_stable():
-    head, ffn = torch.zeros(20, dtype=torch.bool), torch.zeros(100, dtype=torch.bool)
-    head[::2], ffn[::3] = True, True
-
+def test_early_bird_fires_only_when_masks_are_stable(reference_distance):
+    head, ffn = torch.arange(20) % 2 == 0, torch.arange(100) % 3 == 0
     eb = EarlyBird(k=3, epsilon=0.1)
-    assert not eb.update(head, ffn, step=10)  # identical masks, but fewer than k of them
-    assert not eb.update(head, ffn, step=20)
+    assert not eb.update(head, ffn, step=10) and not eb.update(head, ffn, step=20)  # fewer than k masks
     assert eb.history == [{"step": 10, "head_distance": None, "ffn_distance": None},
                           {"step": 20, "head_distance": None, "ffn_distance": None}]
     assert eb.update(head, ffn, step=30)  # k identical masks
     assert eb.history[-1] == {"step": 30, "head_distance": 0.0, "ffn_distance": 0.0}
 
-    moving = EarlyBird(k=3, epsilon=0.1)
-    for i in range(10):  # FFN masks keep moving by 20 of 100 bits each time; heads are still
-        assert not moving.update(head, flip(ffn, 20 * (i % 2)), step=i)
+    moving = EarlyBird(k=3, epsilon=0.1)  # FFN masks keep moving by 20 of 100 bits each time
+    assert not any(moving.update(head, flip(ffn, 20 * (i % 2)), step=i) for i in range(10))
     assert moving.history[-1]["head_distance"] == 0.0 and moving.history[-1]["ffn_distance"] == 0.2
 
-    # Small moves (1 of 20 heads, 5 of 100 neurons) stay under epsilon: fires.
-    settling = EarlyBird(k=3, epsilon=0.1)
-    results = [settling.update(flip(head, i % 2), flip(ffn, 5 * (i % 2)), step=i) for i in range(4)]
-    assert results == [False, False, True, True]
+    settling = EarlyBird(k=3, epsilon=0.1)  # small moves (1 of 20 heads, 5 of 100 neurons): fires
+    assert [settling.update(flip(head, i % 2), flip(ffn, 5 * (i % 2)), step=i) for i in range(4)] == [0, 0, 1, 1]
     assert settling.history[2]["head_distance"] == 0.05 and settling.history[2]["ffn_distance"] == 0.05
 
-    # Distances are the largest to any of the k - 1 older masks, not just the previous one.
-    drifting = EarlyBird(k=3, epsilon=0.1)
-    results = [drifting.update(flip(head, i), ffn, step=i) for i in range(5)]
-    assert results == [False] * 5  # each step moves 1 bit of 20: 0.05 to the last, 0.1 to the one before
+    drifting = EarlyBird(k=3, epsilon=0.1)  # the largest distance to any of the k - 1 older masks counts
+    assert not any(drifting.update(flip(head, i), ffn, step=i) for i in range(5))  # 0.05 to the last, 0.1 before
     assert drifting.history[-1]["head_distance"] == pytest.approx(0.1)
 
 
-def test_early_bird_keeps_copies_of_every_mask():
+def test_early_bird_keeps_copies_of_every_mask_and_resumes(reference_distance):
     eb = EarlyBird(k=2)
     head, ffn = torch.zeros(4, dtype=torch.bool), torch.zeros(6, dtype=torch.bool)
     for step in range(4):
         eb.update(head, ffn, step)
         head[step] = True  # the caller reuses its tensor
-    assert [s for s, _, _ in eb.masks] == [0, 1, 2, 3]
-    assert [int(h.sum()) for _, h, _ in eb.masks] == [0, 1, 2, 3]
-    assert len(eb.queue) == 2
+    assert [s for s, _, _ in eb.masks] == [0, 1, 2, 3] and [int(h.sum()) for _, h, _ in eb.masks] == [0, 1, 2, 3]
+    resumed = EarlyBird(k=9)
+    resumed.load_state_dict(eb.state_dict())
+    assert resumed.k == 2 and resumed.update(head, ffn, 4) == eb.update(head, ffn, 4)
+    assert resumed.history == eb.history
 
 
-def test_distance_matrix_is_symmetric_with_zero_diagonal():
-    eb = EarlyBird(k=5)
-    g = torch.Generator().manual_seed(0)
-    for step in range(6):
-        eb.update(torch.rand(12, generator=g) < 0.6, torch.rand(50, generator=g) < 0.6, step)
-    d = distance_matrix(eb.masks)
-    assert d.shape == (2, 6, 6)
-    assert np.array_equal(d, d.transpose(0, 2, 1)) and not d[:, range(6), range(6)].any()
-    assert d[1, 2, 4] == mask_distance(eb.masks[2][2], eb.masks[4][2]) and d[1].max() > 0
+def test_distance_matrix_is_pairwise(reference_distance):
+    masks = [(0, torch.tensor([1, 1, 0, 0]).bool(), torch.tensor([1, 0]).bool()),
+             (10, torch.tensor([1, 0, 1, 0]).bool(), torch.tensor([1, 0]).bool()),
+             (20, torch.tensor([0, 0, 1, 1]).bool(), torch.tensor([0, 1]).bool())]
+    d = distance_matrix(masks)
+    assert d[0].tolist() == [[0, 0.5, 1], [0.5, 0, 0.5], [1, 0.5, 0]]
+    assert d[1].tolist() == [[0, 0, 1], [0, 0, 1], [1, 1, 0]]
 
 
-def test_plot_distances_is_optional(tmp_path, monkeypatch):
+def coefficient_model(head_values, ffn_values):
+    """A 3-layer BertMLM with the same coefficients in every layer, set by hand."""
+    model = BertMLM(tiny_config())
+    for layer in model.bert.layers:
+        layer.attn.head_coef = nn.Parameter(torch.tensor(head_values))
+        layer.ffn.ffn_coef = nn.Parameter(torch.tensor(ffn_values))
+    return model
+
+
+def test_observe_draws_when_the_rule_fires_or_at_the_fixed_step(reference_distance):
+    model = coefficient_model([0.9, 0.1, 0.8, 0.7], [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6])
+    eb = EarlyBird(k=2, epsilon=0.1)
+    assert observe(eb, model, 10, 0.25, 0.5) is None  # one mask: too few to decide
+    t = observe(eb, model, 20, 0.25, 0.5)  # the same mask again: the rule fires
+    assert (t.kind, t.step, t.heads, t.ffn) == ("earlybird", 20, [[0, 2, 3]] * 3, [[1, 3, 5, 7]] * 3)
+    assert t.history == eb.history and len(eb.history) == 2
+
+    fixed = EarlyBird(k=2, epsilon=0.1)
+    assert [observe(fixed, model, s, 0.25, 0.5, draw_step=30) for s in (10, 20)] == [None, None]  # rule ignored
+    t = observe(fixed, model, 30, 0.25, 0.5, draw_step=30)
+    assert (t.kind, t.step) == ("fixed-step", 30) and fixed.history[-1]["head_distance"] == 0.0
+    assert draw_now(fixed, model, 35, 0.25, 0.5) == Ticket(t.heads, t.ffn, t.full_heads, t.full_ffn, 0.25, 0.5,
+                                                           "fixed-step", 35, fixed.history)
+
+
+def test_summary_counts_the_kept_units():
+    assert summary(literal([[0], [1, 2]], [[0, 1, 2], [3]], [4, 4], [8, 8], kind="earlybird", step=7)) == {
+        "drawn_at": 7, "rule": "earlybird", "kept_heads": 3, "total_heads": 8, "kept_ffn": 4, "total_ffn": 16}
+
+
+def recorded(steps=(0, 10, 20, 30)):
     eb = EarlyBird(k=2)
-    for step in range(4):
-        eb.update(torch.arange(8) % (step + 2) == 0, torch.arange(30) % (step + 2) == 0, step * 10)
+    for i, step in enumerate(steps):
+        eb.update(torch.arange(8) % (i + 2) == 0, torch.arange(30) % (i + 2) == 0, step)
+    return eb
+
+
+def test_save_mask_distances_without_matplotlib(tmp_path, monkeypatch, reference_distance):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    assert plot_distances(eb, str(tmp_path / "d.png")) is None
-    assert not (tmp_path / "d.png").exists()
+    eb = recorded()
+    assert save_mask_distances(eb, str(tmp_path), draw_step=30) is None
+    saved = json.loads((tmp_path / "mask_distances.json").read_text())
+    assert saved["steps"] == [0, 10, 20, 30] and os.listdir(tmp_path) == ["mask_distances.json"]
+    assert saved["head_distance"][0][1] == 3 / 8  # {0, 2, 4, 6} vs {0, 3, 6}
+    assert saved["ffn_distance"][0][1] == 15 / 30  # the evens vs the multiples of 3, below 30
 
 
-def test_plot_distances_writes_a_figure(tmp_path):
+def test_mask_distance_figures_are_written(tmp_path, reference_distance):
     pytest.importorskip("matplotlib")
-    eb = EarlyBird(k=2)
-    for step in range(4):
-        eb.update(torch.arange(8) % (step + 2) == 0, torch.arange(30) % (step + 2) == 0, step * 10)
-    assert plot_distances(eb, str(tmp_path / "d.png")) == str(tmp_path / "d.png")
-    assert (tmp_path / "d.png").stat().st_size > 1000
+    assert save_mask_distances(recorded(), str(tmp_path), draw_step=30) == str(tmp_path / "mask_distances.png")
+    assert (tmp_path / "mask_distances.png").stat().st_size > 1000
+    never = EarlyBird(k=5)  # the rule never fired (too few masks), steps not evenly spaced
+    for step in (3, 5, 12):
+        never.update(torch.arange(8) % step == 0, torch.arange(30) % step == 0, step)
+    assert plot_distances(never, str(tmp_path / "never.png")) == str(tmp_path / "never.png")
+    assert sorted(os.listdir(tmp_path)) == ["mask_distances.json", "mask_distances.png", "never.png"]
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -310,21 +391,17 @@ def test_plot_distances_writes_a_figure(tmp_path):
 def one_line_value_error(fn, *names):
     with pytest.raises(ValueError) as e:
         fn()
-    assert "\n" not in str(e.value)
-    for name in names:
-        assert name in str(e.value)
+    assert "\n" not in str(e.value) and all(name in str(e.value) for name in names), str(e.value)
     return str(e.value)
 
 
 @pytest.mark.parametrize("head_ratio, ffn_ratio", [(-0.1, 0.4), (1.0, 0.4), (1 / 3, 1.0), (1 / 3, 1.5)])
 def test_ratios_outside_zero_to_one_are_refused(head_ratio, ffn_ratio):
-    heads, ffn = [torch.rand(4)] * 3, [torch.rand(48)] * 3
-    one_line_value_error(lambda: draw_ticket(heads, ffn, head_ratio, ffn_ratio), "ratio")
-    one_line_value_error(lambda: random_ticket([4] * 3, [48] * 3, head_ratio, ffn_ratio), "ratio")
+    one_line_value_error(lambda: draw_ticket([torch.rand(4)] * 3, [torch.rand(8)] * 3, head_ratio, ffn_ratio), "ratio")
 
 
 def test_zero_ratios_prune_nothing():
-    ticket = random_ticket([4, 4], [8, 8], head_ratio=0.0, ffn_ratio=0.0)
+    ticket = draw_ticket([torch.rand(4)] * 2, [torch.rand(8)] * 2, head_ratio=0.0, ffn_ratio=0.0)
     assert ticket.heads == [list(range(4))] * 2 and ticket.ffn == [list(range(8))] * 2
 
 
@@ -332,38 +409,137 @@ def test_zero_ratios_prune_nothing():
     (lambda t: Ticket(t.heads[:2], t.ffn[:2], t.full_heads[:2], t.full_ffn[:2], 0.25, 0.4), "2 layers"),
     (lambda t: Ticket(t.heads, t.ffn[:2], t.full_heads, t.full_ffn, 0.25, 0.4), "differ in length"),
     (lambda t: Ticket(t.heads, t.ffn, [6, 4, 4], t.full_ffn, 0.25, 0.4), "6 heads"),
-    (lambda t: Ticket(t.heads, t.ffn, t.full_heads, [48, 64, 48], 0.25, 0.4), "64 FFN"),
+    (lambda t: Ticket(t.heads, t.ffn, t.full_heads, [8, 16, 8], 0.25, 0.4), "16 FFN"),
     (lambda t: Ticket([[0, 4], [0], [1]], t.ffn, t.full_heads, t.full_ffn, 0.25, 0.4), "indices 0..3"),
     (lambda t: Ticket([[0], [-1], [1]], t.ffn, t.full_heads, t.full_ffn, 0.25, 0.4), "indices 0..3"),
     (lambda t: Ticket(t.heads, [[1, 1], [2], [3]], t.full_heads, t.full_ffn, 0.25, 0.4), "twice"),
     (lambda t: Ticket(t.heads, [[1], [], [3]], t.full_heads, t.full_ffn, 0.25, 0.4), "keeps no"),
 ])
 def test_ticket_that_does_not_fit_the_model_is_refused(change, says):
-    good = random_ticket([4, 4, 4], [48, 48, 48], head_ratio=0.25)
-    check_ticket_fits(good, tiny_config(), "runs/ticket.json")
-    bad = change(good)
-    one_line_value_error(lambda: check_ticket_fits(bad, tiny_config(), "runs/ticket.json"),
+    check_ticket_fits(TICKETS[0], tiny_config(), "runs/ticket.json")
+    one_line_value_error(lambda: check_ticket_fits(change(TICKETS[0]), tiny_config(), "runs/ticket.json"),
                          "runs/ticket.json", says)
-    model = BertMLM(tiny_config())
-    with pytest.raises(ValueError):
-        rebuild(model, bad)
+
+
+FIELDS = '"full_heads": [4], "full_ffn": [8], "head_ratio": 0, "ffn_ratio": 0'
 
 
 @pytest.mark.parametrize("content", [
-    "{not json",
-    "",
-    "[1, 2]",
-    '{"heads": [[0]], "ffn": [[0]]}',  # missing fields
-    '{"heads": [["a"]], "ffn": [[0]], "full_heads": [4], "full_ffn": [8], "head_ratio": 0, "ffn_ratio": 0}',
-    '{"heads": [[0.5]], "ffn": [[0]], "full_heads": [4], "full_ffn": [8], "head_ratio": 0, "ffn_ratio": 0}',
-    '{"heads": 3, "ffn": [[0]], "full_heads": [4], "full_ffn": [8], "head_ratio": 0, "ffn_ratio": 0}',
-])
+    "{not json", "", "[1, 2]", "\x00\xff", '{"heads": [[0]], "ffn": [[0]]}',  # missing fields
+    '{"heads": [["a"]], "ffn": [[0]], ' + FIELDS + "}", '{"heads": [[0.5]], "ffn": [[0]], ' + FIELDS + "}",
+    '{"heads": 3, "ffn": [[0]], ' + FIELDS + "}", '{"heads": [[4]], "ffn": [[0]], ' + FIELDS + "}",
+    '{"heads": [[0]], "ffn": [[0], [1]], ' + FIELDS + "}"])
 def test_malformed_ticket_file_is_refused(tmp_path, content):
     path = tmp_path / "ticket.json"
-    path.write_text(content)
+    path.write_text(content, encoding="latin-1")
     one_line_value_error(lambda: Ticket.load(str(path)), str(path))
+    for argv in (["show", path], ["compare", path, path], ["apply", path, "--model", "m", "--out", "o"]):
+        one_line_value_error(lambda: main(list(map(str, argv))), str(path))
 
 
 def test_missing_ticket_file_is_refused(tmp_path):
-    one_line_value_error(lambda: Ticket.load(str(tmp_path / "nope.json")), "nope.json", "no such ticket")
+    missing = str(tmp_path / "nope.json")
+    for argv in (["show", missing], ["compare", missing, missing], ["apply", missing, "--model", "m", "--out", "o"]):
+        one_line_value_error(lambda: main(argv), missing, "no such ticket")
     one_line_value_error(lambda: Ticket.load(str(tmp_path)), str(tmp_path))  # a folder
+
+
+# ----------------------------------------------------------------------------- command line
+
+@pytest.fixture
+def folders(tmp_path):
+    """A full-size tiny checkpoint folder, and TICKETS[0] and TICKETS[1] saved beside it."""
+    torch.manual_seed(0)
+    save_pretrained(BertClassifier(tiny_config()).eval(), str(tmp_path / "full"), lowercase=True)
+    (tmp_path / "full" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]) + "\n")
+    TICKETS[0].save(str(tmp_path / "a.json"))
+    TICKETS[1].save(str(tmp_path / "b.json"))
+    return tmp_path
+
+
+def test_show_prints_kept_units_and_what_they_cost(folders, capsys):
+    main(["show", str(folders / "a.json")])
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].split() == ["0", "3/4", "0", "2", "3", "3/8", "(38%)"] and out[3].split()[:3] == ["1", "1/4", "1"]
+    assert out[5] == "total  heads 8/12 (67%), FFN neurons 10/24 (42%)" and "--model" in out[6]
+    main(["show", str(folders / "a.json"), "--model", str(folders / "full"), "--seq-len", "16"])
+    last = capsys.readouterr().out.splitlines()[-1]
+    small = tiny_config(heads_per_layer=[3, 1, 4], ffn_per_layer=[3, 6, 1])
+    params = [sum(p.numel() for p in Bert(c).parameters()) for c in (small, tiny_config())]
+    assert f"{params[0] / 1e6:.2f}M of {params[1] / 1e6:.2f}M" in last and "length 16" in last
+
+
+def test_parameters_and_flops_count_every_weight_and_the_attention():
+    config = tiny_config(num_hidden_layers=1, hidden_size=4, num_attention_heads=2, heads_per_layer=[1],
+                         ffn_per_layer=[2])  # one layer keeping 1 head of dim 2 and 2 neurons
+    params, flops = parameters_and_flops(config, seq_len=5)
+    # embeddings (101 + 64 + 2) x 4 + LayerNorm 8; Q, K, V 3 x (4 x 2 + 2), out 2 x 4 + 4, up 4 x 2 + 2,
+    # down 2 x 4 + 4, two LayerNorms 16
+    assert params == 676 + 30 + 12 + 10 + 12 + 16
+    assert flops == 6 * (3 * 8 + 8 + 8 + 8) + 12 * 5 * 2  # 6 per matrix weight + 12 x seq_len x head dims
+
+
+def test_show_draws_a_picture(folders, capsys):
+    pytest.importorskip("matplotlib")
+    main(["show", str(folders / "a.json"), "--plot", str(folders / "a.png")])
+    assert (folders / "a.png").stat().st_size > 1000 and "a.png" in capsys.readouterr().out
+
+
+def test_compare_prints_mask_distances_per_layer_and_overall(folders, capsys, reference_distance):
+    main(["compare", str(folders / "a.json"), str(folders / "b.json")])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[3:]]
+    # heads {0,2,3} vs {3}: 2 of 4 differ; {1} vs {0,1}: 1; {0,1,2,3} vs {1,2}: 2; 5 of 12 in all.
+    # FFN {1,4,6} vs {0}: 4 of 8; {0,1,2,3,5,7} vs {2,3}: 4; {7} vs {1,...,7}: 6; 14 of 24 in all.
+    assert rows == [["0", "0.500", "0.500"], ["1", "0.250", "0.500"], ["2", "0.500", "0.750"],
+                    ["all", "0.417", "0.583"]]
+    literal([[0]], [[0]], [1], [8]).save(str(folders / "other.json"))
+    one_line_value_error(lambda: main(["compare", str(folders / "a.json"), str(folders / "other.json")]),
+                         "a.json", "other.json")
+
+
+@pytest.mark.parametrize("layout", ["ours", "downloaded"])
+def test_apply_writes_the_smaller_checkpoint(folders, capsys, layout):
+    full = folders / "full"
+    if layout == "downloaded":  # pytorch_model.bin, with the pooler and an NSP head our classes do not have
+        weights = read_safetensors(str(full / "model.safetensors"))
+        torch.save({**weights, "cls.seq_relationship.weight": torch.ones(2, 32)}, full / "pytorch_model.bin")
+        (full / "model.safetensors").unlink()
+    main(["apply", str(folders / "a.json"), "--model", str(full), "--out", str(folders / "small")])
+    assert "small" in capsys.readouterr().out
+    small = load_pretrained(BertClassifier, str(folders / "small"), verbose=False).eval()
+    masked = load_pretrained(BertClassifier, str(full), verbose=False).eval()  # the pruned units' coefficients at 0
+    for layer, heads, neurons in zip(masked.bert.layers, TICKETS[0].heads, TICKETS[0].ffn):
+        layer.attn.head_coef, layer.ffn.ffn_coef = torch.zeros(4), torch.zeros(8)
+        layer.attn.head_coef[heads], layer.ffn.ffn_coef[neurons] = 1.0, 1.0
+    assert small.config.heads_per_layer == [3, 1, 4] and (logits(small) - logits(masked)).abs().max() <= 1e-5
+    saved = read_safetensors(str(folders / "small" / "model.safetensors"))
+    assert torch.equal(saved["bert.pooler.dense.weight"], masked.pooler.weight)
+    assert (layout == "downloaded") == ("cls.seq_relationship.weight" in saved)
+    assert (folders / "small" / "vocab.txt").read_text() == (full / "vocab.txt").read_text()
+
+
+def test_apply_refuses_what_does_not_fit_and_never_overwrites(folders):
+    full, out = str(folders / "full"), folders / "out"
+    literal([[0]] * 2, [[0]] * 2, [4] * 2, [8] * 2).save(str(folders / "two.json"))
+    for argv in (["apply", str(folders / "two.json"), "--model", full, "--out", str(out)],
+                 ["show", str(folders / "two.json"), "--model", full]):
+        one_line_value_error(lambda: main(argv), "two.json", os.path.join(full, "config.json"), "2 layers")
+    one_line_value_error(lambda: main(["apply", str(folders / "a.json"), "--model", str(folders), "--out", str(out)]),
+                         "config.json")
+    assert not out.exists()
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    one_line_value_error(lambda: main(["apply", str(folders / "a.json"), "--model", full, "--out", str(out)]),
+                         str(out), "--force")
+    assert os.listdir(out) == ["keep.txt"]
+    main(["apply", str(folders / "a.json"), "--model", full, "--out", str(out), "--force"])
+    assert load_pretrained(BertMLM, str(out), verbose=False).config.heads_per_layer == [3, 1, 4]
+
+
+@pytest.mark.slow  # a fresh Python importing torch: about 3 s
+def test_command_line_errors_are_one_line(tmp_path):
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "ticket.py"), "compare", str(tmp_path / "a.json"),
+                          str(tmp_path / "b.json")], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.splitlines() == [f"error: {tmp_path / 'a.json'}: no such ticket file; draw one with the "
+                                       "search phase first"]

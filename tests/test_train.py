@@ -15,19 +15,16 @@ import data
 import slim
 import ticket as tickets
 import train
-from model import BertMLM, load_pretrained, save_pretrained
+from checkpoint import load_pretrained, save_pretrained
+from model import BertConfig, BertMLM, lr_lambda
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """About 150 KB of the built-in corpus and a WordPiece vocab trained on it."""
-    folder = tmp_path_factory.mktemp("corpus")
-    docs = open(data.builtin_corpus(str(folder))[0], encoding="utf-8").read().split("\n\n")[:120]
-    text = folder / "text.txt"
-    text.write_text("\n\n".join(docs) + "\n")
-    return str(text), data.train_tokenizer([str(text)], str(folder / "vocab"), vocab_size=1000)
+def corpus(small_corpus, fixed_vocab):
+    """A generated 150 KB corpus and the fixed 1500-token test vocabulary (conftest.py)."""
+    return small_corpus, fixed_vocab
 
 
 def tiny(corpus, out_dir, **kw) -> train.Config:
@@ -88,7 +85,7 @@ def test_ddp_two_processes_match_one_process(corpus, tmp_path):
     """torchrun with 2 CPU processes (gloo), batch 4 each == one process with batch 8."""
     kw = dict(phase="search", dropout=0.0, max_steps=6, eb_epsilon=0.0)
     one = train.train(tiny(corpus, tmp_path / "one", **kw))
-    cfg = tiny(corpus, tmp_path / "two", batch_size=4, **kw)
+    cfg = tiny(corpus, tmp_path / "two", batch_size=4, eval_batches=8, **kw)  # the same 32 held-out sequences
     args = [f"--{k.replace('_', '-')}={v}" for k, v in vars(cfg).items() if not isinstance(v, bool)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
@@ -162,7 +159,7 @@ def test_efficient_phase_trains_the_rebuilt_ticket(corpus, searched, init, kind)
         ckpt = torch.load(out / name / "ckpt.pt", weights_only=False)
         assert ckpt["loader"]["index"] == search_ckpt["loader"]["index"] + 4
         logged = [(r["step"], r["lr"]) for r in log(out, name) if "lr" in r]
-        assert logged and all(lr == pytest.approx(3e-3 * train.lr_lambda(cfg)(s)) for s, lr in logged)
+        assert logged and all(lr == pytest.approx(3e-3 * lr_lambda(max(1, int(cfg.warmup * cfg.max_steps)), cfg.max_steps)(s)) for s, lr in logged)
     assert summary["parameters"] < json.load(open(out / "search" / "summary.json"))["parameters"]
 
 
@@ -185,8 +182,8 @@ def test_missing_or_empty_data_names_the_file(corpus, tmp_path):
 
 
 def test_a_vocab_bigger_than_the_model_names_the_vocab(corpus, tmp_path):
-    small = train.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=64)
+    small = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64)
     save_pretrained(BertMLM(small), str(tmp_path / "ckpt"))
     message = error_of(tiny(corpus, tmp_path / "o", init_from=str(tmp_path / "ckpt")))
     assert corpus[1] in message and "vocab_size is 64" in message
@@ -208,7 +205,7 @@ def test_efficient_without_search_output_or_with_a_misfit_ticket(corpus, searche
     out, _ = searched
     bad = tmp_path / "bad_search"
     os.makedirs(bad)
-    for f in ("start", "ckpt.pt"):
+    for f in ("start", "ckpt.pt", "train_config.json"):
         os.symlink(out / "search" / f, bad / f)
     ticket = json.load(open(out / "search" / "ticket.json"))
     ticket["heads"].append([0])  # a third layer the model does not have

@@ -1,0 +1,184 @@
+"""
+Where the text comes from: the built-in corpus, and a user's text files read as documents.
+
+- `resolve_files`: what `--data` names -> the text files ("" = the built-in corpus).
+- `builtin_corpus`: real English text that every machine running this code already has, so
+  a run needs no download: CPython's help topics and the docstrings of the standard library,
+  torch and numpy (about 9 MB; it varies a little with their versions).
+- `check_text_file`: a file is checked before anything is made from it (UTF-8 text, not
+  binary, not empty), so bad input is one line naming the file, never a traceback later.
+- `read_documents`: a text file -> documents (separated by blank lines, or one per line).
+
+EarlyBERT pre-trains on English Wikipedia + BookCorpus, as BERT does; the built-in corpus
+stands in for them at laptop scale, and `--data` takes the real thing.
+"""
+import ast
+import importlib.util
+import os
+import platform
+import sys
+import sysconfig
+import warnings
+
+from tqdm import tqdm
+
+SKIP_FOLDERS = {"site-packages", "test", "tests", "testing", "idle_test"}  # test code, not documentation
+
+
+def resolve_files(spec: str, cache_root: str) -> list[str]:
+    """--data -> text files: "" is the built-in corpus (built once into cache_root); otherwise
+    comma-separated files, or folders whose .txt files are taken in sorted order."""
+    if not spec:
+        return builtin_corpus(cache_root)
+    files = []
+    for item in (s.strip() for s in spec.split(",")):
+        if os.path.isdir(item):
+            found = sorted(os.path.join(item, f) for f in os.listdir(item)
+                           if f.endswith(".txt") and os.path.isfile(os.path.join(item, f)))
+            if not found:
+                raise ValueError(f"{item}: folder has no .txt files")
+            files += found
+        elif os.path.isfile(item):
+            files.append(item)
+        elif item:
+            raise ValueError(f"{item}: no such file or folder")
+    if not files:
+        raise ValueError(f"{spec}: names no text files")
+    return files
+
+
+# ----------------------------------------------------------------------------- the built-in corpus
+
+def keep_docstring(doc: str) -> bool:
+    """The extraction rule, in one place: which docstrings become text. One-liners such as
+    'Return self.' teach nothing but `return` and `self`, so a docstring needs 80 characters."""
+    return len(doc) >= 80
+
+
+def module_docstrings(tree: ast.Module):
+    """Docstrings of a module, its classes and their methods, in reading order."""
+    stack = [tree]
+    while stack:
+        node = stack.pop(0)
+        doc = ast.get_docstring(node)
+        if doc and keep_docstring(doc):
+            yield doc
+        stack += [n for n in node.body if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def python_sources(root: str) -> list[str]:
+    """The .py files under root in a fixed order (sorted at every level), test folders left out."""
+    paths = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if d not in SKIP_FOLDERS)
+        paths += [os.path.join(folder, n) for n in sorted(names) if n.endswith(".py")]
+    return paths
+
+
+def docstring_documents(paths: list[str], seen: set) -> list[str]:
+    """One document per module: its docstrings not met before (torch repeats many), joined.
+    A file that does not parse (newer syntax than this Python) is skipped."""
+    docs = []
+    for path in tqdm(paths, desc="reading docstrings", unit="file", leave=False):
+        with open(path, encoding="utf-8", errors="replace") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid escapes in old modules' strings
+            try:
+                tree = ast.parse(f.read())
+            except (SyntaxError, ValueError):
+                continue
+        new = [d for d in module_docstrings(tree) if d not in seen]
+        seen.update(new)
+        docs.append("\n".join(new))
+    return docs
+
+
+def builtin_corpus(cache_root: str) -> list[str]:
+    """The built-in corpus, built once into cache_root (the file's name holds the versions it
+    was made from, so an upgrade builds it anew): the help topics of `pydoc_data` (the language
+    reference), then the docstrings of the standard library, torch and numpy, one document per
+    topic and per module, separated by blank lines."""
+    import numpy
+    import torch
+    versions = f"py{platform.python_version()}-torch{torch.__version__}-numpy{numpy.__version__}"
+    path = os.path.join(cache_root, f"builtin-text-{versions}", "builtin.txt")
+    if os.path.exists(path):
+        return [path]
+    print(f"building the built-in corpus (docstrings of Python {platform.python_version()}'s standard library, "
+          f"torch {torch.__version__}, numpy {numpy.__version__}) -> {path}", file=sys.stderr)
+    from pydoc_data.topics import topics
+    docs, seen = [topics[k] for k in sorted(topics)], set()
+    docs += docstring_documents(python_sources(sysconfig.get_paths()["stdlib"]), seen)
+    for package in ("torch", "numpy"):
+        docs += docstring_documents(python_sources(os.path.dirname(importlib.util.find_spec(package).origin)), seen)
+    # Blank lines separate documents in the file, so the blank lines inside one are dropped.
+    docs = ["\n".join(line.rstrip() for line in d.splitlines() if line.strip()) for d in docs]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"  # two processes building at once each write their own file
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n\n".join(d for d in docs if d) + "\n")
+    os.replace(tmp, path)
+    return [path]
+
+
+# ----------------------------------------------------------------------------- a user's text files
+
+def check_text_file(path: str, bar=None):
+    """Raises a one-line ValueError naming `path` unless it is a non-empty UTF-8 text file.
+    Reads it once in blocks (any size); `bar` (a tqdm bar) counts the bytes."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file")
+    offset, carry, has_text = 0, b"", False  # offset: where `carry` starts in the file
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            if bar is not None:
+                bar.update(len(block))
+            block, carry = carry + block, b""
+            if (nul := block.find(b"\0")) >= 0:
+                raise ValueError(f"{path}: not text (a NUL byte at offset {offset + nul}: a binary file?)")
+            try:
+                block.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if e.reason != "unexpected end of data":  # a character cut by the block's end is read on
+                    raise ValueError(f"{path}: not UTF-8 text (byte 0x{block[e.start]:02x} at offset "
+                                     f"{offset + e.start}); convert it to UTF-8 first") from None
+                block, carry = block[:e.start], block[e.start:]
+            has_text = has_text or bool(block.strip())
+            offset += len(block)
+    if carry:
+        raise ValueError(f"{path}: not UTF-8 text (it ends inside a character, at offset {offset})")
+    if offset == 0:
+        raise ValueError(f"{path}: the file is empty")
+    if not has_text:
+        raise ValueError(f"{path}: has no text, only blank lines")
+
+
+def _has_blank_line_between_text(path: str) -> bool:
+    """True when a blank line separates two lines of text: then blank lines separate documents,
+    otherwise every line is a document. Reads until the answer is known."""
+    seen_text = seen_blank = False
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.strip():
+                seen_blank = seen_text
+            elif seen_blank:
+                return True
+            else:
+                seen_text = True
+    return False
+
+
+def read_documents(path: str):
+    """Yields (document text, bytes of the file it used)."""
+    by_blank_lines = _has_blank_line_between_text(path)
+    lines, n_bytes = [], 0
+    with open(path, "rb") as f:
+        for raw in f:
+            n_bytes += len(raw)
+            line = raw.decode("utf-8", errors="replace").strip()
+            if line:
+                lines.append(line)
+            if lines and (not line or not by_blank_lines):
+                yield "\n".join(lines), n_bytes
+                lines, n_bytes = [], 0
+    if lines:
+        yield "\n".join(lines), n_bytes

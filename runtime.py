@@ -1,0 +1,129 @@
+"""What a run needs around its training loop, shared by train.py and finetune.py: the
+command line built from a config dataclass, the device and its precision, the processes
+of a distributed run, and a lock on the output folder.
+
+    cfg = parse_config(Config)                       # every field is a --flag
+    rank, world, local_rank = setup_distributed()    # torchrun sets the environment
+    device, autocast, dtype = pick_device(cfg.device, local_rank)
+    with run_lock(run_dir):                          # one process per output folder
+        ...
+    finish_distributed(world)
+"""
+import argparse
+import inspect
+import os
+import re
+from contextlib import contextmanager, nullcontext
+from dataclasses import MISSING, fields
+
+import torch
+import torch.distributed as dist
+
+
+def field_help(cls) -> dict:
+    """Each field's trailing `# comment` in the dataclass's source: the --help text."""
+    helps = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+)\s*:[^=]*=.*?#\s*(.*)$", line)
+        if m:
+            helps[m.group(1)] = m.group(2).strip()
+    return helps
+
+
+def parse_config(cls, argv=None, choices: dict | None = None, description: str = ""):
+    """An argparse command line with one flag per field of `cls` (`max_steps` -> `--max-steps`),
+    its type and default from the field; returns an instance of `cls`."""
+    choices = choices or {}
+    helps = field_help(cls)
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else f.default_factory()
+        text = helps.get(f.name, "")
+        if f.name in choices:
+            text = f"{text} (one of: {', '.join(map(str, choices[f.name]))})".strip()
+        text += " [default: %(default)s]"
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        else:
+            p.add_argument(flag, type=type(default), default=default, choices=choices.get(f.name), help=text,
+                           metavar=f.name.upper() if f.name not in choices else None)
+    return cls(**vars(p.parse_args(argv)))
+
+
+def pick_device(device: str = "auto", local_rank: int = 0):
+    """Returns the device, the autocast context and the dtype it computes in.
+    bf16 where the GPU supports it, fp16 (+ GradScaler) on older GPUs, fp32 on the CPU,
+    where bf16 matmuls run several times slower than fp32."""
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if not use_cuda:
+        return torch.device("cpu"), nullcontext(), torch.float32
+    if not torch.cuda.is_available():
+        raise ValueError("--device cuda: this torch sees no CUDA GPU")
+    torch.cuda.set_device(local_rank)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.device("cuda", local_rank), torch.autocast("cuda", dtype=dtype), dtype
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if v is not None else None) for k, v in batch.items()}
+
+
+def setup_distributed():
+    """torchrun sets RANK/WORLD_SIZE; nccl on GPUs, gloo on the CPU. Returns (rank, world, local_rank)."""
+    if "RANK" not in os.environ:
+        return 0, 1, 0
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def finish_distributed(world: int):
+    """An orderly end: every rank waits here until rank 0 has written its last files, then
+    the process group is destroyed while every rank is still alive. Without the barrier a
+    rank that finishes first exits while gloo's threads still talk to the others, and may
+    abort (SIGABRT), which makes torchrun kill rank 0 before it writes the model.
+    The caller drops its DDP wrapper first: nothing of the group may outlive it."""
+    if world > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def broadcast(obj, rank: int, world: int):
+    """Rank 0's `obj` on every rank (the others pass None)."""
+    if world == 1:
+        return obj
+    box = [obj if rank == 0 else None]
+    dist.broadcast_object_list(box)
+    return box[0]
+
+
+@contextmanager
+def run_lock(folder: str):
+    """Refuse a second process on the same output folder. An OS file lock (flock) is
+    released by the kernel when its holder dies, so a crashed run never leaves it stuck."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; runs are not guarded there
+        yield
+        return
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, ".lock")
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            raise ValueError(f"{folder}: another run (pid {pid}) is writing to this folder; "
+                             f"wait for it or choose another --out-dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,0 +1,185 @@
+"""runtime.py: the command line built from a config dataclass, the device and its
+precision, single-process distributed defaults, and the lock on an output folder."""
+import multiprocessing
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from runtime import broadcast, finish_distributed, parse_config, pick_device, run_lock, setup_distributed, to_device
+
+
+@dataclass
+class Demo:
+    steps: int = 10  # optimizer steps to run
+    lr: float = 3e-4  # peak learning rate
+    phase: str = "search"  # which stage of EarlyBERT
+    compile: bool = False  # torch.compile the model
+    resume: bool = True  # go on from ckpt.pt
+    out_dir: str = "out"
+
+
+CHOICES = {"phase": ("full", "search", "efficient")}
+
+
+def parse(argv):
+    return parse_config(Demo, argv, CHOICES, description="Demo: a tiny command line.")
+
+
+def exits(argv, capsys) -> tuple[int, str, str]:
+    """Run the parser on argv, which must exit; returns (code, stdout, stderr) with
+    whitespace collapsed, so the terminal's width does not matter."""
+    with pytest.raises(SystemExit) as e:
+        parse(argv)
+    out, err = capsys.readouterr()
+    return e.value.code, " ".join(out.split()), " ".join(err.split())
+
+
+# ----------------------------------------------------------------------------- parse_config
+
+def test_parse_config_defaults_and_types():
+    assert parse([]) == Demo()
+    cfg = parse(["--steps", "5", "--lr", "1e-2", "--phase", "full", "--out-dir", "runs/a"])
+    assert cfg == Demo(steps=5, lr=0.01, phase="full", out_dir="runs/a")
+    assert isinstance(cfg.steps, int) and isinstance(cfg.lr, float)
+
+
+def test_parse_config_help_shows_comments_defaults_and_choices(capsys):
+    code, out, _ = exits(["--help"], capsys)
+    assert code == 0
+    assert "Demo: a tiny command line." in out
+    assert "--steps STEPS optimizer steps to run [default: 10]" in out
+    assert "--lr LR peak learning rate [default: 0.0003]" in out
+    assert "which stage of EarlyBERT (one of: full, search, efficient) [default: search]" in out
+    assert "--phase {full,search,efficient}" in out
+    assert "--out-dir OUT_DIR [default: out]" in out  # no comment: the default alone
+
+
+def test_parse_config_bools_are_flag_pairs(capsys):
+    assert parse(["--compile", "--no-resume"]) == Demo(compile=True, resume=False)
+    assert parse(["--no-compile", "--resume"]) == Demo()
+    code, out, _ = exits(["--help"], capsys)
+    assert "--compile, --no-compile torch.compile the model [default: False]" in out
+    assert "--resume, --no-resume go on from ckpt.pt [default: True]" in out
+
+
+@pytest.mark.parametrize("argv, complaint", [
+    (["--phase", "nope"], "argument --phase: invalid choice: 'nope'"),
+    (["--steps", "many"], "argument --steps: invalid int value: 'many'"),
+    (["--compile", "yes"], "unrecognized arguments: yes"),
+    (["--stepz", "3"], "unrecognized arguments: --stepz 3"),
+])
+def test_parse_config_bad_value_is_an_argparse_error(capsys, argv, complaint):
+    code, _, err = exits(argv, capsys)
+    assert code == 2 and complaint in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- run_lock
+
+def hold_lock(folder, conn):
+    """In a child process: take the lock, say so, and hold it until told to let go."""
+    with run_lock(folder):
+        conn.send("locked")
+        conn.recv()
+
+
+def start_holder(folder):
+    """A second process holding run_lock(folder). Forked, so it starts at once (no new
+    interpreter, no torch import). Returns (process, pipe)."""
+    ctx = multiprocessing.get_context("fork")
+    ours, theirs = ctx.Pipe()
+    proc = ctx.Process(target=hold_lock, args=(folder, theirs))
+    proc.start()
+    theirs.close()  # so that recv() below fails instead of hanging if the child dies first
+    assert ours.poll(60) and ours.recv() == "locked"
+    return proc, ours
+
+
+def refused(folder) -> str:
+    with pytest.raises(ValueError) as e:
+        with run_lock(folder):
+            pass
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{folder}: ")
+    return msg
+
+
+fork_only = pytest.mark.skipif(not hasattr(os, "fork") or os.name == "nt", reason="flock and fork are POSIX")
+
+
+@fork_only
+def test_run_lock_refuses_a_second_holder_until_it_ends(tmp_path):
+    folder = str(tmp_path / "run")
+    proc, pipe = start_holder(folder)
+    try:
+        assert f"pid {proc.pid}" in refused(folder)
+        pipe.send("let go")
+        proc.join()
+        assert proc.exitcode == 0
+        with run_lock(folder):
+            assert open(os.path.join(folder, ".lock")).read() == str(os.getpid())
+    finally:
+        proc.kill()
+
+
+@fork_only
+def test_run_lock_of_a_killed_holder_does_not_block(tmp_path):
+    folder = str(tmp_path / "run")
+    proc, _ = start_holder(folder)
+    refused(folder)
+    proc.kill()  # a crash: the holder never leaves its `with` block
+    proc.join()
+    with run_lock(folder):
+        refused(folder)  # held again, now by this process
+
+
+@fork_only
+def test_run_lock_is_released_when_the_run_fails(tmp_path):
+    with pytest.raises(RuntimeError):
+        with run_lock(tmp_path):
+            raise RuntimeError("the run crashed")
+    with run_lock(tmp_path):
+        pass
+
+
+# ----------------------------------------------------------------------------- device and processes
+
+def test_pick_device_cpu_is_fp32_without_autocast():
+    device, autocast, dtype = pick_device("cpu")
+    assert device == torch.device("cpu") and isinstance(autocast, nullcontext) and dtype == torch.float32
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_pick_device_without_gpu():
+    assert pick_device("auto")[0] == torch.device("cpu")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        pick_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_pick_device_gpu_autocasts_matmuls():
+    device, autocast, dtype = pick_device("auto")
+    assert device == torch.device("cuda", 0) and dtype in (torch.bfloat16, torch.float16)
+    assert dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    a = torch.randn(8, 8, device=device)
+    with autocast:
+        assert (a @ a).dtype == dtype
+    assert (a @ a).dtype == torch.float32
+
+
+def test_to_device_moves_tensors_and_keeps_none():
+    batch = {"input_ids": torch.arange(6).view(2, 3), "labels": None}
+    moved = to_device(batch, torch.device("cpu"))
+    assert moved.keys() == batch.keys() and moved["labels"] is None
+    assert torch.equal(moved["input_ids"], batch["input_ids"])
+
+
+def test_single_process_without_torchrun(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert setup_distributed() == (0, 1, 0)
+    obj = {"ticket": [1, 2]}
+    assert broadcast(obj, rank=0, world=1) is obj
+    finish_distributed(1)  # nothing to tear down
