@@ -15,7 +15,6 @@ Inputs are random tokens without padding, so these figures measure compute alone
 """
 import argparse
 import dataclasses
-import math
 import os
 import platform
 import re
@@ -25,7 +24,11 @@ from contextlib import nullcontext
 import torch
 from tqdm import tqdm
 
-from model import BertConfig, BertMLM, flops_per_sequence
+import corpus
+import data
+import ticket
+from model import BertConfig, BertMLM, configure_optimizers, flops_per_sequence
+from runtime import pick_device
 
 SIZES = {"small": dict(layers=4, hidden=256, heads=4, ffn=1024),  # runs on a laptop CPU
          "base": dict(layers=12, hidden=768, heads=12, ffn=3072)}  # BERT-base, for a GPU
@@ -44,21 +47,15 @@ def peak_flops(gpu_name: str) -> float | None:
     return next((peak for key, peak in PEAK_FLOPS if re.search(rf"\b{key}\b", gpu_name)), None)
 
 
-def n_predictions(seq_len: int, mask_prob: float = 0.15) -> int:
-    """Predicted positions per sequence, as data.MLMBatches: [CLS] and [SEP] are never masked.
-    The round() keeps float error (0.15 * 20 = 3.0000000000000004) from adding one."""
-    return math.ceil(round(mask_prob * (seq_len - 2), 6))
-
-
-def pruned_config(config: BertConfig, head_ratio: float = 1 / 3, ffn_ratio: float = 0.4) -> BertConfig:
-    """The shapes of a default EarlyBERT ticket, with ticket.draw_ticket's rounding. A drawn
-    ticket prunes FFN neurons globally, so its layers differ in width; uniform widths here
-    give the same total, hence (to rounding) the same FLOPs."""
+def pruned_config(config: BertConfig, head_ratio: float = 1 / 3, ffn_ratio: float = 0.4,
+                  ffn_multiple: int = 1) -> BertConfig:
+    """The shapes of an EarlyBERT ticket of the default ratios: a seeded random ticket, which
+    prunes heads per layer and FFN neurons globally exactly as a drawn one does (so layers
+    differ in width); ffn_multiple rounds each layer's kept width (draw_ticket's GPU option)."""
     L = config.num_hidden_layers
-    h, f = config.num_attention_heads, config.intermediate_size
-    kept_heads = h - min(round(head_ratio * h), h - 1)
-    kept_ffn = max(1, f - round(ffn_ratio * f))
-    return dataclasses.replace(config, heads_per_layer=[kept_heads] * L, ffn_per_layer=[kept_ffn] * L)
+    t = ticket.random_ticket([config.heads(l) for l in range(L)], [config.ffn(l) for l in range(L)],
+                             head_ratio, ffn_ratio, seed=0, ffn_multiple=ffn_multiple)
+    return dataclasses.replace(config, heads_per_layer=[len(h) for h in t.heads], ffn_per_layer=[len(f) for f in t.ffn])
 
 
 def random_batch(config: BertConfig, batch_size: int, seq_len: int, sparse: bool) -> dict:
@@ -66,7 +63,7 @@ def random_batch(config: BertConfig, batch_size: int, seq_len: int, sparse: bool
     otherwise mlm_labels (B, T) with -100 everywhere but the same P positions."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, config.vocab_size, (batch_size, seq_len), generator=g)  # (B, T), no special ids
-    P = n_predictions(seq_len)
+    P = data.n_predictions(seq_len)
     positions = 1 + torch.rand(batch_size, seq_len - 2, generator=g).argsort(1)[:, :P].sort(1).values  # (B, P)
     labels = torch.randint(5, config.vocab_size, (batch_size, P), generator=g)
     if sparse:
@@ -79,7 +76,7 @@ def seconds_per_step(model, batch: dict, steps: int, device, dtype, compile: boo
     autocast, backward, AdamW (fused on CUDA), zero_grad(set_to_none). Nothing inside the
     timed loop waits for the GPU (no .item()); CUDA is synchronised only at its two ends."""
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    optimizer = configure_optimizers(model, 1e-4, 0.01, device_type=device.type)
     # fp16 needs loss scaling; with a fused optimizer the scaler checks for inf on the GPU, without a sync.
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     run = model
@@ -111,14 +108,11 @@ def seconds_per_step(model, batch: dict, steps: int, device, dtype, compile: boo
 
 def loader_batches_per_s(files: list[str], cache: str, batch_size: int, seq_len: int, steps: int,
                          pin_memory: bool) -> float:
-    """Batches/s of data.MLMBatches (reading, cutting, masking) on `files`, tokenized into `cache`
-    once. Imported here: data.py needs `tokenizers`, which the model benchmark does not."""
-    import data
-    vocab = data.train_tokenizer(files, os.path.join(cache, "vocab"))
-    tokenizer = data.load_tokenizer(vocab)
-    data.prepare(files, tokenizer, cache)
+    """Batches/s of data.MLMBatches (reading, cutting, masking) on `files`, prepared into `cache` once."""
+    data_dir, meta = data.prepare_corpus(files, cache)
+    tokenizer = data.load_tokenizer(meta["vocab_path"], meta["lowercase"])
     special = {t: tokenizer.token_to_id(t) for t in data.SPECIALS}
-    batches = data.MLMBatches(cache, "train", batch_size, seq_len, tokenizer.get_vocab_size(), special,
+    batches = data.MLMBatches(data_dir, "train", batch_size, seq_len, tokenizer.get_vocab_size(), special,
                               pin_memory=pin_memory)
     next(batches)  # the first batch shuffles the epoch
     start = time.perf_counter()
@@ -132,10 +126,9 @@ def _prepare_and_read(files: list[str], cache: str, vocab: str, batches: int) ->
     anonymous (not file-backed) RSS at the end, in MiB. VmHWM, as ru_maxrss would carry the
     parent's peak over the exec; memory-mapped token pages that were read count in RSS but not in
     the anonymous part, and the OS drops them when it needs the room."""
-    import data
     tokenizer = data.load_tokenizer(vocab)
-    data.prepare(files, tokenizer, cache)
-    loader = data.MLMBatches(cache, "train", 32, 128, tokenizer.get_vocab_size(),
+    data_dir, _ = data.prepare_corpus(files, cache, vocab)
+    loader = data.MLMBatches(data_dir, "train", 32, 128, tokenizer.get_vocab_size(),
                              {t: tokenizer.token_to_id(t) for t in data.SPECIALS})
     for _ in range(batches):
         next(loader)
@@ -144,14 +137,13 @@ def _prepare_and_read(files: list[str], cache: str, vocab: str, batches: int) ->
     return int(status["VmHWM"]) / 1024, int(status["RssAnon"]) / 1024  # kB
 
 
-def loader_peak_memory(cache: str, scales=(1, 16)) -> dict:
+def loader_peak_memory(cache: str, scales=(1, 4)) -> dict:
     """Peak memory of preparing and reading a corpus 1x and 16x the built-in one: the same peak
     means nothing grows with the corpus (streamed preparation, memory-mapped tokens)."""
     import concurrent.futures
     import multiprocessing
-    import data
-    files = data.builtin_corpus(cache)
-    vocab = data.train_tokenizer(files, os.path.join(cache, "vocab"))
+    files = corpus.builtin_corpus(cache)
+    vocab = data.prepare_corpus(files, cache)[1]["vocab_path"]
     text = open(files[0], encoding="utf-8").read()
     peaks, anon = {}, {}
     for k in scales:
@@ -165,6 +157,58 @@ def loader_peak_memory(cache: str, scales=(1, 16)) -> dict:
                                    LOADER_BATCHES).result()
     return {"corpus_mb": {k: k * len(text.encode()) / 1e6 for k in scales}, "peak_rss_mib": peaks,
             "anon_rss_mib": anon}
+
+
+def matmul_peak(device, dtype, n: int = 2048, reps: int = 10) -> float:
+    """FLOP/s of one large square matmul: the most this machine's matmuls do, measured, for
+    CPUs (whose peak no table gives) the yardstick of the model's achieved FLOP/s."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(2):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - start)
+
+
+# Where a CPU training step's time goes, by torch profiler op name (self time).
+OP_GROUPS = [("matmuls", ("mm", "addmm", "bmm", "baddbmm", "linear", "matmul")),
+             ("optimizer (AdamW)", ("_fused_adamw", "_foreach", "lerp", "addcdiv", "addcmul", "sqrt")),
+             ("softmax and attention", ("softmax", "_scaled_dot_product", "isneginf", "where", "all")),
+             ("dropout", ("bernoulli", "native_dropout", "dropout")),
+             ("LayerNorm", ("layer_norm",)), ("GELU", ("gelu",)),
+             ("embedding and its gradient", ("embedding", "index", "scatter", "gather")),
+             ("copies, sums, elementwise", ("copy_", "sum", "mul", "add", "div", "fill_", "zero_", "clone", "cat"))]
+
+
+def profile_step(model, batch: dict, device, dtype) -> dict:
+    """Seconds of a few training steps by OP_GROUPS, from torch's profiler (CPU self time)."""
+    from torch.profiler import ProfilerActivity, profile
+    model.to(device).train()
+    optimizer = configure_optimizers(model, 1e-4, 0.01, device_type=device.type)
+    batch = {k: v.to(device) for k, v in batch.items()}
+
+    def step():
+        _, loss = model(**batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(WARMUP_STEPS):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            step()
+    groups = {name: 0.0 for name, _ in OP_GROUPS} | {"other": 0.0}
+    for e in prof.key_averages():
+        op = e.key.removeprefix("aten::")
+        name = next((g for g, ops in OP_GROUPS if any(op == o or op.startswith(o) for o in ops)), "other")
+        groups[name] += e.self_cpu_time_total / 1e6 / 3
+    return groups
 
 
 def machine(device) -> str:
@@ -191,6 +235,10 @@ def measure(name: str, model, batch: dict, flops: int, args, device, dtype) -> d
     r = {"variant": name, "seq": T, "ms_per_step": 1e3 * s, "steps_per_s": 1 / s,
          "tokens_per_s": args.batch * T / s, "flops": flops}
     line = f"  {name:<40} {1e3 * s:9.1f} ms/step {1 / s:8.2f} steps/s {args.batch * T / s:11,.0f} tokens/s"
+    r["gflops"] = flops * args.batch / s / 1e9
+    if args.matmul_peak:
+        r["of_matmul_peak"] = r["gflops"] * 1e9 / args.matmul_peak
+        line += f" {r['gflops']:7.1f} GFLOP/s = {100 * r['of_matmul_peak']:3.0f}% of matmul peak"
     if device.type == "cuda":
         r["memory_gib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**30
         line += f" {r['memory_gib']:6.1f} GiB peak"
@@ -204,7 +252,7 @@ def measure(name: str, model, batch: dict, flops: int, args, device, dtype) -> d
 
 def bench_length(T: int, config: BertConfig, args, device, dtype) -> list[dict]:
     """All variants at one sequence length, with the ratios the README quotes."""
-    P = n_predictions(T)
+    P = data.n_predictions(T)
     print(f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads, "
           f"FFN {config.intermediate_size}, vocab {config.vocab_size} | batch {args.batch} x seq {T}, "
           f"{P} predicted positions per sequence")
@@ -216,18 +264,24 @@ def bench_length(T: int, config: BertConfig, args, device, dtype) -> list[dict]:
     print(f"  ours / reference: time {ours['ms_per_step'] / ref['ms_per_step']:.2f}, "
           f"FLOPs {ours['flops'] / ref['flops']:.2f}")
     results = [ours, ref]
-    small = pruned_config(config)
+    if args.profile:
+        groups = profile_step(BertMLM(config), sparse, device, dtype)
+        total = sum(groups.values())
+        print("  where a step of ours goes (profiler self time): " + ", ".join(
+            f"{name} {100 * t / total:.0f}%" for name, t in sorted(groups.items(), key=lambda kv: -kv[1]) if t > 0))
+        results.append({"variant": "profile", "seq": T, "seconds": groups})
+    small = pruned_config(config, ffn_multiple=args.ffn_multiple)
     eff = measure("efficient (pruned)", BertMLM(small), random_batch(small, args.batch, T, True),
                   flops_per_sequence(small, T, P), args, device, dtype)
     print(f"  efficient / ours: time {eff['ms_per_step'] / ours['ms_per_step']:.2f}, "
-          f"FLOPs {eff['flops'] / ours['flops']:.2f} (heads {small.heads(0)}/{config.num_attention_heads}, "
-          f"FFN {small.ffn(0)}/{config.intermediate_size} per layer)")
+          f"FLOPs {eff['flops'] / ours['flops']:.2f} (heads {sum(small.heads_per_layer)}/"
+          f"{config.num_attention_heads * config.num_hidden_layers}, FFN widths {small.ffn_per_layer} of "
+          f"{config.intermediate_size})")
     results.append(eff)
 
     if args.loader:
-        import data  # builtin_corpus: text shipped with Python, no download
         cache = os.path.join("out", "data")  # train.py's default data cache: tokenized once, shared
-        per_s = loader_batches_per_s(data.builtin_corpus(cache), cache, args.batch, T, LOADER_BATCHES,
+        per_s = loader_batches_per_s(corpus.builtin_corpus(cache), cache, args.batch, T, LOADER_BATCHES,
                                      pin_memory=device.type == "cuda")
         print(f"  loader: {per_s:.1f} batches/s = {per_s / ours['steps_per_s']:.1f}x the training steps/s "
               f"of ours (aim: >= 10x, so the loader never stalls a step)")
@@ -252,18 +306,18 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
     p.add_argument("--loader", action="store_true", help="also time data.MLMBatches against the training step")
+    p.add_argument("--profile", action="store_true", help="where a step of ours spends its time (torch profiler)")
+    p.add_argument("--ffn-multiple", type=int, default=1, help="round the pruned model's FFN widths to this multiple")
     args = p.parse_args(argv)
     shape = {k: getattr(args, k) or v for k, v in SIZES[args.size].items()}
 
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if use_cuda else "cpu")
-    if use_cuda:  # as train.py: bf16 where supported, else fp16 (+ GradScaler); fp32 on the CPU
-        torch.backends.cuda.matmul.allow_tf32 = True
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        dtype = torch.float32
+    device, _, dtype = pick_device(args.device)  # as train.py: bf16 / fp16 + GradScaler on GPUs, fp32 on the CPU
     print(f"torch {torch.__version__} | {device.type}: {machine(device)} | {torch.get_num_threads()} threads | "
           f"{str(dtype).removeprefix('torch.')}{' | compiled' if args.compile else ''}")
+    # A CPU's peak is measured (a 2048 x 2048 matmul); a GPU's comes from PEAK_FLOPS (MFU).
+    args.matmul_peak = matmul_peak(device, dtype) if device.type == "cpu" else None
+    if args.matmul_peak:
+        print(f"matmul peak: {args.matmul_peak / 1e9:.0f} GFLOP/s (2048 x 2048, {str(dtype).removeprefix('torch.')})")
 
     results = []
     for T in args.seq or [128]:

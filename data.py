@@ -266,6 +266,12 @@ def prepare_corpus(files: list[str], cache_root: str, vocab: str = "", vocab_siz
 
 # ----------------------------------------------------------------------------- masking
 
+def n_predictions(max_len: int, mask_prob: float = 0.15) -> int:
+    """Predicted positions per sequence of max_len tokens: [CLS] and [SEP] are never masked.
+    The round() keeps float error (0.15 * 20 = 3.0000000000000004) from adding one."""
+    return math.ceil(round(mask_prob * (max_len - 2), 6))
+
+
 def mask_tokens(ids: np.ndarray, special_ids, random_ids: np.ndarray, mask_id: int, max_predictions: int,
                 mask_prob: float, rng: np.random.Generator):
     """BERT's masked-LM corruption (Devlin et al. 2019, Sec. 3.1), for a whole batch at once.
@@ -368,7 +374,7 @@ class MLMBatches:
         self.starts, self.lengths = chunk_index(np.load(paths[2]), max_len - 2)  # (N,), (N,)
         self.batch_size, self.max_len, self.seed = batch_size, max_len, seed
         self.rank, self.world_size, self.mask_prob, self.pin_memory = rank, world_size, mask_prob, pin_memory
-        self.max_predictions = math.ceil(round(mask_prob * (max_len - 2), 6))
+        self.max_predictions = n_predictions(max_len, mask_prob)
         self.pad_id, self.cls_id, self.sep_id, self.mask_id = (special_ids[t]
                                                                for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]"))
         self.special_ids = np.array(sorted(special_ids.values()))

@@ -34,6 +34,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+import prune
 import slim
 import ticket as tickets
 from checkpoint import load_pretrained, read_json, save_pretrained, write_json
@@ -343,7 +344,7 @@ def run_stages(cfg: Config, rt, kind: str, run_dir: str, early_bird) -> dict:
         search_seconds = searched["seconds"]
     if ticket:
         t0 = time.time()
-        model = tickets.rebuild(model, ticket)  # physically smaller; the coefficients are all 1
+        model = prune.rebuild(model, ticket)  # physically smaller; the coefficients are all 1
         search_seconds += time.time() - t0
     torch.manual_seed(cfg.seed)
     run = fit(model, task, cfg, rt, cfg.lr, int(cfg.warmup * total), total, total)

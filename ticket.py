@@ -1,14 +1,13 @@
-"""Early-bird tickets: draw them from slimming coefficients, decide when one has emerged,
-rebuild the physically smaller BERT they describe (EarlyBERT, Chen et al., ACL 2021, sec.
-3.2 and 3.3), and look at them.
+"""Early-bird tickets: draw them from slimming coefficients, decide when one has emerged
+(EarlyBERT, Chen et al., ACL 2021, sec. 3.2), and look at them.
 
     draw_ticket     prune the smallest |coefficient|: heads layer-wise, FFN neurons globally
     random_ticket   the same numbers pruned, units chosen at random (the control)
     EarlyBird       the early-bird rule (You et al., ICLR 2020): stop searching once the
                     masks the coefficients give stop moving (mask distance < epsilon)
     observe         one check of the rule during a search; the ticket when it fires
-    slice_state     the kept units' entries of a state dict (weights, AdamW moments)
-    rebuild         the smaller model: slice_state, then fold_coefficients
+
+prune.py rebuilds the physically smaller BERT a ticket describes.
 
 A ticket's indices refer to the model it is applied to, so a rebuilt model can be pruned
 again by a ticket drawn from it. `python ticket.py show|apply|compare` looks at, applies
@@ -19,7 +18,7 @@ import dataclasses
 import json
 import math
 import os
-import re
+
 import shutil
 import sys
 from collections import deque
@@ -30,9 +29,10 @@ import torch
 import torch.nn as nn
 
 import slim
+from prune import check_ticket_fits, pruned_config, slice_state
 from checkpoint import (atomic, from_reference_name, read_config, read_json, read_weights, short,
                         to_reference_name, write_json, write_safetensors)
-from model import Bert
+from model import Bert, count_parameters, flops_per_sequence
 
 
 @dataclass
@@ -309,118 +309,15 @@ def plot_distances(early_bird: EarlyBird, path: str, draw_step: int | None = Non
     return path
 
 
-# ----------------------------------------------------------------------------- rebuild
-
-def check_ticket_fits(ticket: Ticket, config, ticket_path: str, where: str = "the checkpoint"):
-    """Raise a one-line ValueError naming `ticket_path` unless the ticket's lists are consistent
-    and, given a config, drawn from a model with its per-layer sizes (`where` names that model)."""
-    n_ticket = len(ticket.full_heads)
-    if not len(ticket.heads) == len(ticket.ffn) == len(ticket.full_ffn) == n_ticket:
-        raise ValueError(f"{ticket_path}: its heads, ffn, full_heads and full_ffn lists differ in "
-                         "length (one entry per layer each); the file is damaged, draw it again")
-    if config is not None and n_ticket != config.num_hidden_layers:
-        raise ValueError(f"{ticket_path}: drawn from a model with {n_ticket} layers, "
-                         f"but {where} has {config.num_hidden_layers}")
-    for l in range(n_ticket):
-        sizes = (config.heads(l), config.ffn(l)) if config is not None else (ticket.full_heads[l], ticket.full_ffn[l])
-        for what, full, size, kept in (("heads", ticket.full_heads[l], sizes[0], ticket.heads[l]),
-                                       ("FFN neurons", ticket.full_ffn[l], sizes[1], ticket.ffn[l])):
-            if full != size:
-                raise ValueError(f"{ticket_path}: layer {l} had {full} {what} when the ticket was "
-                                 f"drawn, but {where}'s layer {l} has {size}; use the model it was drawn from")
-            if not kept:
-                raise ValueError(f"{ticket_path}: layer {l} keeps no {what}; every layer must keep one")
-            if len(set(kept)) != len(kept):
-                raise ValueError(f"{ticket_path}: layer {l} lists some {what} twice")
-            if not all(0 <= i < size for i in kept):
-                raise ValueError(f"{ticket_path}: layer {l} keeps {what} {kept}, "
-                                 f"but the layer has only {size} (indices 0..{size - 1})")
-
-
-# layers.L.<producer> weight/bias: kept units' output rows; layers.L.<consumer>.weight: input columns
-_SLICED = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:(attn\.(?:query|key|value)|ffn\.up)\.(?:weight|bias)"
-                     r"|(attn\.out|ffn\.down)\.weight)$")
-
-
-def slice_state(tensors: dict, ticket: Ticket) -> dict:
-    """The entries of a state dict (parameter name -> tensor: weights, or AdamW's exp_avg /
-    exp_avg_sq per parameter) that the ticket keeps, as EarlyBERT sec. 3.3 removes units:
-    per layer, the kept heads' output rows (and bias entries) of query/key/value and their
-    input columns of the attention output projection; the kept neurons' output rows (and
-    bias entries) of the FFN up-projection and their input columns of its down-projection.
-    Everything else (embeddings, LayerNorms, the out/down biases, task heads) passes
-    through; the slimming coefficients are dropped (fold_coefficients folds them in)."""
-    out = {}
-    for name, t in tensors.items():
-        m = _SLICED.search(name)
-        if m is None:
-            if not name.endswith(("head_coef", "ffn_coef")):
-                out[name] = t
-            continue
-        l, dim = int(m[1]), 0 if m[2] else 1  # producers: rows; consumers: columns
-        kept, full = (ticket.heads[l], ticket.full_heads[l]) if (m[2] or m[3]).startswith("attn") else \
-            (ticket.ffn[l], ticket.full_ffn[l])
-        width = t.shape[dim] // full  # head_dim for heads, 1 for neurons
-        assert width * full == t.shape[dim], f"{name}: {t.shape[dim]} does not divide into {full} units"
-        index = (torch.tensor(kept)[:, None] * width + torch.arange(width)).flatten()  # (kept * width,)
-        out[name] = t.index_select(dim, index.to(t.device))
-    return out
-
-
-@torch.no_grad()
-def rebuild(model: nn.Module, ticket: Ticket) -> nn.Module:
-    """A physically smaller copy of `model` (same class) keeping only the ticket's heads and
-    neurons (EarlyBERT sec. 3.3, efficient training): the weights sliced by slice_state, then
-    each kept unit's input columns of the attention output / FFN down projection multiplied
-    by its slimming coefficient. Folding the coefficients in leaves the rebuilt model without
-    any, and makes its outputs equal to `model`'s with the pruned units' coefficients set to
-    zero. A model without coefficients counts as all ones; `model` itself is not modified.
-    The official code has no folding: it rewinds to the weights the search started from,
-    which have no coefficients (here too that is only slicing). Going on from the draw step
-    (train.py's --init continue) needs them folded in, so the smaller model computes what
-    the searched one did; its AdamW moments go through the same two functions."""
-    check_ticket_fits(ticket, model.config, "ticket")
-    weight = next(model.parameters())
-    small = type(model)(_pruned_config(model.config, ticket)).to(device=weight.device, dtype=weight.dtype)
-    small.load_state_dict(fold_coefficients(slice_state(model.state_dict(), ticket), model, ticket))  # strict
-    return small.train(model.training)
-
-
-def _pruned_config(config, ticket: Ticket):
-    return dataclasses.replace(config, heads_per_layer=list(map(len, ticket.heads)),
-                               ffn_per_layer=list(map(len, ticket.ffn)))
-
-
-@torch.no_grad()
-def fold_coefficients(state: dict, model: nn.Module, ticket: Ticket, power: int = 1) -> dict:
-    """A sliced state with each kept unit's input columns of the attention output and FFN down
-    projections multiplied by the unit's slimming coefficient (from `model`) to the `power`:
-    1 for the weights (rebuild); -1 for AdamW's exp_avg and -2 for exp_avg_sq, which then hold
-    what they would for the folded weights, whose gradients are the old ones divided by c.
-    A model without coefficients leaves the state as it is."""
-    state, prefix = dict(state), "bert." if hasattr(model, "bert") else ""
-    for l, layer in enumerate(getattr(model, "bert", model).layers):
-        for coef, kept, name, width in ((layer.attn.head_coef, ticket.heads[l], "attn.out", model.config.head_dim),
-                                        (layer.ffn.ffn_coef, ticket.ffn[l], "ffn.down", 1)):
-            key = f"{prefix}layers.{l}.{name}.weight"
-            if coef is not None and key in state:  # (hidden, kept units * width): each unit's columns scaled
-                scale = coef.float()[torch.tensor(kept, device=coef.device)].repeat_interleave(width) ** power
-                state[key] = (state[key].float() * scale.to(state[key].device)).to(state[key].dtype)
-    return state
-
-
 # ----------------------------------------------------------------------------- command line
 
 def parameters_and_flops(config, seq_len: int) -> tuple[int, int]:
     """Parameters of the encoder (embeddings + layers) a config describes, per-layer sizes and
-    all, and its training FLOPs per token as bench.py counts them: 6 per weight of a matrix
-    (forward and backward) + 12 * seq_len per attention-head dimension (the scores, and their
-    product with V). The MLM or task head is left out: a ticket does not change it."""
+    all, and its training FLOPs per token at seq_len (model.flops_per_sequence). The MLM or
+    task head is left out: a ticket does not change it."""
     with torch.device("meta"):  # shapes only, nothing allocated
-        bert = Bert(config)
-    matrices = sum(p.numel() for p in bert.layers.parameters() if p.dim() == 2)
-    head_dims = sum(config.heads(l) for l in range(config.num_hidden_layers)) * config.head_dim
-    return sum(p.numel() for p in bert.parameters()), 6 * matrices + 12 * seq_len * head_dims
+        params = count_parameters(Bert(config))
+    return params, flops_per_sequence(config, seq_len, n_predictions=0) // seq_len
 
 
 def show(path: str, model_dir: str | None = None, seq_len: int = 128, plot: str | None = None) -> str:
@@ -432,7 +329,7 @@ def show(path: str, model_dir: str | None = None, seq_len: int = 128, plot: str 
     if config is not None:
         check_ticket_fits(t, config, path, os.path.join(model_dir, "config.json"))
     pct = lambda a, b: f"{a}/{b} ({a / b:.0%})"
-    lines = [f"{path}: {_describe(t)} ticket; pruning ratios: heads {t.head_ratio:.3g}, FFN {t.ffn_ratio:.3g}",
+    lines = [f"{path}: {_describe(t)}; pruning ratios: heads {t.head_ratio:.3g}, FFN {t.ffn_ratio:.3g}",
              "layer  heads kept              FFN width"]
     lines += [f"{l:5}  {f'{len(h)}/{n}':>5}  {' '.join(map(str, h)):<17} {pct(len(f), m)}"
               for l, (h, n, f, m) in enumerate(zip(t.heads, t.full_heads, t.ffn, t.full_ffn))]
@@ -443,7 +340,7 @@ def show(path: str, model_dir: str | None = None, seq_len: int = 128, plot: str 
         lines.append("(parameters and FLOPs depend on the hidden size and vocabulary, which a ticket does not "
                      "record: add --model FOLDER)")
     else:
-        (p, fl), (p0, fl0) = (parameters_and_flops(c, seq_len) for c in (_pruned_config(config, t), config))
+        (p, fl), (p0, fl0) = (parameters_and_flops(c, seq_len) for c in (pruned_config(config, t), config))
         lines.append(f"parameters (embeddings + encoder): {p / 1e6:.2f}M of {p0 / 1e6:.2f}M ({p / p0:.0%}); training "
                      f"FLOPs per token at length {seq_len}: {fl / 1e6:.2f}M of {fl0 / 1e6:.2f}M ({fl / fl0:.0%})")
     if plot:
@@ -496,7 +393,7 @@ def apply(path: str, model_dir: str, out_dir: str, force: bool = False) -> str:
     os.makedirs(out_dir, exist_ok=True)
     with atomic(os.path.join(out_dir, "model.safetensors")) as tmp:
         write_safetensors({to_reference_name(k): v for k, v in state.items()}, tmp)
-    write_json(_pruned_config(config, t).to_dict(), os.path.join(out_dir, "config.json"))
+    write_json(pruned_config(config, t).to_dict(), os.path.join(out_dir, "config.json"))
     for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
         if os.path.isfile(os.path.join(model_dir, name)) and not os.path.samefile(model_dir, out_dir):
             with atomic(os.path.join(out_dir, name)) as tmp:
@@ -506,7 +403,7 @@ def apply(path: str, model_dir: str, out_dir: str, force: bool = False) -> str:
 
 
 def _describe(t: Ticket) -> str:
-    return t.kind + (f", drawn at step {t.step}" if t.step is not None else "")
+    return f"{t.kind} ticket" + (f", drawn at step {t.step}" if t.step is not None else "")
 
 
 def compare(a_path: str, b_path: str) -> str:

@@ -22,6 +22,7 @@ folder; the efficient phase trains on the data the search was prepared from.
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from contextlib import nullcontext
@@ -34,6 +35,7 @@ from tqdm import tqdm
 
 import corpus
 import data
+import prune
 import slim
 import ticket as tickets
 from checkpoint import (load_checkpoint, load_pretrained, read_json, resume, save_pretrained, save_training_state,
@@ -198,23 +200,26 @@ def efficient_model(cfg: Config):
         ticket = tickets.random_ticket(ticket.full_heads, ticket.full_ffn, ticket.head_ratio, ticket.ffn_ratio, cfg.seed)
     if cfg.init == "rewind":  # the weights the search started from (the official code's choice)
         model = load_pretrained(BertMLM, os.path.join(search, "start"), verbose=False)
-        tickets.check_ticket_fits(ticket, model.config, ticket_path)
-        return tickets.rebuild(model, ticket), ticket, None
+        prune.check_ticket_fits(ticket, model.config, ticket_path)
+        return prune.rebuild(model, ticket), ticket, None
     state = load_checkpoint(os.path.join(search, "ckpt.pt"))
     if state["step"] >= cfg.max_steps:
         raise ValueError(f"{ticket_path}: drawn at step {state['step']}, but --max-steps is {cfg.max_steps}: "
                          f"nothing left to train with --init continue; raise --max-steps or use --init rewind")
     model = slim.add_coefficients(BertMLM(BertConfig.from_dict(state["model_config"])))
     model.load_state_dict(state["model"])
-    tickets.check_ticket_fits(ticket, model.config, ticket_path)
+    prune.check_ticket_fits(ticket, model.config, ticket_path)
     # The search's AdamW moments by parameter name (same parameter order as the search built them)
     optimizer = configure_optimizers(model, cfg.lr, cfg.weight_decay)
     optimizer.load_state_dict(state["optimizer"])
-    moments = {key: tickets.slice_state({name: optimizer.state[p][key] for name, p in model.named_parameters()
-                                         if p in optimizer.state}, ticket) for key in ("exp_avg", "exp_avg_sq")}
+    # Sliced like the weights; the folded columns' gradients are the old ones over c, so their
+    # first moments are divided by c and their second moments by c^2, as the weights are multiplied by c.
+    moments = {key: prune.fold_coefficients(prune.slice_state(
+        {name: optimizer.state[p][key] for name, p in model.named_parameters() if p in optimizer.state}, ticket),
+        model, ticket, power) for key, power in (("exp_avg", -1), ("exp_avg_sq", -2))}
     steps = {name: optimizer.state[p]["step"] for name, p in model.named_parameters() if p in optimizer.state}
     start = {"step": state["step"], "loader": state["loader"], "moments": moments, "adam_steps": steps}
-    return tickets.rebuild(model, ticket), ticket, start
+    return prune.rebuild(model, ticket), ticket, start
 
 
 def carry_moments(model, optimizer, start: dict):
@@ -417,7 +422,7 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
             drawn.save(os.path.join(run_dir, "ticket.json"))
             plot = tickets.save_mask_distances(early_bird, run_dir, drawn.step)
             summary.update(tickets.summary(drawn), plot=plot)
-            final = tickets.rebuild(raw_model, keep_all(raw_model.config))  # coefficients folded in
+            final = prune.rebuild(raw_model, tickets.full_ticket(raw_model.config))  # coefficients folded in
         elif ticket:
             summary.update({k: v for k, v in tickets.summary(ticket).items() if k.startswith(("kept", "total"))},
                            ticket=cfg.ticket, init=cfg.init)
@@ -429,21 +434,12 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
     return summary if rank == 0 else None
 
 
-def keep_all(config: BertConfig) -> tickets.Ticket:
-    """A ticket that keeps every unit: rebuilding with it folds the coefficients into the weights."""
-    n = config.num_hidden_layers
-    return tickets.Ticket(heads=[list(range(config.heads(l))) for l in range(n)],
-                          ffn=[list(range(config.ffn(l))) for l in range(n)],
-                          full_heads=[config.heads(l) for l in range(n)], full_ffn=[config.ffn(l) for l in range(n)],
-                          head_ratio=0.0, ffn_ratio=0.0, kind="full")
-
-
 def next_command(cfg: Config, **change) -> str:
     """The command that continues this experiment: every flag the user set, and the changes."""
     skip = ("phase", "resume", "force", "draw_step", "init", "ticket", "search_dir")
-    flags = [f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in fields(Config)
+    flags = [f"--{f.name.replace('_', '-')} {shlex.quote(str(getattr(cfg, f.name)))}" for f in fields(Config)
              if f.name not in skip and getattr(cfg, f.name) != f.default and not isinstance(f.default, bool)]
-    flags += [f"--{k.replace('_', '-')} {v}" for k, v in change.items()]
+    flags += [f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in change.items()]  # a path may hold spaces
     return " ".join(["python train.py --phase efficient"] + flags)
 
 

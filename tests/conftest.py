@@ -156,3 +156,53 @@ def squad():
     and squad.example(qid, answer=squad.answer, start=its index in the context)."""
     from types import SimpleNamespace
     return SimpleNamespace(context=SQUAD_CONTEXT, answer=SQUAD_ANSWER, example=_squad_example)
+
+
+# ----------------------------------------------------------------------------- tickets
+# Literal tickets for a tiny 3-layer model, shared by test_ticket.py and test_prune.py, so
+# neither depends on draw_ticket: a blanked-out function fails its own tests only.
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from model import BertConfig  # noqa: E402
+from ticket import Ticket  # noqa: E402
+
+def ticket_config(**kw):  # 3 layers of 4 heads (head_dim 8) and 8 FFN neurons
+    base = dict(vocab_size=101, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                intermediate_size=8, max_position_embeddings=64, num_labels=3)
+    return BertConfig(**{**base, **kw})
+
+
+def literal_ticket(heads, ffn, full_heads=(4, 4, 4), full_ffn=(8, 8, 8), **kw):
+    return Ticket(heads, ffn, list(full_heads), list(full_ffn), 0.25, 0.4, **kw)
+
+
+TICKETS = [literal_ticket([[0, 2, 3], [1], [0, 1, 2, 3]], [[1, 4, 6], [0, 1, 2, 3, 5, 7], [7]]),
+           literal_ticket([[3], [0, 1], [1, 2]], [[0], [2, 3], [1, 2, 3, 4, 5, 6, 7]]),
+           literal_ticket([[0, 1, 2, 3]] * 3, [list(range(8))] * 3)]  # keeps everything
+
+
+def ticket_batch(seed=0, B=3, T=11):
+    g = torch.Generator().manual_seed(seed)
+    ids, types = torch.randint(5, 101, (B, T), generator=g), torch.randint(0, 2, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, 7:], mask[2, 4:] = 0, 0  # padding
+    return ids, types, mask
+
+
+def ticket_logits(model, seed=0):
+    with torch.no_grad():
+        out = model(*ticket_batch(seed))
+    out = out if torch.is_tensor(out) else out[0]  # task models give (logits, loss)
+    return torch.cat(out, -1) if isinstance(out, tuple) else out  # BertQA's logits: (start, end)
+
+
+def set_coefficients(model, ticket, seed):
+    """Random coefficients (signs too) put in the model's slots by hand; the ticket's pruned units' at 0."""
+    g = torch.Generator().manual_seed(seed)
+    for layer, heads, neurons in zip(getattr(model, "bert", model).layers, ticket.heads, ticket.ffn):
+        for slot, module, n, kept in (("head_coef", layer.attn, 4, heads), ("ffn_coef", layer.ffn, 8, neurons)):
+            keep = torch.zeros(n)
+            keep[kept] = 1.0
+            setattr(module, slot, nn.Parameter((torch.rand(n, generator=g) * 3 - 1.5) * keep))
+    return model

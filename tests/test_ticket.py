@@ -1,4 +1,4 @@
-"""ticket.py: drawing tickets, mask distance, the early-bird rule, the structured rebuild, the command line.
+"""ticket.py: drawing tickets, mask distance, the early-bird rule, the command line.
 
 Each function is graded by its own tests: the rebuild and slicing tests use literal tickets and
 coefficients set by hand (not draw_ticket or slim.py), the early-bird tests a reference mask
@@ -14,156 +14,13 @@ import torch.nn as nn
 
 import ticket as tickets
 from checkpoint import load_pretrained, read_safetensors, save_pretrained
-from model import Bert, BertClassifier, BertConfig, BertMLM, BertQA
-from ticket import (EarlyBird, Ticket, check_ticket_fits, current_masks, distance_matrix, draw_now, draw_ticket,
-                    fold_coefficients, full_ticket, main, mask_distance, observe, parameters_and_flops, plot_distances,
-                    random_ticket, rebuild, save_mask_distances, slice_state, summary, ticket_masks)
+from model import Bert, BertClassifier, BertMLM
+from conftest import TICKETS, literal_ticket as literal, ticket_config as tiny_config, ticket_logits as logits
+from ticket import (EarlyBird, Ticket, current_masks, distance_matrix, draw_now, draw_ticket, full_ticket, main,
+                    mask_distance, observe, parameters_and_flops, plot_distances, random_ticket, save_mask_distances,
+                    summary, ticket_masks)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**kw):  # 3 layers of 4 heads (head_dim 8) and 8 FFN neurons
-    base = dict(vocab_size=101, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                intermediate_size=8, max_position_embeddings=64, num_labels=3)
-    return BertConfig(**{**base, **kw})
-
-
-def literal(heads, ffn, full_heads=(4, 4, 4), full_ffn=(8, 8, 8), **kw):
-    return Ticket(heads, ffn, list(full_heads), list(full_ffn), 0.25, 0.4, **kw)
-
-
-TICKETS = [literal([[0, 2, 3], [1], [0, 1, 2, 3]], [[1, 4, 6], [0, 1, 2, 3, 5, 7], [7]]),
-           literal([[3], [0, 1], [1, 2]], [[0], [2, 3], [1, 2, 3, 4, 5, 6, 7]]),
-           literal([[0, 1, 2, 3]] * 3, [list(range(8))] * 3)]  # keeps everything
-
-
-def batch(seed=0, B=3, T=11):
-    g = torch.Generator().manual_seed(seed)
-    ids, types = torch.randint(5, 101, (B, T), generator=g), torch.randint(0, 2, (B, T), generator=g)
-    mask = torch.ones(B, T, dtype=torch.long)
-    mask[1, 7:], mask[2, 4:] = 0, 0  # padding
-    return ids, types, mask
-
-
-def logits(model, seed=0):
-    with torch.no_grad():
-        out = model(*batch(seed))
-    out = out if torch.is_tensor(out) else out[0]  # task models give (logits, loss)
-    return torch.cat(out, -1) if isinstance(out, tuple) else out  # BertQA's logits: (start, end)
-
-
-def set_coefficients(model, ticket, seed):
-    """Random coefficients (signs too) put in the model's slots by hand; the ticket's pruned units' at 0."""
-    g = torch.Generator().manual_seed(seed)
-    for layer, heads, neurons in zip(getattr(model, "bert", model).layers, ticket.heads, ticket.ffn):
-        for slot, module, n, kept in (("head_coef", layer.attn, 4, heads), ("ffn_coef", layer.ffn, 8, neurons)):
-            keep = torch.zeros(n)
-            keep[kept] = 1.0
-            setattr(module, slot, nn.Parameter((torch.rand(n, generator=g) * 3 - 1.5) * keep))
-    return model
-
-
-# ----------------------------------------------------------------------------- slicing and rebuild
-
-def test_slice_state_keeps_the_kept_units_rows_and_columns_exactly():
-    t = literal([[1, 3]], [[0, 2]], full_heads=[4], full_ffn=[3])  # heads of dim 2: rows 2,3 and 6,7
-    p = "layers.0."  # a bare encoder's names (a task model's start with "bert.")
-    state = {p + "attn.query.weight": torch.arange(40.).view(8, 5), p + "attn.query.bias": torch.arange(8.),
-             p + "attn.out.weight": torch.arange(40.).view(5, 8), p + "attn.out.bias": torch.arange(5.),
-             p + "ffn.up.weight": torch.arange(15.).view(3, 5), p + "ffn.up.bias": torch.arange(3.),
-             p + "ffn.down.weight": torch.arange(15.).view(5, 3), p + "attn.head_coef": torch.ones(4),
-             p + "ffn.ffn_coef": torch.ones(3), "embeddings.word.weight": torch.ones(7, 5)}
-    sliced = slice_state(state, t)
-    assert set(sliced) == set(state) - {p + "attn.head_coef", p + "ffn.ffn_coef"}
-    assert torch.equal(sliced[p + "attn.query.weight"], state[p + "attn.query.weight"][[2, 3, 6, 7]])
-    assert torch.equal(sliced[p + "attn.query.bias"], torch.tensor([2., 3., 6., 7.]))
-    assert torch.equal(sliced[p + "attn.out.weight"], state[p + "attn.out.weight"][:, [2, 3, 6, 7]])
-    assert torch.equal(sliced[p + "ffn.up.weight"], state[p + "ffn.up.weight"][[0, 2]])
-    assert torch.equal(sliced[p + "ffn.up.bias"], torch.tensor([0., 2.]))
-    assert torch.equal(sliced[p + "ffn.down.weight"], state[p + "ffn.down.weight"][:, [0, 2]])
-    for name in (p + "attn.out.bias", "embeddings.word.weight"):
-        assert sliced[name] is state[name]
-
-
-def test_slice_state_slices_adamw_moments_like_the_weights():
-    model = BertMLM(tiny_config())
-    g = torch.Generator().manual_seed(0)
-    exp_avg = {name: torch.rand(p.shape, generator=g) for name, p in model.named_parameters()}  # AdamW's, by name
-    sliced = slice_state(exp_avg, TICKETS[0])
-    q, out, down = "bert.layers.1.attn.query.weight", "bert.layers.0.attn.out.weight", "bert.layers.2.ffn.down.weight"
-    assert torch.equal(sliced[q], exp_avg[q][8:16])  # layer 1 keeps head 1 of 4, head_dim 8
-    assert torch.equal(sliced[out], exp_avg[out][:, [*range(0, 8), *range(16, 32)]])  # heads 0, 2, 3
-    assert torch.equal(sliced[down], exp_avg[down][:, [7]])
-    small = BertMLM(tiny_config(heads_per_layer=[3, 1, 4], ffn_per_layer=[3, 6, 1]))
-    assert {k: v.shape for k, v in sliced.items()} == {k: v.shape for k, v in small.named_parameters()}
-
-
-def test_fold_coefficients_scales_each_kept_units_columns_by_a_power_of_its_coefficient():
-    model = BertMLM(tiny_config())  # coefficients in layer 0 only, set by hand
-    model.bert.layers[0].attn.head_coef = nn.Parameter(torch.tensor([2.0, -1.0, 4.0, 0.5]))
-    model.bert.layers[0].ffn.ffn_coef = nn.Parameter(torch.arange(1.0, 9.0))
-    out, down, up = "bert.layers.0.attn.out.weight", "bert.layers.0.ffn.down.weight", "bert.layers.1.attn.out.weight"
-    state = {out: torch.ones(32, 24), down: torch.ones(32, 3), up: torch.ones(32, 8)}  # sliced by TICKETS[0]
-    heads = torch.tensor([2.0] * 8 + [4.0] * 8 + [0.5] * 8)  # kept heads 0, 2, 3 (head_dim 8)
-    neurons = torch.tensor([2.0, 5.0, 7.0])  # kept neurons 1, 4, 6
-    for power in (1, -1, -2):  # weights; AdamW's exp_avg; exp_avg_sq
-        folded = fold_coefficients(state, model, TICKETS[0], power)
-        assert torch.allclose(folded[out], torch.ones(32, 24) * heads ** power)
-        assert torch.allclose(folded[down], torch.ones(32, 3) * neurons ** power)
-        assert folded[up] is state[up] and torch.equal(state[out], torch.ones(32, 24))  # no coefficients; no change
-
-
-@pytest.mark.parametrize("model_class, t, seed", [(BertMLM, TICKETS[0], 0), (BertClassifier, TICKETS[1], 1),
-                                                  (BertQA, TICKETS[0], 2), (Bert, TICKETS[1], 3),
-                                                  (BertMLM, TICKETS[2], 4)])
-def test_rebuilt_model_matches_masked_model(model_class, t, seed):
-    torch.manual_seed(seed)
-    model = set_coefficients(model_class(tiny_config()).eval(), t, seed)
-    small = rebuild(model, t)
-    assert type(small) is model_class and not small.training
-    assert small.config.heads_per_layer == [len(h) for h in t.heads]
-    assert small.config.ffn_per_layer == [len(n) for n in t.ffn]
-    layers = getattr(small, "bert", small).layers
-    assert all(layer.attn.head_coef is None and layer.ffn.ffn_coef is None for layer in layers)
-    assert (logits(small) - logits(model)).abs().max() <= 1e-5  # every position, padded ones too
-
-
-def test_rebuild_without_coefficients_only_slices():
-    torch.manual_seed(0)
-    model = BertClassifier(tiny_config())
-    small = rebuild(model, TICKETS[0])
-    assert torch.equal(small.bert.layers[0].ffn.down.weight, model.bert.layers[0].ffn.down.weight[:, [1, 4, 6]])
-    assert torch.equal(small.bert.layers[1].attn.value.bias, model.bert.layers[1].attn.value.bias[8:16])
-    with pytest.raises(ValueError, match="2 layers"):  # a ticket that does not fit
-        rebuild(model, literal([[0]] * 2, [[0]] * 2, [4] * 2, [8] * 2))
-
-
-def test_rebuild_of_a_rebuilt_model_composes():
-    model = set_coefficients(BertMLM(tiny_config()).eval(), TICKETS[0], seed=5)
-    second = literal([[1, 2], [0], [3]], [[0, 2], [1, 3, 5], [0]], full_heads=[3, 1, 4], full_ffn=[3, 6, 1])
-    smaller = rebuild(rebuild(model, TICKETS[0]), second)  # second's indices are relative to the first rebuild
-    both = literal([[2, 3], [1], [3]], [[1, 6], [1, 3, 7], [7]])  # the same, in the full model's indices
-    set_coefficients(model, both, seed=5)  # same values, more of them at zero
-    assert smaller.config.ffn_per_layer == [2, 3, 1]
-    assert (logits(smaller) - logits(model)).abs().max() <= 1e-5
-
-
-def test_rebuild_leaves_the_original_model_alone_and_keeps_its_mode():
-    model = set_coefficients(BertMLM(tiny_config()).train(), TICKETS[1], seed=6)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    small = rebuild(model, TICKETS[1])
-    assert small.training
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    assert torch.equal(small.bert.embeddings.word.weight, model.bert.embeddings.word.weight)
-    assert small.bert.embeddings.word.weight.data_ptr() != model.bert.embeddings.word.weight.data_ptr()
-
-
-def test_rebuilt_model_saves_and_reloads_on_its_own(tmp_path):
-    small = rebuild(set_coefficients(BertClassifier(tiny_config()), TICKETS[1], seed=5), TICKETS[1]).eval()
-    save_pretrained(small, str(tmp_path))
-    reloaded = load_pretrained(BertClassifier, str(tmp_path), verbose=False).eval()
-    assert reloaded.config.ffn_per_layer == small.config.ffn_per_layer == [1, 2, 7]
-    assert torch.equal(logits(reloaded), logits(small))
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -357,10 +214,13 @@ def test_summary_counts_the_kept_units():
         "drawn_at": 7, "rule": "earlybird", "kept_heads": 3, "total_heads": 8, "kept_ffn": 4, "total_ffn": 16}
 
 
-def recorded(steps=(0, 10, 20, 30)):
-    eb = EarlyBird(k=2)
-    for i, step in enumerate(steps):
-        eb.update(torch.arange(8) % (i + 2) == 0, torch.arange(30) % (i + 2) == 0, step)
+def recorded(steps=(0, 10, 20, 30), k=2, fired=True):
+    """An EarlyBird's record, written directly (not by update): the masks of step i keep the
+    multiples of i + 2; the rule fired at the last step, or never."""
+    eb = EarlyBird(k=k)
+    eb.masks = [(s, torch.arange(8) % (i + 2) == 0, torch.arange(30) % (i + 2) == 0) for i, s in enumerate(steps)]
+    eb.history = [{"step": s, "head_distance": None, "ffn_distance": None} for s in steps]
+    eb.history[-1].update(head_distance=0.0 if fired else 0.5, ffn_distance=0.0 if fired else 0.5)
     return eb
 
 
@@ -379,9 +239,7 @@ def test_mask_distance_figures_are_written(tmp_path, reference_distance):
     pytest.importorskip("matplotlib")
     assert save_mask_distances(recorded(), str(tmp_path), draw_step=30) == str(tmp_path / "mask_distances.png")
     assert (tmp_path / "mask_distances.png").stat().st_size > 1000
-    never = EarlyBird(k=5)  # the rule never fired (too few masks), steps not evenly spaced
-    for step in (3, 5, 12):
-        never.update(torch.arange(8) % step == 0, torch.arange(30) % step == 0, step)
+    never = recorded(steps=(3, 5, 12), k=5, fired=False)  # steps not evenly spaced
     assert plot_distances(never, str(tmp_path / "never.png")) == str(tmp_path / "never.png")
     assert sorted(os.listdir(tmp_path)) == ["mask_distances.json", "mask_distances.png", "never.png"]
 
@@ -403,22 +261,6 @@ def test_ratios_outside_zero_to_one_are_refused(head_ratio, ffn_ratio):
 def test_zero_ratios_prune_nothing():
     ticket = draw_ticket([torch.rand(4)] * 2, [torch.rand(8)] * 2, head_ratio=0.0, ffn_ratio=0.0)
     assert ticket.heads == [list(range(4))] * 2 and ticket.ffn == [list(range(8))] * 2
-
-
-@pytest.mark.parametrize("change, says", [
-    (lambda t: Ticket(t.heads[:2], t.ffn[:2], t.full_heads[:2], t.full_ffn[:2], 0.25, 0.4), "2 layers"),
-    (lambda t: Ticket(t.heads, t.ffn[:2], t.full_heads, t.full_ffn, 0.25, 0.4), "differ in length"),
-    (lambda t: Ticket(t.heads, t.ffn, [6, 4, 4], t.full_ffn, 0.25, 0.4), "6 heads"),
-    (lambda t: Ticket(t.heads, t.ffn, t.full_heads, [8, 16, 8], 0.25, 0.4), "16 FFN"),
-    (lambda t: Ticket([[0, 4], [0], [1]], t.ffn, t.full_heads, t.full_ffn, 0.25, 0.4), "indices 0..3"),
-    (lambda t: Ticket([[0], [-1], [1]], t.ffn, t.full_heads, t.full_ffn, 0.25, 0.4), "indices 0..3"),
-    (lambda t: Ticket(t.heads, [[1, 1], [2], [3]], t.full_heads, t.full_ffn, 0.25, 0.4), "twice"),
-    (lambda t: Ticket(t.heads, [[1], [], [3]], t.full_heads, t.full_ffn, 0.25, 0.4), "keeps no"),
-])
-def test_ticket_that_does_not_fit_the_model_is_refused(change, says):
-    check_ticket_fits(TICKETS[0], tiny_config(), "runs/ticket.json")
-    one_line_value_error(lambda: check_ticket_fits(change(TICKETS[0]), tiny_config(), "runs/ticket.json"),
-                         "runs/ticket.json", says)
 
 
 FIELDS = '"full_heads": [4], "full_ffn": [8], "head_ratio": 0, "ffn_ratio": 0'

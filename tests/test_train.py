@@ -1,22 +1,30 @@
 """Tests for train.py: the loop learns, resumes exactly, DDP matches one process, the
 EarlyBERT phases chain (search -> efficient), and bad input gives one clear line.
 Tiny model (2 layers, hidden 32) on a slice of the built-in corpus with a 1000-token vocab."""
+import contextlib
+import inspect
+import io
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import data
+import prune
+import runtime
 import slim
 import ticket as tickets
 import train
 from checkpoint import load_pretrained, save_pretrained
-from model import BertConfig, BertMLM, lr_lambda
+from model import BertConfig, BertMLM, configure_optimizers, lr_lambda
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,6 +50,15 @@ def weights(folder: str) -> dict:
 
 def log(out_dir, name) -> list[dict]:
     return [json.loads(line) for line in open(os.path.join(out_dir, name, "log.jsonl"))]
+
+
+def error_of(cfg) -> str:
+    """The one-line error that train.train(cfg) stops with."""
+    with pytest.raises(ValueError) as e:
+        train.train(cfg)
+    message = str(e.value)
+    assert "\n" not in message
+    return message
 
 
 def test_a_short_run_lowers_held_out_loss_clearly(corpus, tmp_path):
@@ -81,15 +98,24 @@ def test_resume_continues_exactly(corpus, tmp_path, phase):
         assert json.load(open(tmp_path / "a/search/ticket.json")) == json.load(open(tmp_path / "b/search/ticket.json"))
 
 
-def test_ddp_two_processes_match_one_process(corpus, tmp_path):
-    """torchrun with 2 CPU processes (gloo), batch 4 each == one process with batch 8."""
-    kw = dict(phase="search", dropout=0.0, max_steps=6, eb_epsilon=0.0)
-    one = train.train(tiny(corpus, tmp_path / "one", **kw))
-    cfg = tiny(corpus, tmp_path / "two", batch_size=4, eval_batches=8, **kw)  # the same 32 held-out sequences
+DDP_ONE = dict(phase="search", dropout=0.0, max_steps=6, eb_epsilon=0.0)
+DDP_TWO = dict(DDP_ONE, batch_size=4, eval_batches=8)  # batch 4 x 2 processes; the same 32 held-out sequences
+
+
+def torchrun_two_processes(cfg: train.Config, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`torchrun --nproc-per-node=2 train.py` with cfg's settings, 2 CPU processes (gloo).
+    tests/ddp_soak.py repeats it to catch a rare failure of the processes' teardown."""
     args = [f"--{k.replace('_', '-')}={v}" for k, v in vars(cfg).items() if not isinstance(v, bool)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                          os.path.join(ROOT, "train.py"), *args], capture_output=True, text=True, env=env, timeout=240)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           os.path.join(ROOT, "train.py"), *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def test_ddp_two_processes_match_one_process(corpus, tmp_path):
+    """torchrun with 2 CPU processes (gloo), batch 4 each == one process with batch 8."""
+    one = train.train(tiny(corpus, tmp_path / "one", **DDP_ONE))
+    run = torchrun_two_processes(tiny(corpus, tmp_path / "two", **DDP_TWO))
     assert run.returncode == 0, run.stderr[-3000:]
     a = torch.load(tmp_path / "one/search/ckpt.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "two/search/ckpt.pt", weights_only=False)["model"]
@@ -99,17 +125,23 @@ def test_ddp_two_processes_match_one_process(corpus, tmp_path):
     assert abs(one["val_loss"] - two["val_loss"]) < 1e-4
 
 
+SEARCH = dict(phase="search", max_steps=200, eb_k=3, eb_epsilon=0.3, lr=1e-2, lambda_head=1e-2, lambda_ffn=1e-2,
+              dropout=0.0)  # a loose epsilon for a tiny model; no dropout: see the compile test
+
+
 @pytest.fixture(scope="module")
 def searched(corpus, tmp_path_factory):
-    """A search in which the early-bird rule fires (a loose epsilon for a tiny model)."""
-    out = tmp_path_factory.mktemp("earlybert")
-    summary = train.train(tiny(corpus, out, phase="search", max_steps=200, eb_k=3, eb_epsilon=0.3, lr=1e-2,
-                               lambda_head=1e-2, lambda_ffn=1e-2, dropout=0.0))  # no dropout: see the compile test
-    return out, summary
+    """A search in which the early-bird rule fires, into a folder whose name has a space (the
+    printed next command must quote it). `printed`: what it wrote to stderr (its report)."""
+    out = tmp_path_factory.mktemp("early bird")
+    cfg = tiny(corpus, out, **SEARCH)
+    with contextlib.redirect_stderr(io.StringIO()) as printed:
+        summary = train.train(cfg)
+    return SimpleNamespace(out=out, summary=summary, cfg=cfg, printed=printed.getvalue())
 
 
 def test_search_draws_a_ticket_when_the_early_bird_rule_fires(searched):
-    out, summary = searched
+    out, summary = searched.out, searched.summary
     assert summary["rule"] == "earlybird" and summary["drawn_at"] == summary["steps"] < 200
     ticket = tickets.Ticket.load(str(out / "search" / "ticket.json"))
     assert ticket.kind == "earlybird" and ticket.step == summary["steps"]
@@ -123,12 +155,39 @@ def test_search_draws_a_ticket_when_the_early_bird_rule_fires(searched):
     assert os.path.exists(out / "search" / "start" / "config.json")
 
 
+def efficient(corpus, searched, **kw) -> train.Config:
+    """The efficient phase after `searched`, given no --data, --vocab or --max-len: it takes the search's."""
+    return tiny(corpus, searched.out, **{"phase": "efficient", "data": "", "vocab": "",
+                                         "max_len": train.Config.max_len, **kw})
+
+
+def files_under(folder) -> dict:
+    """Every file under `folder` (but run locks): relative path -> (mtime in ns, bytes)."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if name != ".lock":
+                path = os.path.join(root, name)
+                found[os.path.relpath(path, folder)] = (os.stat(path).st_mtime_ns, open(path, "rb").read())
+    return found
+
+
+@pytest.fixture(scope="module")
+def continued(corpus, searched):
+    """The efficient phase with --init continue and the early-bird ticket, 4 steps on from the
+    draw. `cache_before`: the search's prepared corpus (files_under) and the data cache's
+    folders, from before the run."""
+    cfg = efficient(corpus, searched, max_steps=searched.summary["drawn_at"] + 4)
+    cache_before = files_under(searched.summary["data_dir"]), sorted(os.listdir(searched.out / "data"))
+    return SimpleNamespace(cfg=cfg, summary=train.train(cfg), steps=4, cache_before=cache_before)
+
+
 @pytest.mark.parametrize("init,kind", [("rewind", "earlybird"), ("continue", "earlybird"), ("continue", "random")])
-def test_efficient_phase_trains_the_rebuilt_ticket(corpus, searched, init, kind):
-    out, _ = searched
+def test_efficient_phase_trains_the_rebuilt_ticket(corpus, searched, init, kind, request):
+    out = searched.out
     drawn = json.load(open(out / "search" / "summary.json"))["drawn_at"]
     max_steps = drawn + 4 if init == "continue" else 4
-    cfg = tiny(corpus, out, phase="efficient", init=init, ticket=kind, max_steps=max_steps)
+    cfg = efficient(corpus, searched, init=init, ticket=kind, max_steps=max_steps)
     ticket = tickets.Ticket.load(str(out / "search" / "ticket.json"))
     if kind == "random":
         ticket = tickets.random_ticket(ticket.full_heads, ticket.full_ffn, ticket.head_ratio, ticket.ffn_ratio, 0)
@@ -141,12 +200,16 @@ def test_efficient_phase_trains_the_rebuilt_ticket(corpus, searched, init, kind)
         source = slim.add_coefficients(BertMLM(load_pretrained(BertMLM, str(out / "search" / "start"),
                                                                verbose=False).config))
         source.load_state_dict(torch.load(out / "search" / "ckpt.pt", weights_only=False)["model"])
-    expected = tickets.rebuild(source, ticket).state_dict()
+    expected = prune.rebuild(source, ticket).state_dict()
     assert used.heads == ticket.heads and used.ffn == ticket.ffn
     for name, value in model.state_dict().items():
         assert torch.equal(value, expected[name]), name
 
-    summary = train.train(cfg)
+    if (init, kind) == ("continue", "earlybird"):  # the run other tests share
+        assert request.getfixturevalue("continued").cfg == cfg
+        summary = request.getfixturevalue("continued").summary
+    else:
+        summary = train.train(cfg)
     name = train.run_name(cfg)
     assert name == {("rewind", "earlybird"): "efficient-rewind", ("continue", "earlybird"): "efficient",
                     ("continue", "random"): "efficient-random"}[init, kind]
@@ -163,15 +226,207 @@ def test_efficient_phase_trains_the_rebuilt_ticket(corpus, searched, init, kind)
     assert summary["parameters"] < json.load(open(out / "search" / "summary.json"))["parameters"]
 
 
+def test_efficient_phase_trains_on_the_search_data(corpus, searched, continued, tmp_path):
+    """No --data: the search's corpus, vocabulary and length, from its prepared cache (not the
+    built-in corpus, and not prepared again); another --data is an error naming the search's config."""
+    out = searched.out
+    search_config = json.load(open(out / "search" / "train_config.json"))
+    used = json.load(open(out / "efficient" / "train_config.json"))
+    assert search_config["data"] == corpus[0] and continued.cfg.data == ""
+    for key in ("data", "vocab", "max_len"):
+        assert used[key] == search_config[key], key
+    assert continued.summary["data_dir"] == searched.summary["data_dir"]
+    assert (files_under(searched.summary["data_dir"]), sorted(os.listdir(out / "data"))) == continued.cache_before
+    other = tmp_path / "other.txt"
+    other.write_text("Another corpus. It was not searched on.\n")
+    message = error_of(efficient(corpus, searched, data=str(other), max_steps=continued.cfg.max_steps))
+    assert str(out / "search" / "train_config.json") in message and "--data" in message
+
+
+def searched_optimizer_state(path) -> dict:
+    """The search's AdamW state (ckpt.pt) by parameter name: the searched model and its optimizer
+    rebuilt in the order the search built them (coefficients added before the optimizer)."""
+    state = torch.load(path, weights_only=False)
+    model = slim.add_coefficients(BertMLM(BertConfig.from_dict(state["model_config"])))
+    optimizer = configure_optimizers(model, 1e-3, 0.01)
+    optimizer.load_state_dict(state["optimizer"])
+    return {name: optimizer.state[p] for name, p in model.named_parameters()}
+
+
+def test_adamw_moments_are_carried_over_sliced_like_the_weights(corpus, searched, continued):
+    """--init continue: the smaller model's AdamW starts from the search's exp_avg / exp_avg_sq,
+    indexed by the ticket (EarlyBERT sec. 3.3 removes heads and neurons, so their moments go too),
+    and goes on counting the search's steps. The attention output and FFN down columns, into
+    which the rebuild multiplies each kept unit's coefficient c, get gradients divided by c:
+    their exp_avg is divided by c and their exp_avg_sq by c^2."""
+    out = searched.out
+    model, ticket, start = train.efficient_model(continued.cfg)
+    full = searched_optimizer_state(out / "search" / "ckpt.pt")
+    coef = torch.load(out / "search" / "ckpt.pt", weights_only=False)["model"]
+    head_dim = 32 // 4
+    for key, power in (("exp_avg", 1), ("exp_avg_sq", 2)):
+        expected = {name: s[key] for name, s in full.items() if not name.endswith("_coef")}
+        for l in range(2):
+            rows = [h * head_dim + i for h in ticket.heads[l] for i in range(head_dim)]  # the kept heads' slices
+            neurons = ticket.ffn[l]
+            layer = f"bert.layers.{l}."
+            c_rows = coef[f"{layer}attn.head_coef"][[i // head_dim for i in rows]]
+            c_neurons = coef[f"{layer}ffn.ffn_coef"][neurons]
+            for part in ("query", "key", "value"):
+                for kind in ("weight", "bias"):
+                    expected[f"{layer}attn.{part}.{kind}"] = full[f"{layer}attn.{part}.{kind}"][key][rows]
+            expected[f"{layer}attn.out.weight"] = full[f"{layer}attn.out.weight"][key][:, rows] / c_rows ** power
+            expected[f"{layer}ffn.up.weight"] = full[f"{layer}ffn.up.weight"][key][neurons]
+            expected[f"{layer}ffn.up.bias"] = full[f"{layer}ffn.up.bias"][key][neurons]
+            expected[f"{layer}ffn.down.weight"] = full[f"{layer}ffn.down.weight"][key][:, neurons] / c_neurons ** power
+        carried = start["moments"][key]
+        assert set(carried) == {name for name, _ in model.named_parameters()}  # every parameter, no coefficient
+        for name, value in carried.items():
+            torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=0, msg=f"{key} {name}")
+    assert carried["bert.layers.0.attn.query.weight"].shape[0] < 32 and carried["bert.layers.0.ffn.up.bias"].shape[0] < 64
+
+    ckpt = torch.load(out / "efficient" / "ckpt.pt", weights_only=False)
+    small = BertMLM(BertConfig.from_dict(ckpt["model_config"]))
+    optimizer = configure_optimizers(small, 1e-3, 0.01)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for name, p in small.named_parameters():  # the search's count + the efficient steps, not a fresh count
+        assert full[name]["step"] == searched.summary["drawn_at"], name
+        assert optimizer.state[p]["step"] == full[name]["step"] + continued.steps, name
+
+
+def test_search_saves_its_model_with_the_coefficients_folded_in(searched):
+    """search/model is the searched BERT at full size, each coefficient multiplied into the
+    weights after it: same logits as the model with coefficients (ckpt.pt), loadable as any checkpoint."""
+    state = torch.load(searched.out / "search" / "ckpt.pt", weights_only=False)
+    with_coefficients = slim.add_coefficients(BertMLM(BertConfig.from_dict(state["model_config"])))
+    with_coefficients.load_state_dict(state["model"])
+    heads, ffn = slim.coefficients(with_coefficients)
+    assert max(float((c - 1).abs().max()) for c in heads + ffn) > 1e-2  # trained: folding them in is no no-op
+    saved = load_pretrained(BertMLM, str(searched.out / "search" / "model"), verbose=False)
+    assert saved.config.heads(0) == 4 and saved.config.ffn(0) == 64
+    assert all(layer.attn.head_coef is None and layer.ffn.ffn_coef is None for layer in saved.bert.layers)
+    ids = torch.randint(5, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0
+    with torch.no_grad():
+        expected, _ = with_coefficients.eval()(ids, attention_mask=mask)
+        logits, _ = saved.eval()(ids, attention_mask=mask)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def printed_next_command(printed: str) -> list[str]:
+    """The arguments of the report's `next: python train.py ...` line."""
+    lines = [line for line in printed.splitlines() if line.startswith("next: ")]
+    assert len(lines) == 1, printed[-2000:]
+    argv = shlex.split(lines[0][len("next: "):].split("   (")[0])
+    assert argv[:2] == ["python", "train.py"]
+    return argv[2:]
+
+
+def test_the_report_prints_the_command_that_continues_the_search(searched):
+    """The rule fired before --max-steps: the efficient phase with every flag the search set
+    (quoted: the out dir has a space), and nothing else."""
+    assert f"ticket drawn at step {searched.summary['drawn_at']} " in searched.printed
+    argv = printed_next_command(searched.printed)
+    assert argv[:2] == ["--phase", "efficient"] and "--init" not in argv
+    cfg = train.parse_args(argv)
+    for key in ("data", "vocab", "max_len", "out_dir"):
+        assert getattr(cfg, key) == getattr(searched.cfg, key), key
+    assert replace(cfg, phase="search") == searched.cfg
+
+
+def test_a_ticket_drawn_at_the_last_step_points_to_rewind(corpus, tmp_path, capsys):
+    """Nothing is left to continue after the last step: the next command rewinds, and it trains."""
+    train.train(tiny(corpus, tmp_path, phase="search", max_steps=4, eb_epsilon=0.0))  # epsilon 0: never fires
+    cfg = train.parse_args(printed_next_command(capsys.readouterr().err))
+    assert (cfg.phase, cfg.init, cfg.out_dir, cfg.max_steps) == ("efficient", "rewind", str(tmp_path), 4)
+    summary = train.train(cfg)
+    assert summary["init"] == "rewind" and summary["steps"] == 4
+    assert os.path.exists(tmp_path / "efficient-rewind" / "model" / "model.safetensors")
+
+
+# ----------------------------------------------------------------------------- nothing a user has is lost
+
+@pytest.fixture(scope="module")
+def finished(corpus, tmp_path_factory):
+    """An out dir holding a finished 2-step full run (tests copy it before changing it)."""
+    out = tmp_path_factory.mktemp("finished")
+    train.train(tiny(corpus, out, max_steps=2))
+    return out
+
+
+def test_a_fresh_run_into_an_earlier_runs_folder_stops_and_writes_nothing(corpus, finished, tmp_path):
+    out, run_dir = tmp_path / "out", tmp_path / "out" / "full"
+    shutil.copytree(finished, out)
+    for hide in (None, "summary.json", "ckpt.pt"):  # finished; interrupted (no summary); only its summary left
+        if hide:
+            os.rename(run_dir / hide, tmp_path / hide)
+        before = files_under(run_dir)
+        message = error_of(tiny(corpus, out, max_steps=3))
+        assert str(run_dir) in message and "--resume" in message and "--force" in message
+        assert files_under(run_dir) == before  # log.jsonl, ckpt.pt, summary.json: byte for byte
+        if hide:
+            os.rename(tmp_path / hide, run_dir / hide)
+    summary = train.train(tiny(corpus, out, max_steps=3, force=True))
+    assert summary["steps"] == 3 == json.load(open(run_dir / "summary.json"))["steps"]
+    assert [r["step"] for r in log(out, "full") if "loss" in r] == [2, 3]  # a new log, not appended to the old
+
+
+def test_resume_of_a_finished_run(corpus, searched, finished, tmp_path):
+    """A finished search resumed is done already: its summary back, nothing touched. A finished
+    full run resumed with a larger --max-steps trains on to it."""
+    before = files_under(searched.out / "search")
+    assert {"ticket.json", "ckpt.pt", "summary.json", "log.jsonl"} <= set(before)
+    summary = train.train(replace(searched.cfg, resume=True))
+    assert summary == json.load(open(searched.out / "search" / "summary.json"))
+    assert files_under(searched.out / "search") == before
+
+    shutil.copytree(finished, tmp_path / "out")
+    assert train.train(tiny(corpus, tmp_path / "out", max_steps=2, resume=True))["steps"] == 2  # done: a no-op
+    summary = train.train(tiny(corpus, tmp_path / "out", max_steps=4, resume=True))
+    assert summary["steps"] == 4 and torch.load(tmp_path / "out/full/ckpt.pt", weights_only=False)["step"] == 4
+    assert [r["step"] for r in log(tmp_path / "out", "full") if "loss" in r] == [2, 4]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="runs are not locked on Windows (no flock)")
+def test_a_second_process_on_the_same_folder_is_refused(corpus, tmp_path):
+    import fcntl
+    run_dir = tmp_path / "full"
+    cfg = tiny(corpus, tmp_path, max_steps=2)
+    with runtime.run_lock(str(run_dir)):
+        # flock belongs to an open file description: a second open() conflicts even in this process,
+        # so the call below meets the lock as another process's run would
+        with open(run_dir / ".lock") as f, pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        message = error_of(cfg)
+        assert str(run_dir) in message and f"pid {os.getpid()}" in message
+        assert os.listdir(run_dir) == [".lock"]  # nothing written
+    assert train.train(cfg)["steps"] == 2  # released: the run goes through
+
+
+def test_a_nan_loss_stops_the_run_and_saves_no_model(corpus, tmp_path):
+    """lambda_head = NaN makes the L1 term, so the loss and every gradient, NaN: step 1 starts
+    from finite weights and leaves them NaN, so the MLM loss logged at step 2 is NaN."""
+    message = error_of(tiny(corpus, tmp_path, phase="search", lambda_head=float("nan"), log_every=1, max_steps=4))
+    assert "nan" in message and re.search(r"\bstep 2\b", message)
+    assert not os.path.exists(tmp_path / "search" / "model") and not os.path.exists(tmp_path / "search" / "summary.json")
+
+
+def test_bad_data_for_an_existing_out_dir_names_the_file_and_changes_nothing(corpus, searched, tmp_path):
+    """Even with --force, bad data is found before anything of the earlier run is replaced
+    (its vocab, data cache, start weights, ticket, model, ...)."""
+    bad = {"empty.txt": b"", "one_line.txt": b"Too short.\n", "binary.txt": bytes(range(256)) * 8,
+           "latin1.txt": "Caf\xe9 cr\xe8me br\xfbl\xe9e, na\xefve.\n".encode("latin-1") * 100}
+    before = files_under(searched.out)
+    assert {"search/start/model.safetensors", "search/ticket.json"} <= set(before)
+    for name, content in bad.items():
+        (tmp_path / name).write_bytes(content)
+        message = error_of(replace(searched.cfg, data=str(tmp_path / name), force=True))
+        assert message.startswith(str(tmp_path / name)), message
+    assert files_under(searched.out) == before
+
+
 # ----------------------------------------------------------------------------- bad input
-
-def error_of(cfg) -> str:
-    with pytest.raises(ValueError) as e:
-        train.train(cfg)
-    message = str(e.value)
-    assert "\n" not in message
-    return message
-
 
 def test_missing_or_empty_data_names_the_file(corpus, tmp_path):
     assert str(tmp_path / "nope.txt") in error_of(tiny(corpus, tmp_path / "o", data=str(tmp_path / "nope.txt")))
@@ -202,7 +457,7 @@ def test_resume_from_another_config_or_a_corrupt_checkpoint_names_the_checkpoint
 
 def test_efficient_without_search_output_or_with_a_misfit_ticket(corpus, searched, tmp_path):
     assert str(tmp_path / "search" / "ticket.json") in error_of(tiny(corpus, tmp_path, phase="efficient"))
-    out, _ = searched
+    out = searched.out
     bad = tmp_path / "bad_search"
     os.makedirs(bad)
     for f in ("start", "ckpt.pt", "train_config.json"):
@@ -225,13 +480,40 @@ def test_the_command_line_prints_one_line_for_bad_input(tmp_path):
                                                f"--phase search` first (or point --search-dir at its output)"]
 
 
+def test_help_lists_every_flag_with_its_help_default_and_choices():
+    """`python train.py --help`: one flag per Config field, with the field's # comment, its
+    default, and the allowed values where there is a choice."""
+    env = {**os.environ, "COLUMNS": "10000"}  # one line per option: no wrapping to match across
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--help"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    options, flag = {}, None  # --flag -> its help, continuation lines joined
+    for line in run.stdout.splitlines():
+        if m := re.match(r"  (--[\w-]+)", line):
+            flag, options[flag] = m[1], line
+        elif flag and line.startswith("   "):
+            options[flag] += " " + line
+        else:
+            flag = None
+    options = {k: " ".join(v.split()) for k, v in options.items()}
+    comments = dict(re.findall(r"^    (\w+): [^=\n]+= [^#\n]+#\s*(.+)$", inspect.getsource(train.Config), re.M))
+    assert set(comments) == {f.name for f in fields(train.Config)}  # every field has a help text
+    assert set(options) == {"--" + f.name.replace("_", "-") for f in fields(train.Config)}
+    for f in fields(train.Config):
+        text = options["--" + f.name.replace("_", "-")]
+        assert " ".join(comments[f.name].split()) in text and f"[default: {f.default}]" in text, text
+        if f.name in train.CHOICES:
+            assert "{" + ",".join(train.CHOICES[f.name]) + "}" in text, text
+    assert set(train.CHOICES) == {"phase", "init", "ticket", "device"}
+
+
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
                     reason="torch.compile on the CPU (inductor) needs a C++ compiler")
 def test_compile_trains_a_pruned_model_as_eager_does(corpus, searched, tmp_path):
     """--compile on a rebuilt model whose layers differ in heads and FFN width: same weights
     as eager after two steps (the searched model has no dropout, whose random numbers a
     compiled graph draws differently)."""
-    out, summary = searched
+    out, summary = searched.out, searched.summary
     kw = dict(phase="efficient", search_dir=str(out / "search"), max_steps=summary["drawn_at"] + 2)
     train.train(tiny(corpus, tmp_path / "eager", **kw))
     train.train(tiny(corpus, tmp_path / "compiled", compile=True, **kw))
