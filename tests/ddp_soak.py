@@ -1,7 +1,7 @@
 """Repeat the two-process DDP run of tests/test_train.py many times, to catch a rare failure
 (a rank that aborts while the processes tear down, a hang) that one test run would miss.
 
-    python tests/ddp_soak.py            # 100 runs (about 20 s each on a 2-core CPU)
+    python tests/ddp_soak.py            # 100 runs (about 20 s each on a 2-core CPU: 35 minutes)
     python tests/ddp_soak.py 3          # a quick check
 
 Each run is `torchrun --nproc-per-node=2 train.py --phase search ...` with the settings of
@@ -45,7 +45,7 @@ def main(argv=None):
                     "no model/" if not os.path.isdir(os.path.join(run_dir, "model")) else None
                 tail = run.stderr
             except subprocess.TimeoutExpired as e:
-                why, tail = f"hung (killed after {args.timeout:.0f} s)", (e.stderr or b"").decode(errors="replace")
+                why, tail = f"hung (killed after {args.timeout:.0f} s)", e.stderr or ""
             if why:
                 failed += 1
                 print(f"run {i}: FAILED, {why}; the end of its stderr:\n" + "\n".join(tail.splitlines()[-15:]),

@@ -1,11 +1,153 @@
-"""Smoke test of reproduce.py at tiny sizes: every step of the reproduction runs and its
-tables come out. The fine-tuning part needs all-MiniLM-L6-v2; WordNet is faked by a few
-lines in data.noun's format, so the test does not need the Debian package."""
+"""reproduce.py: the pure parts (the equal-time read-off, the mean ± std table, the word-order
+task, which runs are skipped or resumed) on literal inputs, and the whole script at tiny sizes
+(--quick). WordNet is faked by a few lines in data.noun's format, so no Debian package is needed."""
 import json
+import os
+import random
 
 import pytest
 
 import reproduce
+
+
+# ----------------------------------------------------------------------------- the read-off
+
+LOG = [  # a full run's log.jsonl: evaluations (val_*) and training records (elapsed_s) every 10 steps
+    {"step": 0, "val_loss": 9.0, "val_acc": 0.0},
+    {"step": 10, "loss": 8.5, "elapsed_s": 10.0},
+    {"step": 15, "val_loss": 8.0, "val_acc": 0.1},  # between log records: at 20 s (interpolated)
+    {"step": 20, "loss": 7.5, "elapsed_s": 30.0},
+    {"step": 20, "val_loss": 7.0, "val_acc": 0.2},
+    {"step": 30, "loss": 6.5, "elapsed_s": 40.0},
+    {"step": 30, "val_loss": 6.0, "val_acc": 0.3},
+]
+
+
+def test_equal_time_read_off_takes_the_last_evaluation_within_the_budget():
+    assert reproduce.equal_time_point(LOG, 25.0) == {"steps": 15, "train_seconds": 20.0, "val_loss": 8.0,
+                                                     "val_acc": 0.1}
+    assert reproduce.equal_time_point(LOG, 30.0)["steps"] == 20  # reached exactly at the budget
+    assert reproduce.equal_time_point(LOG, 19.9)["steps"] == 0  # step 15 came at 20 s: too late
+    assert reproduce.equal_time_point(LOG, 1e9)["val_loss"] == 6.0
+
+
+def test_equal_time_read_off_counts_a_step_redone_after_resume_once():
+    resumed = LOG[:4] + [{"step": 20, "loss": 7.5, "elapsed_s": 50.0}, {"step": 20, "val_loss": 7.1, "val_acc": 0.2}]
+    point = reproduce.equal_time_point(resumed, 45.0)  # step 20 now came at 50 s: the later record counts
+    assert point["steps"] == 15 and point["train_seconds"] == 30.0  # 10 s + half of 10 -> 50 s
+
+
+# ----------------------------------------------------------------------------- the table
+
+def numbers(steps, seconds, loss, acc):
+    return {"steps": steps, "train_seconds": seconds, "val_loss": loss, "val_acc": acc}
+
+
+def test_pretrain_table_gives_mean_and_sample_std_over_seeds():
+    per_seed = {"0": {"full": numbers(300, 100.0, 5.0, 0.20), "earlybert": numbers(300, 70.0, 5.1, 0.19),
+                      "random": numbers(300, 68.0, 5.4, 0.15), "full_equal_time": numbers(200, 66.0, 5.3, 0.17)},
+                "1": {"full": numbers(300, 110.0, 5.2, 0.22), "earlybert": numbers(300, 80.0, 5.3, 0.21),
+                      "random": numbers(300, 78.0, 5.6, 0.17), "full_equal_time": numbers(220, 74.0, 5.5, 0.19)}}
+    lines = reproduce.pretrain_table(per_seed)
+    assert lines[0].startswith("| run (2 seeds) |") and len(lines) == 2 + 4
+    # full: seconds 105 ± 7.07, loss 5.100 ± 0.141 (n - 1 in the std); EarlyBERT: 75 s, 75 / 105 = 0.71 of full
+    assert lines[2] == "| full | 300 ± 0 | 105 ± 7 | 1.00 | 5.100 ± 0.141 | 0.210 ± 0.014 |"
+    assert lines[3] == "| EarlyBERT (search + efficient) | 300 ± 0 | 75 ± 7 | 0.71 | 5.200 ± 0.141 | 0.200 ± 0.014 |"
+    assert lines[5].startswith("| full at EarlyBERT's time (read off its curve) | 210 ± 14 | 70 ± 6 | 0.67 |")
+    assert reproduce.mean_std([0.5]) == (0.5, 0.0)
+
+
+# ----------------------------------------------------------------------------- the word-order task
+
+SENTENCES = [f"sentence number {i} has words {chr(97 + i % 26)} in it" for i in range(60)]
+
+
+def test_word_order_task_is_balanced_and_labelled_right():
+    rows = reproduce.word_order_rows(SENTENCES, 20, 10, seed=0)
+    originals = set(SENTENCES)
+    used = {}
+    for split, n in (("train", 20), ("dev", 10)):
+        assert len(rows[split]) == n and sum(label == "1" for _, label in rows[split]) == n // 2
+        for sentence, label in rows[split]:
+            if label == "1":
+                source = sentence
+                assert sentence in originals
+            else:  # one adjacent swap away from exactly one corpus sentence
+                assert sentence not in originals
+                words = sentence.split()
+                swaps = {" ".join(words[:i] + [words[i + 1], words[i]] + words[i + 2:]) for i in range(len(words) - 1)}
+                (source,) = swaps & originals
+            used.setdefault(source, set()).add(split)
+    assert len(used) == 30 and all(len(splits) == 1 for splits in used.values())  # no sentence in both splits
+    assert reproduce.word_order_rows(SENTENCES, 20, 10, seed=0) == rows
+    assert reproduce.word_order_rows(SENTENCES, 20, 10, seed=1) != rows
+
+
+def test_word_order_task_needs_enough_sentences():
+    with pytest.raises(ValueError, match="too few"):
+        reproduce.word_order_rows(SENTENCES[:10], 20, 10)
+
+
+def test_a_swap_changes_the_order_of_two_different_words():
+    rng = random.Random(0)
+    assert reproduce.swap_adjacent("the the the", rng) is None
+    assert reproduce.swap_adjacent("a a b", rng) == "a b a"
+
+
+def test_corpus_sentences_keep_prose_only(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("Returns the number of items, in order. Call f(x) = y for this one here today.\n"
+                    "Too short here.\n\nEvery word of this sentence is a word. Returns the number of items, in order.\n")
+    assert reproduce.corpus_sentences([str(text)]) == ["returns the number of items in order",
+                                                       "every word of this sentence is a word"]
+
+
+# ----------------------------------------------------------------------------- runs
+
+def test_a_finished_run_is_read_and_an_interrupted_one_resumed(tmp_path):
+    job = {"script": os.path.join(reproduce.HERE, "train.py"), "args": ["--phase", "full"],
+           "result": str(tmp_path / "full" / "summary.json")}
+    assert reproduce.command(job)[-2:] == ["--phase", "full"]  # not started: a fresh run
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "ckpt.pt").write_bytes(b"")
+    assert reproduce.command(job)[-1] == "--resume"
+    (tmp_path / "full" / "summary.json").write_text("{}")
+    assert reproduce.command(job) is None  # finished: read, not run
+    assert reproduce.command(job, force=True)[-1] == "--force"
+
+
+def test_train_defaults_are_read_from_train_py():
+    defaults = reproduce.train_defaults()
+    assert isinstance(defaults["max_steps"], int) and defaults["phase"] == "search"
+    assert "head_ratio" not in defaults or isinstance(defaults["head_ratio"], float)
+
+
+# ----------------------------------------------------------------------------- the whole script
+
+@pytest.mark.slow
+def test_the_quick_reproduction_runs_and_resumes(tmp_path, small_corpus, monkeypatch):
+    out = tmp_path / "out"
+    results = reproduce.main(["--quick", "--out", str(out), "--part", "pretrain", "--data", small_corpus])
+    assert list(results["pretrain"]) == ["0", "1"]
+    for seed, r in results["pretrain"].items():
+        assert r["search"]["drawn_at"] == 6 and r["earlybert"]["steps"] == r["full"]["steps"] == 12
+        assert r["earlybert"]["train_seconds"] > r["search"]["train_seconds"]  # search + efficient
+        assert r["full_equal_time"]["train_seconds"] <= r["earlybert"]["train_seconds"]
+        assert r["full_equal_time"]["steps"] <= r["full"]["steps"]
+    vocab = json.load(open(out / "pretrain" / "seed1" / "search" / "train_config.json"))["vocab"]
+    seed0 = json.load(open(out / "pretrain" / "seed0" / "search" / "summary.json"))["data_dir"]
+    assert vocab == json.load(open(os.path.join(seed0, "meta.json")))["vocab_path"]  # seed 1 has seed 0's tokens
+    assert set(results["downstream"]["runs"]) == {"none", "full", "earlybert", "random"}
+    assert all(0 <= r["accuracy"] <= 1 for r in results["downstream"]["runs"].values())
+    table = open(out / "results.md").read()
+    assert "### (a)" in table and "### (b) Pre-training" in table and "### (b) Fine-tuned" in table
+    assert "Numbers for the reading" in table
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a finished run was started again")
+    monkeypatch.setattr(reproduce.subprocess, "run", no_run)
+    again = reproduce.main(["--quick", "--out", str(out), "--part", "pretrain", "--data", small_corpus])
+    assert again["pretrain"] == results["pretrain"] and again["downstream"] == results["downstream"]
 
 
 def fake_wordnet(path):
@@ -30,14 +172,15 @@ def test_wordnet_task_is_balanced_and_labelled_by_lexicographer_class(tmp_path):
     assert all('"' not in s for s, _ in train[1:])  # the definition only, not the example
 
 
-def test_the_quick_reproduction_runs_end_to_end(tmp_path, minilm_dir):
-    results = reproduce.main(["--quick", "--out", str(tmp_path), "--seeds", "0",
+def test_wordnet_part_is_skipped_with_a_reason_without_wordnet(tmp_path):
+    results = reproduce.main(["--part", "wordnet", "--out", str(tmp_path), "--wordnet", str(tmp_path / "none")])
+    assert "wordnet-base" in results["wordnet"]["skipped"]
+    assert "Skipped:" in open(tmp_path / "results.md").read()
+
+
+@pytest.mark.slow
+def test_the_quick_wordnet_part_runs(tmp_path, minilm_dir):
+    results = reproduce.main(["--quick", "--part", "wordnet", "--out", str(tmp_path), "--seeds", "0",
                               "--wordnet", fake_wordnet(tmp_path / "data.noun")])
-    runs = results["pretrain"]["runs"]
-    assert runs["search"]["drawn_at"] == 20 and runs["earlybert"]["steps"] == runs["full"]["steps"] == 40
-    assert runs["earlybert"]["first_step"] == runs["search"]["drawn_at"]
-    assert runs["full_equal_time"]["steps"] >= 1
-    assert {v: len(r) for v, r in results["finetune"].items()} == {"plain": 1, "earlybert": 1, "random": 1}
-    table = open(tmp_path / "results.md").read()
-    assert "### (a)" in table and "### (b)" in table and "### (c)" in table
-    assert json.load(open(tmp_path / "results.json"))["pretrain"]["earlybert_seconds"] > 0
+    assert {v: len(r) for v, r in results["wordnet"].items()} == {"plain": 1, "earlybert": 1, "random": 1}
+    assert "### (c)" in open(tmp_path / "results.md").read()

@@ -103,11 +103,24 @@ def torchrun_two_processes(cfg: train.Config, timeout: float = 240) -> subproces
     tests/ddp_soak.py repeats it to catch a rare failure of the processes' teardown."""
     args = [f"--{k.replace('_', '-')}={v}" for k, v in vars(cfg).items() if not isinstance(v, bool)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           os.path.join(ROOT, "train.py"), *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               os.path.join(ROOT, "train.py"), *args]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            # SIGTERM: torchrun stops its workers (each in its own session) before it exits;
+            # a SIGKILL would leave them running, orphaned
+            proc.terminate()
+            try:
+                e.output, e.stderr = proc.communicate(timeout=60)  # what it printed before it hung
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
+@pytest.mark.slow  # about 20 s: torchrun starts two processes that import torch
 def test_ddp_two_processes_match_one_process(corpus, tmp_path):
     """torchrun with 2 CPU processes (gloo), batch 4 each == one process with batch 8."""
     one = train.train(tiny(corpus, tmp_path / "one", **DDP_ONE))
@@ -218,7 +231,8 @@ def test_efficient_phase_trains_the_rebuilt_ticket(corpus, searched, init, kind,
         ckpt = torch.load(out / name / "ckpt.pt", weights_only=False)
         assert ckpt["loader"]["index"] == search_ckpt["loader"]["index"] + 4
         logged = [(r["step"], r["lr"]) for r in log(out, name) if "lr" in r]
-        assert logged and all(lr == pytest.approx(3e-3 * lr_lambda(max(1, int(cfg.warmup * cfg.max_steps)), cfg.max_steps)(s)) for s, lr in logged)
+        schedule = lr_lambda(max(1, int(cfg.warmup * cfg.max_steps)), cfg.max_steps)
+        assert logged and all(lr == pytest.approx(3e-3 * schedule(s)) for s, lr in logged)
     assert summary["parameters"] < json.load(open(out / "search" / "summary.json"))["parameters"]
 
 
@@ -268,7 +282,8 @@ def test_adamw_moments_are_carried_over_sliced_like_the_weights(corpus, searched
             c_rows = coef[f"{layer}attn.head_coef"][[i // head_dim for i in rows]]
             m = {name[len(layer):]: s[key] for name, s in full.items() if name.startswith(layer)}
             expected.update({layer + name: value for name, value in {
-                **{f"attn.{p}.{k}": m[f"attn.{p}.{k}"][rows] for p in ("query", "key", "value") for k in ("weight", "bias")},
+                **{f"attn.{p}.{k}": m[f"attn.{p}.{k}"][rows] for p in ("query", "key", "value")
+                   for k in ("weight", "bias")},
                 "attn.out.weight": m["attn.out.weight"][:, rows] / c_rows ** power,
                 "ffn.up.weight": m["ffn.up.weight"][neurons], "ffn.up.bias": m["ffn.up.bias"][neurons],
                 "ffn.down.weight": m["ffn.down.weight"][:, neurons] / coef[f"{layer}ffn.ffn_coef"][neurons] ** power,
@@ -277,7 +292,8 @@ def test_adamw_moments_are_carried_over_sliced_like_the_weights(corpus, searched
         assert set(carried) == {name for name, _ in model.named_parameters()}  # every parameter, no coefficient
         for name, value in carried.items():
             torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=0, msg=f"{key} {name}")
-    assert carried["bert.layers.0.attn.query.weight"].shape[0] < 32 and carried["bert.layers.0.ffn.up.bias"].shape[0] < 64
+    assert carried["bert.layers.0.attn.query.weight"].shape[0] == 3 * head_dim  # really sliced
+    assert sum(carried[f"bert.layers.{l}.ffn.up.bias"].shape[0] for l in range(2)) < 128
 
     ckpt = torch.load(out / "efficient" / "ckpt.pt", weights_only=False)
     small = BertMLM(BertConfig.from_dict(ckpt["model_config"]))
@@ -403,7 +419,8 @@ def test_a_nan_loss_stops_the_run_and_saves_no_model(corpus, tmp_path):
     from finite weights and leaves them NaN, so the MLM loss logged at step 2 is NaN."""
     message = error_of(tiny(corpus, tmp_path, phase="search", lambda_head=float("nan"), log_every=1, max_steps=4))
     assert "nan" in message and re.search(r"\bstep 2\b", message)
-    assert not os.path.exists(tmp_path / "search" / "model") and not os.path.exists(tmp_path / "search" / "summary.json")
+    assert not os.path.exists(tmp_path / "search" / "model")
+    assert not os.path.exists(tmp_path / "search" / "summary.json")
 
 
 def test_bad_data_names_the_file_and_changes_nothing_of_an_earlier_run(corpus, searched, tmp_path):
@@ -496,6 +513,7 @@ def test_help_lists_every_flag_with_its_help_default_and_choices():
     assert set(train.CHOICES) == {"phase", "init", "ticket", "device"}
 
 
+@pytest.mark.slow  # 25-60 s while inductor's kernel cache is cold
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
                     reason="torch.compile on the CPU (inductor) needs a C++ compiler")
 def test_compile_trains_a_pruned_model_as_eager_does(corpus, searched, tmp_path):
