@@ -107,9 +107,9 @@ def seconds_per_step(model, batch: dict, steps: int, device, dtype, compile: boo
 
 
 def loader_batches_per_s(files: list[str], cache: str, batch_size: int, seq_len: int, steps: int,
-                         pin_memory: bool) -> float:
+                         pin_memory: bool, vocab: str = "") -> float:
     """Batches/s of data.MLMBatches (reading, cutting, masking) on `files`, prepared into `cache` once."""
-    data_dir, meta = data.prepare_corpus(files, cache)
+    data_dir, meta = data.prepare_corpus(files, cache, vocab)
     tokenizer = data.load_tokenizer(meta["vocab_path"], meta["lowercase"])
     special = {t: tokenizer.token_to_id(t) for t in data.SPECIALS}
     batches = data.MLMBatches(data_dir, "train", batch_size, seq_len, tokenizer.get_vocab_size(), special,

@@ -66,8 +66,14 @@ def train_defaults(path: str = os.path.join(HERE, "train.py")) -> dict:
     fields that are not plain literals (head_ratio = 1 / 3) are left out."""
     tree = ast.parse(open(path, encoding="utf-8").read())
     config = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Config")
-    fields = {n.target.id: n.value for n in config.body if isinstance(n, ast.AnnAssign) and n.value}
-    return {k: ast.literal_eval(v) for k, v in fields.items() if isinstance(v, ast.Constant)}
+    defaults = {}
+    for node in config.body:
+        if isinstance(node, ast.AnnAssign) and node.value:
+            try:
+                defaults[node.target.id] = ast.literal_eval(node.value)
+            except ValueError:  # an expression
+                pass
+    return defaults
 
 
 def flags(settings: dict) -> list[str]:

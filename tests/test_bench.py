@@ -4,8 +4,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import bench
-from bench import flops_per_sequence, n_predictions, peak_flops, pruned_config, random_batch
-from model import BertConfig, BertMLM
+from bench import peak_flops, pruned_config, random_batch
+from data import n_predictions
+from model import BertConfig, BertMLM, flops_per_sequence
 
 
 def small_config(**kw):
@@ -56,14 +57,17 @@ def test_flops_equal_what_torch_counts_for_a_training_step():
 def test_default_ticket_shapes_and_flop_ratio():
     base = BertConfig()  # BERT-base
     small = pruned_config(base)
-    assert [small.heads(i) for i in range(12)] == [8] * 12  # 4 of 12 heads pruned, as the paper
-    assert [small.ffn(i) for i in range(12)] == [3072 - 1229] * 12  # round(0.4 * 3072) pruned
+    assert [small.heads(i) for i in range(12)] == [8] * 12  # 4 of 12 heads pruned in every layer, as the paper
+    kept = sum(small.ffn(i) for i in range(12))  # 40% of all FFN neurons pruned, one threshold over all layers
+    assert kept == 12 * 3072 - round(0.4 * 12 * 3072) and len(set(small.ffn_per_layer)) > 1
     T, P, H, d = 128, 19, 768, 64
     full, pruned = flops_per_sequence(base, T, P), flops_per_sequence(small, T, P)
     per_head, per_neuron = 4 * 2 * T * H * d + 2 * 2 * T * T * d, 2 * 2 * T * H
-    assert full - pruned == 3 * 12 * (4 * per_head + 1229 * per_neuron)
+    assert full - pruned == 3 * (12 * 4 * per_head + (12 * 3072 - kept) * per_neuron)
     # Heads and FFN shrink by 1/3 and 0.4 but the MLM head does not: the ratio lies between.
     assert 0.6 < pruned / full < 2 / 3
+    rounded = pruned_config(base, ffn_multiple=64)
+    assert all(w % 64 == 0 for w in rounded.ffn_per_layer)
 
 
 def test_predicted_positions_as_the_data_loader():
@@ -96,11 +100,22 @@ def test_benchmark_runs_end_to_end_on_cpu(capsys):
     assert {r["seq"] for r in results} == {16, 24} and all(r["tokens_per_s"] > 0 for r in results)
 
 
-def test_loader_speed_on_a_tiny_corpus(tmp_path):
-    pytest.importorskip("tokenizers")
-    text = tmp_path / "corpus.txt"
-    text.write_text("\n\n".join(f"Document {i} says the quick brown fox jumps over the lazy dog "
-                                f"{i} times, then rests in the shade of tree number {i}." for i in range(60)))
-    per_s = bench.loader_batches_per_s([str(text)], str(tmp_path / "data"), batch_size=4, seq_len=16,
-                                       steps=5, pin_memory=False)
-    assert per_s > 0
+def test_loader_speed_on_a_small_corpus(tmp_path, small_corpus, fixed_vocab):
+    per_s = bench.loader_batches_per_s([small_corpus], str(tmp_path / "data"), batch_size=4, seq_len=16,
+                                       steps=5, pin_memory=False, vocab=fixed_vocab)
+    assert 0 < per_s < float("inf")
+    assert len(list((tmp_path / "data").glob("small_corpus-*/meta.json"))) == 1  # prepared once, in its own cache
+
+
+def test_profile_groups_a_steps_time_by_kind_of_op():
+    config = small_config(vocab_size=50, hidden_size=16, num_attention_heads=4, intermediate_size=24)
+    groups = bench.profile_step(BertMLM(config), random_batch(config, 2, 12, True), torch.device("cpu"),
+                                torch.float32)
+    assert set(groups) == {name for name, _ in bench.OP_GROUPS} | {"other"}
+    assert groups["matmuls"] > 0 and groups["optimizer (AdamW)"] > 0 and groups["LayerNorm"] > 0
+
+
+def test_matmul_peak_is_the_flops_of_a_timed_square_matmul(monkeypatch):
+    clock = iter([10.0, 12.0])  # two seconds for reps=4 products of 8 x 8 matrices
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    assert bench.matmul_peak(torch.device("cpu"), torch.float32, n=8, reps=4) == 2 * 8 ** 3 * 4 / 2.0
