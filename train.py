@@ -153,7 +153,12 @@ def prepare_data(cfg: Config, rank: int, world: int):
     """Tokenize the corpus once into OUT_DIR/data/KEY (rank 0; the others wait and reuse it).
     The vocab: --vocab, else the starting checkpoint's, else one trained on the corpus."""
     meta = None
-    if rank == 0:
+    searched = os.path.join(search_dir(cfg), "summary.json")
+    if rank == 0 and cfg.phase == "efficient" and os.path.exists(searched):  # the search's own prepared corpus
+        data_dir = read_json(searched, "run summary").get("data_dir", "")
+        if os.path.exists(os.path.join(data_dir, "meta.json")):
+            meta = dict(read_json(os.path.join(data_dir, "meta.json"), "corpus meta"), data_dir=data_dir)
+    if rank == 0 and meta is None:
         source = cfg.init_from or (os.path.join(search_dir(cfg), "start") if cfg.phase == "efficient" else "")
         vocab, lowercase = cfg.vocab, True
         if not vocab and source:
