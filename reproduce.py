@@ -35,8 +35,6 @@ import ast
 import importlib.util
 import json
 import os
-import random
-import re
 import shlex
 import subprocess
 import sys
@@ -45,6 +43,7 @@ import numpy as np
 
 import corpus
 from checkpoint import atomic, read_json, write_json
+from tasks import WORDNET, corpus_sentences, word_order_rows, wordnet_task, write_task  # built without the network
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EVALUATIONS = 20  # held-out evaluations along the full run, for the read-off at EarlyBERT's time
@@ -55,10 +54,6 @@ FINETUNE = {"epochs": 3, "lr": 1e-4, "max_len": 64}  # one setting for every mod
 QUICK_FINETUNE = {"epochs": 1, "max_steps": 3}
 VOCAB = "SEED0_VOCAB"  # stands for the first seed's vocabulary until its search has trained it
 CPU_FLOPS = 80e9  # model FLOP/s of a training step on a 2-core AMD EPYC, fp32 (bench.py): for the estimate
-WORDNET = "/usr/share/wordnet/data.noun"
-# WordNet's lexicographer files (lexnames(5WN)): the classes of the WordNet task.
-CLASSES = {5: "animal", 6: "artifact", 8: "body", 13: "food", 15: "location", 18: "person", 20: "plant",
-           27: "substance"}
 
 
 def train_defaults(path: str = os.path.join(HERE, "train.py")) -> dict:
@@ -233,87 +228,6 @@ def pretrain_results(jobs: dict, seeds: list[int]) -> dict:
         r["full_equal_time"] = equal_time_point(records, r["earlybert"]["train_seconds"])  # step 0: 0 s, always
         out[str(seed)] = r  # str: as JSON keeps it
     return out
-
-
-# ----------------------------------------------------------------------------- the downstream task
-
-def corpus_sentences(files: list[str], min_words: int = 6, max_words: int = 24) -> list[str]:
-    """The prose sentences of text files, lower-cased, commas and the final full stop removed,
-    kept only when every word is letters (docstrings hold code and lists too), once each, in order."""
-    found = {}
-    for path in files:
-        for doc, _ in corpus.read_documents(path):
-            for s in re.split(r"(?<=[.!?])\s+", doc.replace("\n", " ")):
-                words = s[:-1].replace(",", "").lower().split() if s.endswith(".") else []
-                if min_words <= len(words) <= max_words and all(w.isalpha() and w.isascii() for w in words):
-                    found.setdefault(" ".join(words), None)
-    return list(found)
-
-
-def swap_adjacent(sentence: str, rng: random.Random) -> str | None:
-    """The sentence with two adjacent, different words swapped (None if all its words are one word)."""
-    words = sentence.split()
-    places = [i for i in range(len(words) - 1) if words[i] != words[i + 1]]
-    if not places:
-        return None
-    i = rng.choice(places)
-    return " ".join(words[:i] + [words[i + 1], words[i]] + words[i + 2:])
-
-
-def word_order_rows(sentences: list[str], n_train: int, n_dev: int, seed: int = 0, source: str = "text") -> dict:
-    """{"train": [(sentence, label)], "dev": [...]}: "is this sentence's word order intact?".
-    Each sentence is used once, in one split: as it is (label 1) or with two adjacent words
-    swapped (label 0), half of each split each way; never a swap that is itself a corpus sentence."""
-    rng, originals, pool = random.Random(seed), set(sentences), list(sentences)
-    rng.shuffle(pool)
-    rows, pool = {}, iter(pool)
-    for split, n in (("train", n_train), ("dev", n_dev)):
-        items = []
-        while len(items) < n:
-            sentence = next(pool, None)
-            if sentence is None:
-                raise ValueError(f"{source}: {len(sentences)} prose sentences, too few for a word-order task of "
-                                 f"{n_train} training and {n_dev} dev sentences")
-            if len(items) < n // 2:
-                items.append((sentence, "1"))
-            elif (swapped := swap_adjacent(sentence, rng)) and swapped not in originals:
-                items.append((swapped, "0"))
-        rng.shuffle(items)
-        rows[split] = items
-    return rows
-
-
-def write_task(rows: dict, folder: str) -> str:
-    """train.tsv and dev.tsv with a `sentence<TAB>label` header (finetune.py --task text)."""
-    os.makedirs(folder, exist_ok=True)
-    for split, items in rows.items():
-        with atomic(os.path.join(folder, f"{split}.tsv")) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            f.write("sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in items))
-    return folder
-
-
-def wordnet_task(out_dir: str, per_class_train: int, per_class_dev: int, seed: int = 0, source: str = WORDNET) -> str:
-    """Noun glosses labelled with their lexicographer class, balanced, in GLUE's single-sentence
-    layout (train.tsv / dev.tsv with a `sentence<TAB>label` header)."""
-    if not os.path.exists(source):
-        raise ValueError(f"{source}: missing; install WordNet with `apt-get install wordnet-base`")
-    by_class = {name: [] for name in CLASSES.values()}
-    with open(source, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("  ") or " | " not in line:
-                continue  # the licence header
-            fields, gloss = line.split(" | ", 1)
-            lex, definition = int(fields.split()[1]), gloss.split(";")[0].strip().replace("\t", " ")
-            if lex in CLASSES and len(definition.split()) >= 3:
-                by_class[CLASSES[lex]].append(definition)
-    rng, rows = random.Random(seed), {"train": [], "dev": []}
-    for name, glosses in by_class.items():
-        rng.shuffle(glosses)
-        rows["train"] += [(g, name) for g in glosses[:per_class_train]]
-        rows["dev"] += [(g, name) for g in glosses[per_class_train:per_class_train + per_class_dev]]
-    for items in rows.values():
-        rng.shuffle(items)
-    return write_task(rows, out_dir)
 
 
 def finetune_numbers(r: dict) -> dict:

@@ -26,6 +26,7 @@ de-tokenised WordPieces with the original words.
 import json
 import math
 import os
+import random
 import re
 import string
 import warnings
@@ -34,6 +35,9 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import numpy as np
+
+import corpus
+from checkpoint import atomic
 
 
 # ----------------------------------------------------------------------------- GLUE's metrics
@@ -316,3 +320,91 @@ def squad_scores(predictions: dict, examples: list[dict]) -> dict:
     em = [max((exact_match(predictions[e["id"]], a["text"]) for a in e["answers"]), default=0.0) for e in examples]
     f1 = [max((token_f1(predictions[e["id"]], a["text"]) for a in e["answers"]), default=0.0) for e in examples]
     return {"exact_match": 100 * float(np.mean(em)), "f1": 100 * float(np.mean(f1))}
+
+
+# ----------------------------------------------------------------------------- tasks built without the network
+# reproduce.py's downstream tasks, from text every machine has (or a Debian package).
+
+WORDNET = "/usr/share/wordnet/data.noun"
+# WordNet's lexicographer files (lexnames(5WN)): the classes of the WordNet task.
+CLASSES = {5: "animal", 6: "artifact", 8: "body", 13: "food", 15: "location", 18: "person", 20: "plant",
+           27: "substance"}
+
+
+def corpus_sentences(files: list[str], min_words: int = 6, max_words: int = 24) -> list[str]:
+    """The prose sentences of text files, lower-cased, commas and the final full stop removed,
+    kept only when every word is letters (docstrings hold code and lists too), once each, in order."""
+    found = {}
+    for path in files:
+        for doc, _ in corpus.read_documents(path):
+            for s in re.split(r"(?<=[.!?])\s+", doc.replace("\n", " ")):
+                words = s[:-1].replace(",", "").lower().split() if s.endswith(".") else []
+                if min_words <= len(words) <= max_words and all(w.isalpha() and w.isascii() for w in words):
+                    found.setdefault(" ".join(words), None)
+    return list(found)
+
+
+def swap_adjacent(sentence: str, rng: random.Random) -> str | None:
+    """The sentence with two adjacent, different words swapped (None if all its words are one word)."""
+    words = sentence.split()
+    places = [i for i in range(len(words) - 1) if words[i] != words[i + 1]]
+    if not places:
+        return None
+    i = rng.choice(places)
+    return " ".join(words[:i] + [words[i + 1], words[i]] + words[i + 2:])
+
+
+def word_order_rows(sentences: list[str], n_train: int, n_dev: int, seed: int = 0, source: str = "text") -> dict:
+    """{"train": [(sentence, label)], "dev": [...]}: "is this sentence's word order intact?".
+    Each sentence is used once, in one split: as it is (label 1) or with two adjacent words
+    swapped (label 0), half of each split each way; never a swap that is itself a corpus sentence."""
+    rng, originals, pool = random.Random(seed), set(sentences), list(sentences)
+    rng.shuffle(pool)
+    rows, pool = {}, iter(pool)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        items = []
+        while len(items) < n:
+            sentence = next(pool, None)
+            if sentence is None:
+                raise ValueError(f"{source}: {len(sentences)} prose sentences, too few for a word-order task of "
+                                 f"{n_train} training and {n_dev} dev sentences")
+            if len(items) < n // 2:
+                items.append((sentence, "1"))
+            elif (swapped := swap_adjacent(sentence, rng)) and swapped not in originals:
+                items.append((swapped, "0"))
+        rng.shuffle(items)
+        rows[split] = items
+    return rows
+
+
+def write_task(rows: dict, folder: str) -> str:
+    """train.tsv and dev.tsv with a `sentence<TAB>label` header (finetune.py --task text)."""
+    os.makedirs(folder, exist_ok=True)
+    for split, items in rows.items():
+        with atomic(os.path.join(folder, f"{split}.tsv")) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write("sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in items))
+    return folder
+
+
+def wordnet_task(out_dir: str, per_class_train: int, per_class_dev: int, seed: int = 0, source: str = WORDNET) -> str:
+    """Noun glosses labelled with their lexicographer class, balanced, in GLUE's single-sentence
+    layout (train.tsv / dev.tsv with a `sentence<TAB>label` header)."""
+    if not os.path.exists(source):
+        raise ValueError(f"{source}: missing; install WordNet with `apt-get install wordnet-base`")
+    by_class = {name: [] for name in CLASSES.values()}
+    with open(source, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("  ") or " | " not in line:
+                continue  # the licence header
+            fields, gloss = line.split(" | ", 1)
+            lex, definition = int(fields.split()[1]), gloss.split(";")[0].strip().replace("\t", " ")
+            if lex in CLASSES and len(definition.split()) >= 3:
+                by_class[CLASSES[lex]].append(definition)
+    rng, rows = random.Random(seed), {"train": [], "dev": []}
+    for name, glosses in by_class.items():
+        rng.shuffle(glosses)
+        rows["train"] += [(g, name) for g in glosses[:per_class_train]]
+        rows["dev"] += [(g, name) for g in glosses[per_class_train:per_class_train + per_class_dev]]
+    for items in rows.values():
+        rng.shuffle(items)
+    return write_task(rows, out_dir)

@@ -1,5 +1,5 @@
 """bench.py: the FLOP count behind MFU, the pruned shapes, and a benchmark run end to end."""
-import pytest
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 

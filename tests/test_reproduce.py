@@ -8,6 +8,7 @@ import random
 import pytest
 
 import reproduce
+import tasks
 
 
 # ----------------------------------------------------------------------------- the read-off
@@ -90,8 +91,8 @@ def test_word_order_task_needs_enough_sentences():
 
 def test_a_swap_changes_the_order_of_two_different_words():
     rng = random.Random(0)
-    assert reproduce.swap_adjacent("the the the", rng) is None
-    assert reproduce.swap_adjacent("a a b", rng) == "a b a"
+    assert tasks.swap_adjacent("the the the", rng) is None
+    assert tasks.swap_adjacent("a a b", rng) == "a b a"
 
 
 def test_corpus_sentences_keep_prose_only(tmp_path):
@@ -153,7 +154,7 @@ def test_the_quick_reproduction_runs_and_resumes(tmp_path, small_corpus, monkeyp
 def fake_wordnet(path):
     """Twenty glosses per class, in data.noun's layout: offset lex_filenum ss_type w_cnt word lex_id ... | gloss."""
     lines = ["  1 This software and database is being provided to you, the LICENSEE, by Princeton University"]
-    for lex, name in reproduce.CLASSES.items():
+    for lex, name in tasks.CLASSES.items():
         for i in range(20):
             lines.append(f"{lex:08d}{i} {lex:02d} n 01 word{i} 0 000 | a {name} thing number {i} of its kind; "
                          f'"an example"  ')
