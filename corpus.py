@@ -49,6 +49,21 @@ def resolve_files(spec: str, cache_root: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- the built-in corpus
 
+def clean_docstring(doc: str) -> str:
+    """A docstring without its doctest examples: a `>>>` line, its `...` continuations and its
+    output up to the next blank line are code, not English (they were a tenth of torch's text)."""
+    kept, in_example = [], False
+    for line in doc.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(">>>"):
+            in_example = True
+        elif not stripped:
+            in_example = False
+        if not in_example:
+            kept.append(line)
+    return "\n".join(kept).strip()
+
+
 def keep_docstring(doc: str) -> bool:
     """The extraction rule, in one place: which docstrings become text. One-liners such as
     'Return self.' teach nothing but `return` and `self`, so a docstring needs 80 characters."""
@@ -60,8 +75,8 @@ def module_docstrings(tree: ast.Module):
     stack = [tree]
     while stack:
         node = stack.pop(0)
-        doc = ast.get_docstring(node)
-        if doc and keep_docstring(doc):
+        doc = clean_docstring(ast.get_docstring(node) or "")
+        if keep_docstring(doc):
             yield doc
         stack += [n for n in node.body if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
 

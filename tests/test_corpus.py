@@ -53,6 +53,11 @@ def test_keep_docstring_keeps_sentences_not_one_liners():
     assert corpus.keep_docstring("Computes the mask distance between two tickets: the normalised Hamming distance.")
 
 
+def test_doctest_examples_are_left_out_of_docstrings():
+    doc = "Adds two tensors.\n\n>>> a = add(x,\n...         y)\n>>> a\ntensor([2, 3])\n\nThe sum is elementwise."
+    assert corpus.clean_docstring(doc) == "Adds two tensors.\n\n\nThe sum is elementwise."
+
+
 def test_builtin_corpus_is_built_once_from_the_installed_sources(tmp_path, monkeypatch):
     """The whole build reads ~3,000 files (a minute): here it reads the json package's, through
     the same function, and checks the file, its documents and that a second call reuses it."""
