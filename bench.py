@@ -302,6 +302,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--vocab", type=int, default=30522, help="BERT's; train.py pads its own to a multiple of 64")
     p.add_argument("--seq", type=int, nargs="+", action="extend", help="one or more lengths (default 128)")
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="hidden and attention dropout: train.py pre-trains without (BERT fine-tunes with 0.1)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
@@ -323,7 +325,8 @@ def main(argv=None) -> list[dict]:
     for T in args.seq or [128]:
         config = BertConfig(vocab_size=args.vocab, hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
                             num_attention_heads=shape["heads"], intermediate_size=shape["ffn"],
-                            max_position_embeddings=max(512, T))
+                            max_position_embeddings=max(512, T), hidden_dropout_prob=args.dropout,
+                            attention_probs_dropout_prob=args.dropout)
         results += bench_length(T, config, args, device, dtype)
     return results
 

@@ -118,3 +118,26 @@ def fold_coefficients(state: dict, model: nn.Module, ticket: "Ticket", power: in
                 scale = coef.float()[torch.tensor(kept, device=coef.device)].repeat_interleave(width) ** power
                 state[key] = (state[key].float() * scale.to(state[key].device)).to(state[key].dtype)
     return state
+
+
+def adamw_state(model: nn.Module, optimizer: torch.optim.Optimizer, ticket: "Ticket") -> dict:
+    """`model`'s AdamW state as the rebuilt model's, by parameter name: {"step", "exp_avg",
+    "exp_avg_sq"}, the moments sliced like the weights. The attention output and FFN down
+    columns are multiplied by c in the rebuild, so their gradients are the old ones over c:
+    their exp_avg is divided by c and their exp_avg_sq by c^2. Coefficients have no state left."""
+    named = {name: optimizer.state[p] for name, p in model.named_parameters() if p in optimizer.state}
+    moments = {key: fold_coefficients(slice_state({n: s[key] for n, s in named.items()}, ticket), model, ticket,
+                                      power) for key, power in (("exp_avg", -1), ("exp_avg_sq", -2))}
+    return {name: {"step": named[name]["step"], "exp_avg": moments["exp_avg"][name],
+                   "exp_avg_sq": moments["exp_avg_sq"][name]} for name in moments["exp_avg"]}
+
+
+def load_adamw_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict):
+    """Put adamw_state's result into the rebuilt model's optimizer, so that going on after the
+    draw is as smooth as not pruning (a fresh AdamW moves every weight by about lr at first)."""
+    fused = optimizer.defaults.get("fused")  # the fused kernels keep `step` beside the parameter
+    for name, p in model.named_parameters():
+        if name in state:
+            optimizer.state[p] = {k: v.to(p.device if fused or k != "step" else v.device).clone()
+                                  for k, v in state[name].items()}
+

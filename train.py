@@ -214,28 +214,10 @@ def efficient_model(cfg: Config):
     model = slim.add_coefficients(BertMLM(BertConfig.from_dict(state["model_config"])))
     model.load_state_dict(state["model"])
     prune.check_ticket_fits(ticket, model.config, ticket_path)
-    # The search's AdamW moments by parameter name (same parameter order as the search built them)
-    optimizer = configure_optimizers(model, cfg.lr, cfg.weight_decay)
+    optimizer = configure_optimizers(model, cfg.lr, cfg.weight_decay)  # the search's parameter order
     optimizer.load_state_dict(state["optimizer"])
-    # Sliced like the weights; the folded columns' gradients are the old ones over c, so their
-    # first moments are divided by c and their second moments by c^2, as the weights are multiplied by c.
-    moments = {key: prune.fold_coefficients(prune.slice_state(
-        {name: optimizer.state[p][key] for name, p in model.named_parameters() if p in optimizer.state}, ticket),
-        model, ticket, power) for key, power in (("exp_avg", -1), ("exp_avg_sq", -2))}
-    steps = {name: optimizer.state[p]["step"] for name, p in model.named_parameters() if p in optimizer.state}
-    start = {"step": state["step"], "loader": state["loader"], "moments": moments, "adam_steps": steps}
+    start = {"step": state["step"], "loader": state["loader"], "moments": prune.adamw_state(model, optimizer, ticket)}
     return prune.rebuild(model, ticket), ticket, start
-
-
-def carry_moments(model, optimizer, start: dict):
-    """Give the rebuilt model's AdamW the search's moments, sliced like the weights, so that
-    continuing after the draw is as smooth as not pruning (a fresh AdamW would move every
-    weight by about +-lr on its first step)."""
-    for name, p in model.named_parameters():
-        if name in start["moments"]["exp_avg"]:
-            optimizer.state[p] = {"step": start["adam_steps"][name].clone(),
-                                  "exp_avg": start["moments"]["exp_avg"][name].to(p.device, p.dtype).clone(),
-                                  "exp_avg_sq": start["moments"]["exp_avg_sq"][name].to(p.device, p.dtype).clone()}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -299,7 +281,7 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
     model.to(device)
     optimizer = configure_optimizers(model, cfg.lr, cfg.weight_decay, device_type=device.type)
     if start:
-        carry_moments(model, optimizer, start)
+        prune.load_adamw_state(model, optimizer, start["moments"])
     warmup = max(1, int(cfg.warmup * cfg.max_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, cfg.max_steps, start["step"] if start else 0))
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)

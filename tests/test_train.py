@@ -288,7 +288,7 @@ def test_adamw_moments_are_carried_over_sliced_like_the_weights(corpus, searched
                 "ffn.up.weight": m["ffn.up.weight"][neurons], "ffn.up.bias": m["ffn.up.bias"][neurons],
                 "ffn.down.weight": m["ffn.down.weight"][:, neurons] / coef[f"{layer}ffn.ffn_coef"][neurons] ** power,
             }.items()})
-        carried = start["moments"][key]
+        carried = {name: s[key] for name, s in start["moments"].items()}
         assert set(carried) == {name for name, _ in model.named_parameters()}  # every parameter, no coefficient
         for name, value in carried.items():
             torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=0, msg=f"{key} {name}")
