@@ -1,5 +1,6 @@
 """bench.py: the FLOP count behind MFU, the pruned shapes, and a benchmark run end to end."""
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -42,6 +43,7 @@ def test_flops_of_a_pruned_model_count_only_kept_units():
     assert removed == 3 * (per_head + 6 * per_neuron)
 
 
+@pytest.mark.slow
 def test_flops_equal_what_torch_counts_for_a_training_step():
     # Dropout > 0 keeps CPU attention on the math path (bmm), which FlopCounterMode sees.
     config = small_config(vocab_size=50, hidden_size=16, num_attention_heads=4, intermediate_size=24,
@@ -88,6 +90,7 @@ def test_peak_flops_by_gpu_name():
     assert peak_flops("Some Future GPU") is None
 
 
+@pytest.mark.slow
 def test_benchmark_runs_end_to_end_on_cpu(capsys):
     results = bench.main(["--device", "cpu", "--layers", "1", "--hidden", "32", "--heads", "2", "--ffn", "64",
                           "--vocab", "100", "--batch", "2", "--seq", "16", "--seq", "24", "--steps", "2"])

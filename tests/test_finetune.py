@@ -102,6 +102,7 @@ def test_a_folder_without_dev_tsv_names_the_missing_file(tmp_path, tokenizer, gl
         load_task(Config(task="MNLI", data=str(tmp_path)), tokenizer)
 
 
+@pytest.mark.slow  # a fresh Python process importing torch
 def test_bad_input_on_the_command_line_is_one_line(tmp_path, tiny_model):
     cmd = [sys.executable, "finetune.py", "--task", "nope", "--data", str(tmp_path), "--model", tiny_model]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)

@@ -478,6 +478,7 @@ def test_efficient_without_search_output_or_with_a_misfit_ticket(corpus, searche
     assert str(bad / "ticket.json") in message
 
 
+@pytest.mark.slow  # a fresh Python process importing torch
 def test_the_command_line_prints_one_line_for_bad_input(tmp_path):
     run = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--phase", "efficient",
                           "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
@@ -486,6 +487,7 @@ def test_the_command_line_prints_one_line_for_bad_input(tmp_path):
                                                f"--phase search` first (or point --search-dir at its output)"]
 
 
+@pytest.mark.slow  # a fresh Python process importing torch
 def test_help_lists_every_flag_with_its_help_default_and_choices():
     """`python train.py --help`: one flag per Config field, with the field's # comment, its
     default, and the allowed values where there is a choice."""
