@@ -9,15 +9,11 @@ With no other arguments each phase runs on a built-in English corpus (the docume
 text that ships with Python, torch and numpy) on a laptop CPU. Several GPUs:
     torchrun --nproc_per_node=8 train.py --phase search --data corpus/ ...
 
-One config (`Config`), overridden from the command line (`--max-steps 500`); one plain
-loop in `train()`. Each phase writes into OUT_DIR/PHASE/: `log.jsonl` (every logged step),
-`ckpt.pt` (everything `--resume` needs), `model/` (a checkpoint folder that model.py and
-finetune.py load), `summary.json` and `train_config.json`; the search adds `ticket.json`,
-`mask_distances.json` and `start/`.
-
-Nothing a user has is lost: a fresh run into a folder that holds an earlier run's results
-stops and says so (`--resume` continues it, `--force` replaces it); one process per output
-folder; the efficient phase trains on the data the search was prepared from.
+One config (`Config`), overridden from the command line (`--max-steps 500`); one plain loop
+in `run()`. Each phase writes OUT_DIR/PHASE/: `log.jsonl`, `ckpt.pt` (for `--resume`), `model/`,
+`summary.json`, `train_config.json`; the search adds `ticket.json`, `mask_distances.json`, `start/`.
+Nothing is lost: a fresh run into a folder with results stops (`--resume` continues it, `--force`
+replaces it), one process per folder, and the efficient phase trains on the search's data.
 """
 import json
 import math
