@@ -21,6 +21,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from model import BertConfig, BertPreTrainedBase
 
@@ -269,7 +270,6 @@ def set_rng_states(rng: dict):
 
 def save_training_state(path: str, world: int, rank: int, device, **state):
     """Rank 0 writes ckpt.pt: `state` plus every rank's RNG states (a collective: all ranks call it)."""
-    import torch.distributed as dist
     rngs = [rng_states(device)]
     if world > 1:
         rngs = [None] * world

@@ -218,3 +218,12 @@ def set_coefficients(model, ticket, seed):
             keep[kept] = 1.0
             setattr(module, slot, nn.Parameter((torch.rand(n, generator=g) * 3 - 1.5) * keep))
     return model
+
+
+def one_line_value_error(fn, *names) -> str:
+    """fn() raises a ValueError of one line that names every one of `names`; returns its message."""
+    with pytest.raises(ValueError) as e:
+        fn()
+    assert "\n" not in str(e.value) and all(name in str(e.value) for name in names), str(e.value)
+    return str(e.value)
+

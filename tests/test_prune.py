@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 
 from checkpoint import load_pretrained, save_pretrained
-from conftest import TICKETS, literal_ticket as literal, set_coefficients, ticket_config as tiny_config
+from conftest import TICKETS, literal_ticket as literal, one_line_value_error, set_coefficients
+from conftest import ticket_config as tiny_config
 from conftest import ticket_logits as logits
 from model import Bert, BertClassifier, BertMLM, BertQA
 from prune import check_ticket_fits, fold_coefficients, rebuild, slice_state
@@ -114,12 +115,6 @@ def test_rebuilt_model_saves_and_reloads_on_its_own(tmp_path):
 
 
 # ----------------------------------------------------------------------------- bad input
-
-def one_line_value_error(fn, *names):
-    with pytest.raises(ValueError) as e:
-        fn()
-    assert "\n" not in str(e.value) and all(name in str(e.value) for name in names), str(e.value)
-
 
 @pytest.mark.parametrize("change, says", [
     (lambda t: Ticket(t.heads[:2], t.ffn[:2], t.full_heads[:2], t.full_ffn[:2], 0.25, 0.4), "2 layers"),

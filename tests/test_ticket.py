@@ -15,7 +15,8 @@ import torch.nn as nn
 import ticket as tickets
 from checkpoint import load_pretrained, read_safetensors, save_pretrained
 from model import Bert, BertClassifier, BertMLM
-from conftest import TICKETS, literal_ticket as literal, ticket_config as tiny_config, ticket_logits as logits
+from conftest import TICKETS, literal_ticket as literal, one_line_value_error
+from conftest import ticket_config as tiny_config, ticket_logits as logits
 from ticket import (EarlyBird, Ticket, current_masks, distance_matrix, draw_now, draw_ticket, full_ticket, main,
                     mask_distance, observe, parameters_and_flops, plot_distances, random_ticket, save_mask_distances,
                     summary, ticket_masks)
@@ -245,13 +246,6 @@ def test_mask_distance_figures_are_written(tmp_path, reference_distance):
 
 
 # ----------------------------------------------------------------------------- bad input
-
-def one_line_value_error(fn, *names):
-    with pytest.raises(ValueError) as e:
-        fn()
-    assert "\n" not in str(e.value) and all(name in str(e.value) for name in names), str(e.value)
-    return str(e.value)
-
 
 @pytest.mark.parametrize("head_ratio, ffn_ratio", [(-0.1, 0.4), (1.0, 0.4), (1 / 3, 1.0), (1 / 3, 1.5)])
 def test_ratios_outside_zero_to_one_are_refused(head_ratio, ffn_ratio):
