@@ -71,10 +71,9 @@ def random_batch(config: BertConfig, batch_size: int, seq_len: int, sparse: bool
     return {"input_ids": ids, "mlm_labels": torch.full_like(ids, -100).scatter_(1, positions, labels)}
 
 
-def seconds_per_step(model, batch: dict, steps: int, device, dtype, compile: bool, name: str) -> float:
-    """Times `steps` training steps after WARMUP_STEPS, as train.py takes them: forward under
-    autocast, backward, AdamW (fused on CUDA), zero_grad(set_to_none). Nothing inside the
-    timed loop waits for the GPU (no .item()); CUDA is synchronised only at its two ends."""
+def training_step(model, batch: dict, device, dtype, compile: bool = False):
+    """One training step as train.py takes it, as a function: forward under autocast, backward,
+    fused AdamW, zero_grad(set_to_none). Nothing in it waits for the GPU (no .item())."""
     model.to(device).train()
     optimizer = configure_optimizers(model, 1e-4, 0.01, device_type=device.type)
     # fp16 needs loss scaling; with a fused optimizer the scaler checks for inf on the GPU, without a sync.
@@ -93,7 +92,12 @@ def seconds_per_step(model, batch: dict, steps: int, device, dtype, compile: boo
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+    return step
 
+
+def seconds_per_step(model, batch: dict, steps: int, device, dtype, compile: bool, name: str) -> float:
+    """Times `steps` training steps after WARMUP_STEPS; CUDA is synchronised only at the two ends."""
+    step = training_step(model, batch, device, dtype, compile)
     for _ in range(WARMUP_STEPS):
         step()
     if device.type == "cuda":
@@ -188,16 +192,7 @@ OP_GROUPS = [("matmuls", ("mm", "addmm", "bmm", "baddbmm", "linear", "matmul")),
 def profile_step(model, batch: dict, device, dtype) -> dict:
     """Seconds of a few training steps by OP_GROUPS, from torch's profiler (CPU self time)."""
     from torch.profiler import ProfilerActivity, profile
-    model.to(device).train()
-    optimizer = configure_optimizers(model, 1e-4, 0.01, device_type=device.type)
-    batch = {k: v.to(device) for k, v in batch.items()}
-
-    def step():
-        _, loss = model(**batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step = training_step(model, batch, device, dtype)
     for _ in range(WARMUP_STEPS):
         step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
