@@ -3,6 +3,7 @@
     python reproduce.py                   # all of it: about 3 hours on a 2-core CPU; it resumes
     python reproduce.py --part pretrain   # (a) and (b) only;  --part wordnet: (c) only
     python reproduce.py --quick           # tiny sizes, 2 seeds, a few minutes: the smoke test's run
+    python reproduce.py --max-steps 1200  # the recipe at half length: about 1.6 hours (runs/reproduce-1200)
 
 The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's default recipe:
  (a) structured winning tickets emerge early (sec. 3.2): where `train.py --phase search` draws the
@@ -298,14 +299,32 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", help="[0 1 2; 0 1 with --quick]")
     p.add_argument("--data", default="", help="train.py's --data [its built-in corpus]")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that every step runs")
+    p.add_argument("--max-steps", type=int, default=0, help="every pre-training run's length [train.py's 2400]")
     p.add_argument("--force", action="store_true", help="run every run again, replacing its results")
     p.add_argument("--wordnet", default=WORDNET, help="WordNet's data.noun (Debian package wordnet-base)")
     args = p.parse_args(argv)
-    args.out = args.out or ("runs/reproduce-quick" if args.quick else "runs/reproduce")  # never mixed up
+    if args.max_steps < 0 or (args.quick and args.max_steps):
+        raise ValueError(f"--max-steps {args.max_steps}: give a positive number of steps, and not with --quick")
+    args.out = args.out or ("runs/reproduce-quick" if args.quick else  # never mixed up
+                            f"runs/reproduce-{args.max_steps}" if args.max_steps else "runs/reproduce")
     args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     if len(set(args.seeds)) != len(args.seeds):
         raise ValueError(f"--seeds {' '.join(map(str, args.seeds))}: a seed given twice")
     return args
+
+
+def check_recipe(path: str, recipe: dict, force: bool):
+    """Writes the recipe beside the runs, or checks it against the one there: finished runs are read,
+    not run again, so a folder must never mix two recipes (--force reruns them all)."""
+    if os.path.exists(path) and not force:
+        there = read_json(path, "recipe")
+        changed = [f"{k} {there.get(k)} there, {v} now" for k, v in recipe.items() if there.get(k) != v]
+        if changed:
+            raise ValueError(f"{path}: these runs used another recipe ({'; '.join(changed)}); give another --out, "
+                             "or --force to run them all again")
+    else:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        write_json(recipe, path)
 
 
 def wordnet_model(source: str) -> tuple[str | None, str | None]:
@@ -321,7 +340,7 @@ def wordnet_model(source: str) -> tuple[str | None, str | None]:
 def main(argv=None):
     args = parse_args(argv)
     out, seeds = args.out, args.seeds
-    overrides = QUICK if args.quick else {}
+    overrides = QUICK if args.quick else {"max_steps": args.max_steps} if args.max_steps else {}
     recipe = {**train_defaults(), **overrides}
     eval_every = max(1, recipe["max_steps"] // EVALUATIONS)
     n_train, n_dev = (64, 32) if args.quick else (4000, 1000)
@@ -344,6 +363,7 @@ def main(argv=None):
     if skip:
         print(f"(c) is skipped: {skip}", file=sys.stderr)
 
+    check_recipe(os.path.join(out, "recipe.json"), recipe, args.force)
     path = os.path.join(out, "results.json")
     results = read_json(path) if os.path.exists(path) else {}  # the other --part's results stay
     results.update(recipe=recipe, seeds=seeds, eval_every=eval_every)

@@ -1,6 +1,7 @@
 """reproduce.py: the pure parts (the equal-time read-off, the mean ± std table, the word-order
 task, which runs are skipped or resumed) on literal inputs, and the whole script at tiny sizes
 (--quick). WordNet is faked by a few lines in data.noun's format, so no Debian package is needed."""
+import json
 import os
 import random
 
@@ -120,6 +121,25 @@ def test_train_defaults_are_read_from_train_py():
     defaults = reproduce.train_defaults()
     assert isinstance(defaults["max_steps"], int) and defaults["phase"] == "search"
     assert "head_ratio" not in defaults or isinstance(defaults["head_ratio"], float)
+
+
+def test_a_folder_never_mixes_two_recipes(tmp_path):
+    path = str(tmp_path / "out" / "recipe.json")
+    reproduce.check_recipe(path, {"max_steps": 2400, "lr": 7e-4}, force=False)  # written
+    reproduce.check_recipe(path, {"max_steps": 2400, "lr": 7e-4}, force=False)  # the same: goes on
+    with pytest.raises(ValueError, match=r"recipe\.json: these runs used another recipe \(max_steps 2400 there, "
+                                         r"1200 now\)") as e:
+        reproduce.check_recipe(path, {"max_steps": 1200, "lr": 7e-4}, force=False)
+    assert "\n" not in str(e.value)
+    reproduce.check_recipe(path, {"max_steps": 1200, "lr": 7e-4}, force=True)  # --force: all rerun, so allowed
+    assert json.load(open(path))["max_steps"] == 1200  # the recipe the forced runs will have
+
+
+def test_max_steps_gets_a_folder_of_its_own():
+    assert reproduce.parse_args([]).out == "runs/reproduce"
+    assert reproduce.parse_args(["--max-steps", "1200"]).out == "runs/reproduce-1200"
+    with pytest.raises(ValueError, match="--max-steps"):
+        reproduce.parse_args(["--quick", "--max-steps", "10"])
 
 
 # ----------------------------------------------------------------------------- the whole script
