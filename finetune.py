@@ -9,12 +9,10 @@ Plain fine-tuning: AdamW, linear warm-up over --warmup of the steps, then linear
 --earlybert runs the paper's three stages on the task:
   1. searching (sec. 3.1): a slimming coefficient on every head and FFN neuron, trained with
      the weights under an L1 penalty (--l1) at --search-lr;
-  2. drawing the ticket (sec. 3.2): every --ticket-every steps the masks the coefficients give
-     go to the early-bird rule; when it fires, or at the longest search (--search-fraction of
-     an epoch), heads are pruned layer-wise and FFN neurons globally, by |coefficient|;
-  3. efficient training (sec. 3.3): the pre-trained checkpoint loaded again with a fresh task
-     head (the official code restarts from the search's checkpoint-0), physically rebuilt
-     smaller, trained without L1 for --epochs at --lr.
+  2. drawing the ticket (sec. 3.2): the early-bird rule on the masks, every --ticket-every steps, or the
+     longest search (--search-fraction of an epoch); heads pruned layer-wise, FFN neurons globally;
+  3. efficient training (sec. 3.3): the pre-trained checkpoint again, fresh task head (as the official
+     code's checkpoint-0), rebuilt smaller, trained without L1 for --epochs at --lr.
 --ticket random is the control: as many units pruned, chosen at random, no search.
 Writes OUT_DIR/TASK-{full,earlybert,random}/: model/, results.json (dev scores, steps, seconds,
 FLOPs per example, the ticket), predictions.json; EarlyBERT adds ticket.json, mask_distances.json.
@@ -114,8 +112,7 @@ def task_name(name: str) -> str:
 
 
 def load_task(cfg: Config, tokenizer) -> Task:
-    """The task's training features and dev evaluation (tasks.py reads and scores them);
-    bad input raises a one-line ValueError naming the file."""
+    """The task's training features and dev evaluation (tasks.py reads and scores them)."""
     name = task_name(cfg.task)
     if not os.path.isdir(cfg.data):
         raise ValueError(f"{cfg.data or '--data'}: no such folder; give the task's data folder with --data")
@@ -277,8 +274,7 @@ def search(model, task: Task, cfg: Config, rt, early_bird, epoch_steps: int):
 
     The schedule is the official scripts': the search is a fine-tuning run of its own, SEARCH_EPOCHS
     long, with no warm-up and linear decay, cut at the draw step, so its learning rate stays near
-    --search-lr (0.97 of it on average over 0.2 epoch). Inside the warm-up of the whole run's
-    schedule, a 0.2-epoch search would average a third to a half of it.
+    --search-lr (0.97 of it on average over 0.2 epoch), not a fraction of a warm-up.
 
     The masks are recorded every --ticket-every steps; by default the longest search / (2 k), at
     least 1, so the rule, which needs k masks, can fire halfway through the longest search.

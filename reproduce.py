@@ -13,9 +13,8 @@ The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's
      evaluated about 20 times on the way), EarlyBERT (the search, then `--phase efficient` on from
      the draw step to the same last step), the random ticket (`--phase efficient --ticket random`),
      and the full model at EarlyBERT's time: read off the full run's held-out curve at the last
-     evaluation within EarlyBERT's search + efficient seconds (training time interpolated from
-     the log). That costs no run and is what stopping the full run then gives; a run whose
-     schedule ended there would have decayed its learning rate to 0 and done a little better.
+     evaluation within EarlyBERT's search + efficient seconds. That costs no run and is what
+     stopping the full run then gives (a schedule that ended there would do a little better).
      The claim is about quality after fine-tuning, so the first seed's models (and the untrained
      start, the floor) are fine-tuned alike on a task built offline from the corpus: is this
      sentence's word order intact?
@@ -29,7 +28,7 @@ commands print) in its own folder: OUT/pretrain/seed{S}/{search,efficient,effici
 OUT/downstream/{none,full,earlybert,random}, OUT/wordnet/seed{S}. A run whose summary.json or
 results.json exists is read, not run again; an interrupted one goes on with --resume: give the
 same command again (--force reruns all). The first seed's search trains the vocabulary and the
-others get it with --vocab: every seed sees the same tokens. Results: OUT/results.{json,md}.
+others get it with --vocab: every seed sees the same tokens. Results: OUT/results.{json,md}, and OUT/curves.png (matplotlib).
 """
 import argparse
 import ast
@@ -168,17 +167,63 @@ def estimate_seconds(recipe: dict, n_seeds: int, eval_every: int, n_downstream: 
 # ----------------------------------------------------------------------------- (b): the numbers
 
 def equal_time_point(records: list[dict], seconds: float) -> dict:
-    """The full run's held-out evaluation at a training-time budget: the last evaluation (a
-    record with val_loss) whose step was reached within `seconds` of training, the training
-    time at a step being interpolated linearly between the log records' elapsed_s (0 at step 0).
-    A step logged twice (a resumed run redoes the steps after its last checkpoint) counts once,
-    its later record."""
-    elapsed = {0: 0.0, **{r["step"]: r["elapsed_s"] for r in records if "elapsed_s" in r}}
+    """The full run's last held-out evaluation whose step was reached within `seconds` of training.
+    A step logged twice (a resumed run redoes the steps after its last checkpoint) counts once: its later record."""
+    return [e for e in timed_evaluations(records) if e["train_seconds"] <= seconds][-1]
+
+
+def timed_evaluations(records: list[dict], first_step: int = 0) -> list[dict]:
+    """A run's held-out evaluations in step order, each with the training time at its step:
+    interpolated between the log records' elapsed_s, which is 0 at the run's first step."""
+    elapsed = {first_step: 0.0, **{r["step"]: r["elapsed_s"] for r in records if "elapsed_s" in r}}
     evals = {r["step"]: r for r in records if "val_loss" in r}
     steps = sorted(elapsed)
-    at = {s: float(np.interp(s, steps, [elapsed[t] for t in steps])) for s in evals}
-    s = max(s for s in evals if at[s] <= seconds)
-    return {"steps": s, "train_seconds": at[s], "val_loss": evals[s]["val_loss"], "val_acc": evals[s]["val_acc"]}
+    return [{"steps": s, "train_seconds": float(np.interp(s, steps, [elapsed[t] for t in steps])),
+             "val_loss": evals[s]["val_loss"], "val_acc": evals[s]["val_acc"]} for s in sorted(evals)]
+
+
+def read_log(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(jobs: dict, seeds: list[int], path: str):
+    """Held-out MLM accuracy and loss against training seconds, one line per run and seed: the
+    full run, and EarlyBERT and the random ticket (the search's curve, then theirs, shifted by
+    the search's seconds). Needs matplotlib; without it, says so and draws nothing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"no {path}: pip install matplotlib to draw the curves", file=sys.stderr)
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colours = {"full": "tab:blue", "earlybert": "tab:orange", "random": "tab:gray"}
+    for seed in seeds:
+        logs = {run: read_log(os.path.join(os.path.dirname(jobs[seed, run]["result"]), "log.jsonl"))
+                for run in ("search", "earlybert", "random", "full")}
+        search = timed_evaluations(logs["search"])
+        for run, colour in colours.items():
+            if run == "full":
+                points = timed_evaluations(logs[run])
+            else:
+                drawn = search[-1]
+                points = search + [{**e, "train_seconds": e["train_seconds"] + drawn["train_seconds"]}
+                                   for e in timed_evaluations(logs[run], drawn["steps"])]
+            for ax, key in zip(axes, ("val_acc", "val_loss")):
+                ax.plot([e["train_seconds"] for e in points], [e[key] for e in points], color=colour, lw=1,
+                        label={"earlybert": "EarlyBERT", "random": "random ticket"}.get(run, run) if seed == seeds[0] else None)
+    for ax, name in zip(axes, ("held-out MLM accuracy", "held-out MLM loss")):
+        ax.set_xlabel("training seconds (EarlyBERT and random: search + efficient)")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[1].set_ylim(top=7)  # the first evaluation, at log(vocab), would flatten the rest
+    axes[0].legend(title=f"seeds {' '.join(map(str, seeds))}")
+    fig.tight_layout()
+    with atomic(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -224,8 +269,7 @@ def pretrain_results(jobs: dict, seeds: list[int]) -> dict:
             own = s["train_seconds"] + (search["train_seconds"] if run != "full" else 0)
             r[run] = {"steps": s["steps"], "train_seconds": own, "val_loss": s["val_loss"], "val_acc": s["val_acc"],
                       "parameters": s["parameters"]}
-        with open(os.path.join(os.path.dirname(jobs[seed, "full"]["result"]), "log.jsonl"), encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
+        records = read_log(os.path.join(os.path.dirname(jobs[seed, "full"]["result"]), "log.jsonl"))
         r["full_equal_time"] = equal_time_point(records, r["earlybert"]["train_seconds"])  # step 0: 0 s, always
         out[str(seed)] = r  # str: as JSON keeps it
     return out
@@ -375,6 +419,7 @@ def main(argv=None):
                 if vocab is None:  # the first seed's search: its vocabulary pins the others'
                     vocab = read_json(os.path.join(summary["data_dir"], "meta.json"))["vocab_path"]
         results["pretrain"] = pretrain_results(pretrain, seeds)
+        plot_curves(pretrain, seeds, os.path.join(out, "curves.png"))
         task = os.path.join(out, "downstream", "word-order")
         if args.force or not os.path.exists(os.path.join(task, "dev.tsv")):  # made once: the runs read it
             files = corpus.resolve_files(args.data, os.path.join(out, "pretrain", f"seed{seeds[0]}", "data"))

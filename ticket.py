@@ -9,16 +9,14 @@
 
 prune.py rebuilds the physically smaller BERT a ticket describes.
 
-A ticket's indices refer to the model it is applied to, so a rebuilt model can be pruned
-again by a ticket drawn from it. `python ticket.py show|apply|compare` looks at, applies
-and compares ticket files (see main).
+A ticket's indices refer to the model it is applied to (a rebuilt model can be pruned again).
+`python ticket.py show|apply|compare` looks at, applies and compares ticket files (see main).
 """
 import argparse
 import dataclasses
 import json
 import math
 import os
-
 import shutil
 import sys
 from collections import deque
@@ -103,10 +101,8 @@ def draw_ticket(head_coefs, ffn_coefs, head_ratio: float = 1 / 3, ffn_ratio: flo
     (np.quantile): a coefficient of -0.9 scales its unit as strongly as +0.9, so we rank
     magnitudes, as network slimming does.
 
-    ffn_multiple > 1 is a GPU-speed option, not in the paper: each layer's kept neuron
-    count is rounded up to a multiple of it (keeping the next-largest |c|, at most the
-    layer's full width), since matrix multiplies are fastest on widths that are multiples
-    of 64 or so. The ticket still records the ffn_ratio asked for.
+    ffn_multiple > 1 (for GPU speed, not in the paper) rounds each layer's kept neurons up to a
+    multiple of it (the next-largest |c|, at most the full width); the ticket records ffn_ratio.
     """
     for name, ratio in (("head_ratio", head_ratio), ("ffn_ratio", ffn_ratio)):
         if not 0 <= ratio < 1:
@@ -132,9 +128,8 @@ def draw_ticket(head_coefs, ffn_coefs, head_ratio: float = 1 / 3, ffn_ratio: flo
 
 def random_ticket(full_heads: list[int], full_ffn: list[int], head_ratio: float = 1 / 3,
                   ffn_ratio: float = 0.4, seed: int = 0, ffn_multiple: int = 1) -> Ticket:
-    """The control (EarlyBERT's random-pruning baseline): as many heads pruned per layer and as many FFN
-    neurons pruned overall as draw_ticket would, but chosen at random. It is draw_ticket
-    on seeded random scores, so the same rules (minimum per layer, ffn_multiple) hold."""
+    """The control (EarlyBERT's random-pruning baseline): draw_ticket on seeded random scores, so as
+    many units are pruned, by the same rules (minimum per layer, ffn_multiple), but chosen at random."""
     g = torch.Generator().manual_seed(seed)
     head_scores, ffn_scores = ([torch.rand(n, generator=g) for n in sizes] for sizes in (full_heads, full_ffn))
     return draw_ticket(head_scores, ffn_scores, head_ratio, ffn_ratio, ffn_multiple, kind="random")

@@ -12,8 +12,7 @@ text that ships with Python, torch and numpy) on a laptop CPU. Several GPUs:
 One config (`Config`), overridden from the command line (`--max-steps 500`); one plain loop
 in `run()`. Each phase writes OUT_DIR/PHASE/: `log.jsonl`, `ckpt.pt` (for `--resume`), `model/`,
 `summary.json`, `train_config.json`; the search adds `ticket.json`, `mask_distances.json`, `start/`.
-Nothing is lost: a fresh run into a folder with results stops (`--resume` continues it, `--force`
-replaces it), one process per folder, and the efficient phase trains on the search's data.
+A fresh run never replaces another's results (`--resume` continues it, `--force` replaces it).
 """
 import json
 import math
@@ -110,8 +109,7 @@ def run_name(cfg: Config) -> str:
 
 
 def check_run_dir(cfg: Config, run_dir: str):
-    """Before anything is written: never replace another run's results unasked, and a
-    finished run resumed is done already."""
+    """Before anything is written: never replace another run's results unasked; a finished run resumed is done."""
     ckpt, summary = os.path.join(run_dir, "ckpt.pt"), os.path.join(run_dir, "summary.json")
     if cfg.resume:
         if not os.path.exists(ckpt):
@@ -127,8 +125,7 @@ def check_run_dir(cfg: Config, run_dir: str):
 
 
 def search_settings(cfg: Config) -> Config:
-    """The efficient phase trains on what the search was trained on: its corpus, vocabulary
-    and sequence length come from the search's train_config.json; another --data is an error."""
+    """The efficient phase trains on the search's corpus, vocabulary and sequence length (its train_config.json)."""
     search = search_dir(cfg)
     for need in ("ticket.json", "start", "ckpt.pt", "train_config.json"):
         if not os.path.exists(os.path.join(search, need)):
@@ -174,8 +171,7 @@ def build_model(cfg: Config, vocab_path: str, n_vocab: int):
     if cfg.init_from:
         model = load_pretrained(BertMLM, cfg.init_from)
     else:
-        # A vocabulary padded to a multiple of 64 keeps the decoder's matmul on fast
-        # GPU tiles (cramming); the extra ids are never seen in the data.
+        # The vocabulary padded to a multiple of 64 keeps the decoder on fast GPU tiles (cramming); the extra ids are unused.
         model = BertMLM(BertConfig(
             vocab_size=64 * math.ceil(n_vocab / 64), hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
             num_attention_heads=cfg.heads, intermediate_size=cfg.ffn, max_position_embeddings=max(512, cfg.max_len),

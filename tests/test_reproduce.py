@@ -1,6 +1,7 @@
 """reproduce.py: the pure parts (the equal-time read-off, the mean ± std table, the word-order
 task, which runs are skipped or resumed) on literal inputs, and the whole script at tiny sizes
 (--quick). WordNet is faked by a few lines in data.noun's format, so no Debian package is needed."""
+import importlib.util
 import json
 import os
 import random
@@ -160,6 +161,8 @@ def test_the_quick_reproduction_runs_and_resumes(tmp_path, small_corpus, monkeyp
     table = open(out / "results.md").read()
     assert "### (a)" in table and "### (b) Pre-training" in table and "### (b) Fine-tuned" in table
     assert "Numbers for the reading" in table
+    if importlib.util.find_spec("matplotlib"):  # the figure is optional, as matplotlib is
+        assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
     def no_run(*args, **kwargs):
         raise AssertionError("a finished run was started again")
