@@ -3,7 +3,7 @@
     python reproduce.py                   # all of it: about 3 hours on a 2-core CPU; it resumes
     python reproduce.py --part pretrain   # (a) and (b) only;  --part wordnet: (c) only
     python reproduce.py --quick           # tiny sizes, 2 seeds, a few minutes: the smoke test's run
-    python reproduce.py --max-steps 1200  # the recipe at half length: about 1.6 hours (runs/reproduce-1200)
+    python reproduce.py --max-steps 1200  # the recipe at half length: about 1.7 hours (runs/reproduce-1200)
 
 The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's default recipe:
  (a) structured winning tickets emerge early (sec. 3.2): where `train.py --phase search` draws the
