@@ -189,13 +189,12 @@ def plot_curves(jobs: dict, seeds: list[int], path: str):
     full run, and EarlyBERT and the random ticket (the search's curve, then theirs, shifted by
     the search's seconds). Needs matplotlib; without it, says so and draws nothing."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: no global state, no display needed (as ticket.py)
     except ImportError:
         print(f"no {path}: pip install matplotlib to draw the curves", file=sys.stderr)
         return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
     colours = {"full": "tab:blue", "earlybert": "tab:orange", "random": "tab:gray"}
     for seed in seeds:
         logs = {run: read_log(os.path.join(os.path.dirname(jobs[seed, run]["result"]), "log.jsonl"))
@@ -217,10 +216,8 @@ def plot_curves(jobs: dict, seeds: list[int], path: str):
         ax.grid(alpha=0.3)
     axes[1].set_ylim(top=7)  # the first evaluation, at log(vocab), would flatten the rest
     axes[0].legend(title=f"seeds {' '.join(map(str, seeds))}")
-    fig.tight_layout()
     with atomic(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -230,7 +227,8 @@ def mean_std(values) -> tuple[float, float]:
 
 
 def pm(values, digits: int) -> str:
-    return "{:.{d}f} ± {:.{d}f}".format(*mean_std(values), d=digits)
+    m, s = mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 ROWS = {"full": "full", "earlybert": "EarlyBERT (search + efficient)", "random": "random ticket (search + efficient)",
