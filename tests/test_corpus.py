@@ -72,6 +72,20 @@ def test_builtin_corpus_is_built_once_from_the_installed_sources(tmp_path, monke
     assert corpus.builtin_corpus(str(tmp_path)) == [path] and os.stat(path).st_mtime_ns == mtime
 
 
+def test_builtin_documents_are_grouped_by_library_each_docstring_once(tmp_path):
+    shared = "A docstring that two libraries carry, long enough to be kept by the extraction rule."
+    own = {name: f"The {name} library's own docstring, which is long enough to be kept by the extraction rule."
+           for name in ("python", "torch")}
+    for name, doc in own.items():
+        (tmp_path / name).mkdir()
+        write(tmp_path / name / "m.py", f'"""{doc}"""\ndef f():\n    """{shared}"""\n')
+    docs = corpus.builtin_documents({name: str(tmp_path / name) for name in own})
+    from pydoc_data.topics import topics
+    assert list(docs) == ["python", "torch"] and docs["python"][:len(topics)] == [topics[k] for k in sorted(topics)]
+    assert docs["python"][len(topics):] == [f"{own['python']}\n{shared}"]
+    assert docs["torch"] == [own["torch"]]  # the shared docstring was met in the standard library
+
+
 # ----------------------------------------------------------------------------- a user's text files
 
 @pytest.mark.parametrize("name, content, message", [

@@ -1,10 +1,9 @@
-"""reproduce.py: the pure parts (the equal-time read-off, the mean ± std table, the word-order
+"""reproduce.py: the pure parts (the equal-time read-off, the mean ± std table, the library
 task, which runs are skipped or resumed) on literal inputs, and the whole script at tiny sizes
 (--quick). WordNet is faked by a few lines in data.noun's format, so no Debian package is needed."""
 import importlib.util
 import json
 import os
-import random
 
 import pytest
 
@@ -59,49 +58,40 @@ def test_pretrain_table_gives_mean_and_sample_std_over_seeds():
     assert reproduce.mean_std([0.5]) == (0.5, 0.0)
 
 
-# ----------------------------------------------------------------------------- the word-order task
+# ----------------------------------------------------------------------------- the library task
 
-SENTENCES = [f"sentence number {i} has words {chr(97 + i % 26)} in it" for i in range(60)]
-
-
-def test_word_order_task_is_balanced_and_labelled_right():
-    rows = reproduce.word_order_rows(SENTENCES, 20, 10, seed=0)
-    originals = set(SENTENCES)
-    used = {}
-    for split, n in (("train", 20), ("dev", 10)):
-        assert len(rows[split]) == n and sum(label == "1" for _, label in rows[split]) == n // 2
-        for sentence, label in rows[split]:
-            if label == "1":
-                source = sentence
-                assert sentence in originals
-            else:  # one adjacent swap away from exactly one corpus sentence
-                assert sentence not in originals
-                words = sentence.split()
-                swaps = {" ".join(words[:i] + [words[i + 1], words[i]] + words[i + 2:]) for i in range(len(words) - 1)}
-                (source,) = swaps & originals
-            used.setdefault(source, set()).add(split)
-    assert len(used) == 30 and all(len(splits) == 1 for splits in used.values())  # no sentence in both splits
-    assert reproduce.word_order_rows(SENTENCES, 20, 10, seed=0) == rows
-    assert reproduce.word_order_rows(SENTENCES, 20, 10, seed=1) != rows
+def library_documents(n: int = 20) -> dict:
+    """Each library's documents: n sentences of its own (two per document), and one all three share."""
+    docs = {}
+    for name in ("python", "torch", "numpy"):
+        own = [f"this is {name} sentence number {chr(97 + i)} of the docs." for i in range(n)]
+        docs[name] = [" ".join(own[i:i + 2]) for i in range(0, n, 2)] + ["A sentence that every library has, word for word."]
+    return docs
 
 
-def test_word_order_task_needs_enough_sentences():
-    with pytest.raises(ValueError, match="too few"):
-        reproduce.word_order_rows(SENTENCES[:10], 20, 10)
+def test_library_task_is_balanced_labelled_by_library_and_leaves_shared_sentences_out():
+    rows = tasks.library_rows(library_documents(), 6, 4, seed=0)
+    for split, n in (("train", 6), ("dev", 4)):
+        labels = [label for _, label in rows[split]]
+        assert sorted(labels) == sorted(["python", "torch", "numpy"] * n)
+        assert all(sentence.startswith(f"this is {label} sentence") for sentence, label in rows[split])
+    train, dev = ({s for s, _ in rows[k]} for k in ("train", "dev"))
+    assert len(train) == 18 and len(dev) == 12 and not train & dev  # each sentence once, in one split
+    assert tasks.library_rows(library_documents(), 6, 4, seed=0) == rows
+    assert tasks.library_rows(library_documents(), 6, 4, seed=1) != rows
 
 
-def test_a_swap_changes_the_order_of_two_different_words():
-    rng = random.Random(0)
-    assert tasks.swap_adjacent("the the the", rng) is None
-    assert tasks.swap_adjacent("a a b", rng) == "a b a"
+def test_library_task_needs_enough_sentences_of_each_library():
+    docs = library_documents()
+    docs["numpy"] = docs["numpy"][:3]  # 6 sentences of its own
+    with pytest.raises(ValueError, match="6 texts of class 'numpy', too few"):
+        tasks.library_rows(docs, 6, 4)
 
 
-def test_corpus_sentences_keep_prose_only(tmp_path):
-    text = tmp_path / "text.txt"
-    text.write_text("Returns the number of items, in order. Call f(x) = y for this one here today.\n"
-                    "Too short here.\n\nEvery word of this sentence is a word. Returns the number of items, in order.\n")
-    assert reproduce.corpus_sentences([str(text)]) == ["returns the number of items in order",
-                                                       "every word of this sentence is a word"]
+def test_prose_sentences_keep_prose_only():
+    docs = ["Returns the number of items, in order. Call f(x) = y for this one here today.\nToo short here.",
+            "Every word of this sentence is a word. Returns the number of items, in order."]
+    assert tasks.prose_sentences(docs) == ["returns the number of items in order", "every word of this sentence is a word"]
 
 
 # ----------------------------------------------------------------------------- runs
@@ -159,7 +149,9 @@ def test_the_quick_reproduction_runs_and_resumes(tmp_path, small_corpus, monkeyp
         assert r["full_equal_time"]["train_seconds"] <= r["earlybert"]["train_seconds"]
         assert r["full_equal_time"]["steps"] <= r["full"]["steps"]
     assert set(results["downstream"]["runs"]) == {"none", "full", "earlybert", "random"}
-    assert all(0 <= r["accuracy"] <= 1 for r in results["downstream"]["runs"].values())
+    assert all(len(rs) == 1 and 0 <= rs[0]["accuracy"] <= 1 for rs in results["downstream"]["runs"].values())
+    dev = open(out / "downstream" / "library" / "dev.tsv").read().splitlines()[1:]  # from the libraries' own folders
+    assert sorted(line.split("\t")[1] for line in dev) == sorted(["python", "torch", "numpy"] * 6)
     table = open(out / "results.md").read()
     assert "### (a)" in table and "### (b) Pre-training" in table and "### (b) Fine-tuned" in table
     assert "Numbers for the reading" in table
