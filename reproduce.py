@@ -1,6 +1,6 @@
 """Reproduce EarlyBERT's claims at laptop scale, over seeds, with the project's own entry points.
 
-    python reproduce.py                   # all of it: about 3 hours on a 2-core CPU; it resumes
+    python reproduce.py                   # all of it: about 3.3 hours on a 2-core CPU; it resumes
     python reproduce.py --part pretrain   # (a) and (b) only;  --part wordnet: (c) only
     python reproduce.py --quick           # tiny sizes, 2 seeds, a few minutes: the smoke test's run
     python reproduce.py --max-steps 1200  # the recipe at half length: about 1.7 hours (runs/reproduce-1200)
