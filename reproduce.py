@@ -400,11 +400,11 @@ def main(argv=None):
     seconds = estimate_seconds(recipe, len(seeds) if pretrain else 0, eval_every, 3 * n_train if pretrain else 0,
                                len(wordnet))
     took = f"{seconds / 3600:.1f} hours" if seconds > 3600 else f"{seconds / 60:.0f} minutes"
+    plan = [f"  {'(finished) ' if j not in todo else ''}{show([sys.executable, j['script'], *j['args']])}" for j in jobs]
     print(f"reproduce.py: {len(jobs)} runs ({len(jobs) - len(todo)} finished already: read, not run again), about "
           f"{took} on a 2-core CPU (a GPU is much faster), plus building the corpus. "
-          f"{VOCAB} is the vocabulary seed {seeds[0]}'s search trains:", *[f"  {'(finished) ' if j not in todo else ''}"
-          f"{show([sys.executable, j['script'], *j['args']])}" for j in jobs], *[f"(c) is skipped: {skip}"] * bool(skip),
-          sep="\n", file=sys.stderr)
+          f"{VOCAB} is the vocabulary seed {seeds[0]}'s search trains:", *plan,
+          *([f"(c) is skipped: {skip}"] if skip else []), sep="\n", file=sys.stderr)
 
     check_recipe(os.path.join(out, "recipe.json"), recipe, args.force)
     path = os.path.join(out, "results.json")

@@ -157,7 +157,7 @@ def test_the_quick_reproduction_runs_and_resumes(tmp_path, small_corpus, monkeyp
     monkeypatch.setattr(reproduce.subprocess, "run", in_process)
     out = tmp_path / "out"
     results = reproduce.main(["--quick", "--out", str(out), "--part", "pretrain", "--data", small_corpus,
-                              "--seeds", "0"])  # one seed: each run is a process that imports torch
+                              "--seeds", "0"])  # one seed (test_later_seeds_... checks the others' commands)
     assert list(results["pretrain"]) == ["0"]
     for seed, r in results["pretrain"].items():
         assert r["search"]["drawn_at"] == 6 and r["earlybert"]["steps"] == r["full"]["steps"] == 12
