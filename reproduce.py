@@ -354,6 +354,8 @@ def parse_args(argv=None):
     args.out = args.out or ("runs/reproduce-quick" if args.quick else  # never mixed up
                             f"runs/reproduce-{args.max_steps}" if args.max_steps else "runs/reproduce")
     args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
+    if args.data:  # a bad --data: one line now, before any run
+        corpus.resolve_files(args.data, "")
     if len(set(args.seeds)) != len(args.seeds):
         raise ValueError(f"--seeds {' '.join(map(str, args.seeds))}: a seed given twice")
     return args
@@ -394,7 +396,6 @@ def main(argv=None):
     downstream = downstream_jobs(out, seeds, args.quick) if pretrain else {}
     minilm, skip = wordnet_model(args.wordnet) if args.part != "pretrain" else (None, None)
     wordnet = wordnet_jobs(out, seeds, minilm, args.quick) if minilm else {}
-
     jobs = [*pretrain.values(), *downstream.values(), *wordnet.values()]
     todo = [j for j in jobs if command(j, args.force)]
     seconds = estimate_seconds(recipe, len(seeds) if pretrain else 0, eval_every, 3 * n_train if pretrain else 0,

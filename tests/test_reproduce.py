@@ -129,6 +129,12 @@ def test_a_folder_never_mixes_two_recipes(tmp_path):
     assert json.load(open(path))["max_steps"] == 1200  # the recipe the forced runs will have
 
 
+def test_a_bad_data_path_stops_before_any_run(tmp_path):
+    with pytest.raises(ValueError, match="nope.txt: no such file"):
+        reproduce.main(["--out", str(tmp_path / "out"), "--data", str(tmp_path / "nope.txt")])
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
 def test_max_steps_gets_a_folder_of_its_own():
     assert reproduce.parse_args([]).out == "runs/reproduce"
     assert reproduce.parse_args(["--max-steps", "1200"]).out == "runs/reproduce-1200"
