@@ -10,6 +10,9 @@ For every sequence length it times full training steps (forward, backward, AdamW
   as the original BERT code and transformers' BertForMaskedLM compute them;
 - efficient (pruned): the shapes of a default EarlyBERT ticket (1/3 of the heads, 40% of
   the FFN neurons), against the full model in time and in FLOPs.
+The variants take turns, one step each, round after round, and each one's median step
+counts: a CPU's speed drifts within minutes, and the ratios should not. On a CPU an n x n
+matmul takes its turn too, as the peak the achieved FLOP/s are measured against.
 Inputs are random tokens without padding, so these figures measure compute alone;
 `--loader` times the data pipeline (data.py) against them.
 """
@@ -18,6 +21,7 @@ import dataclasses
 import os
 import platform
 import re
+import statistics
 import time
 from contextlib import nullcontext
 
@@ -33,6 +37,7 @@ from runtime import pick_device
 SIZES = {"small": dict(layers=4, hidden=256, heads=4, ffn=1024),  # runs on a laptop CPU
          "base": dict(layers=12, hidden=768, heads=12, ffn=3072)}  # BERT-base, for a GPU
 WARMUP_STEPS = 3  # the first steps allocate memory, pick kernels and (with --compile) compile
+MATMUL_N = 2048  # the square matmul whose FLOP/s stand for a CPU's peak
 LOADER_BATCHES = 200  # the loader is fast: time many more batches than training steps
 
 # Dense (no 2:4 sparsity) bf16 tensor-core peak FLOP/s from the vendors' data sheets; fp16
@@ -95,19 +100,24 @@ def training_step(model, batch: dict, device, dtype, compile: bool = False):
     return step
 
 
-def seconds_per_step(model, batch: dict, steps: int, device, dtype, compile: bool, name: str) -> float:
-    """Times `steps` training steps after WARMUP_STEPS; CUDA is synchronised only at the two ends."""
-    step = training_step(model, batch, device, dtype, compile)
-    for _ in range(WARMUP_STEPS):
-        step()
+def synchronize(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in tqdm(range(steps), desc=name, leave=False):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / steps
+
+
+def seconds_in_turn(steps: dict, rounds: int, device) -> dict:
+    """The median seconds of one call of each function in `steps`, timed in turn, round after
+    round. A CPU's speed drifts by tens of percent within minutes: timing one variant after
+    the other would put that drift into their ratios, taking turns puts it into all alike."""
+    times = {name: [] for name in steps}
+    for _ in tqdm(range(rounds), desc="timing in turn", leave=False):
+        for name, step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def loader_batches_per_s(files: list[str], cache: str, batch_size: int, seq_len: int, steps: int,
@@ -163,20 +173,12 @@ def loader_peak_memory(cache: str, scales=(1, 4)) -> dict:
             "anon_rss_mib": anon}
 
 
-def matmul_peak(device, dtype, n: int = 2048, reps: int = 10) -> float:
-    """FLOP/s of one large square matmul: the most this machine's matmuls do, measured, for
-    CPUs (whose peak no table gives) the yardstick of the model's achieved FLOP/s."""
+def square_matmul(device, dtype, n: int = MATMUL_N):
+    """One n x n matmul, as a function: timed beside the model, its FLOP/s (2 n^3 per call)
+    are the most this machine's matmuls do, for CPUs (whose peak no table gives) the
+    yardstick of the model's achieved FLOP/s."""
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(2):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - start)
+    return lambda: a @ b
 
 
 # Where a CPU training step's time goes, by torch profiler op name (self time).
@@ -217,26 +219,33 @@ def machine(device) -> str:
         return platform.processor() or platform.machine()
 
 
-def measure(name: str, model, batch: dict, flops: int, args, device, dtype) -> dict:
-    """Times one variant and prints its line: step time, steps/s, tokens/s; on CUDA also the
-    memory it adds (weights, optimizer state, activations) and, for a GPU in PEAK_FLOPS, MFU
-    (the FLOPs this variant does, so all T positions for the reference, over the peak)."""
+def warm_step(model, batch: dict, args, device, dtype):
+    """A variant's training step, warmed up (WARMUP_STEPS), and on CUDA the memory it added
+    (weights, optimizer state, activations) in GiB."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     torch.manual_seed(0)
-    s = seconds_per_step(model, batch, args.steps, device, dtype, args.compile, name)
-    T = batch["input_ids"].shape[1]
+    step = training_step(model, batch, device, dtype, args.compile)
+    for _ in range(WARMUP_STEPS):
+        step()
+    synchronize(device)
+    return step, (torch.cuda.max_memory_allocated(device) - base) / 2**30 if device.type == "cuda" else None
+
+
+def report(name: str, s: float, T: int, flops: int, memory_gib, args, device) -> dict:
+    """One variant's line: step time, steps/s, tokens/s; on a CPU its GFLOP/s against the
+    matmul peak timed beside it; on CUDA the memory it adds and, for a GPU in PEAK_FLOPS,
+    MFU (the FLOPs this variant does, so all T positions for the reference, over the peak)."""
     r = {"variant": name, "seq": T, "ms_per_step": 1e3 * s, "steps_per_s": 1 / s,
-         "tokens_per_s": args.batch * T / s, "flops": flops}
+         "tokens_per_s": args.batch * T / s, "flops": flops, "gflops": flops * args.batch / s / 1e9}
     line = f"  {name:<40} {1e3 * s:9.1f} ms/step {1 / s:8.2f} steps/s {args.batch * T / s:11,.0f} tokens/s"
-    r["gflops"] = flops * args.batch / s / 1e9
-    if args.matmul_peak:
+    if device.type == "cpu":
         r["of_matmul_peak"] = r["gflops"] * 1e9 / args.matmul_peak
         line += f" {r['gflops']:7.1f} GFLOP/s = {100 * r['of_matmul_peak']:3.0f}% of matmul peak"
-    if device.type == "cuda":
-        r["memory_gib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**30
-        line += f" {r['memory_gib']:6.1f} GiB peak"
+    if memory_gib is not None:
+        r["memory_gib"] = memory_gib
+        line += f" {memory_gib:6.1f} GiB peak"
         peak = peak_flops(torch.cuda.get_device_name(device))
         if peak:
             r["mfu"] = flops * args.batch / s / peak
@@ -246,33 +255,45 @@ def measure(name: str, model, batch: dict, flops: int, args, device, dtype) -> d
 
 
 def bench_length(T: int, config: BertConfig, args, device, dtype) -> list[dict]:
-    """All variants at one sequence length, with the ratios the README quotes."""
+    """All variants at one sequence length, timed in turn, with the ratios the README quotes."""
     P = data.n_predictions(T)
+    small = pruned_config(config, ffn_multiple=args.ffn_multiple)
     print(f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads, "
           f"FFN {config.intermediate_size}, vocab {config.vocab_size} | batch {args.batch} x seq {T}, "
-          f"{P} predicted positions per sequence")
-    sparse, dense = random_batch(config, args.batch, T, True), random_batch(config, args.batch, T, False)
-    ours = measure("ours (sparse MLM head)", BertMLM(config), sparse, flops_per_sequence(config, T, P),
-                   args, device, dtype)
-    ref = measure("reference (decoder over every position)", BertMLM(config), dense,
-                  flops_per_sequence(config, T, T), args, device, dtype)
+          f"{P} predicted positions per sequence | {args.steps} steps of each, in turn")
+    variants = {  # name: (model, batch, FLOPs per sequence)
+        "ours (sparse MLM head)": (BertMLM(config), random_batch(config, args.batch, T, True),
+                                   flops_per_sequence(config, T, P)),
+        "reference (decoder over every position)": (BertMLM(config), random_batch(config, args.batch, T, False),
+                                                    flops_per_sequence(config, T, T)),
+        "efficient (pruned)": (BertMLM(small), random_batch(small, args.batch, T, True),
+                               flops_per_sequence(small, T, P))}
+    steps, memory = {}, {}
+    for name, (model, batch, _) in variants.items():
+        steps[name], memory[name] = warm_step(model, batch, args, device, dtype)
+    if device.type == "cpu":
+        steps["matmul"] = square_matmul(device, dtype)
+    seconds = seconds_in_turn(steps, args.steps, device)
+    if device.type == "cpu":
+        args.matmul_peak = 2 * MATMUL_N ** 3 / seconds["matmul"]
+        print(f"  matmul peak: {args.matmul_peak / 1e9:.0f} GFLOP/s ({MATMUL_N} x {MATMUL_N}, "
+              f"{str(dtype).removeprefix('torch.')}, timed in turn with the steps)")
+    ours, ref, eff = (report(name, seconds[name], T, flops, memory[name], args, device)
+                      for name, (_, _, flops) in variants.items())
     print(f"  ours / reference: time {ours['ms_per_step'] / ref['ms_per_step']:.2f}, "
           f"FLOPs {ours['flops'] / ref['flops']:.2f}")
-    results = [ours, ref]
-    if args.profile:
-        groups = profile_step(BertMLM(config), sparse, device, dtype)
-        total = sum(groups.values())
-        print("  where a step of ours goes (profiler self time): " + ", ".join(
-            f"{name} {100 * t / total:.0f}%" for name, t in sorted(groups.items(), key=lambda kv: -kv[1]) if t > 0))
-        results.append({"variant": "profile", "seq": T, "seconds": groups})
-    small = pruned_config(config, ffn_multiple=args.ffn_multiple)
-    eff = measure("efficient (pruned)", BertMLM(small), random_batch(small, args.batch, T, True),
-                  flops_per_sequence(small, T, P), args, device, dtype)
     print(f"  efficient / ours: time {eff['ms_per_step'] / ours['ms_per_step']:.2f}, "
           f"FLOPs {eff['flops'] / ours['flops']:.2f} (heads {sum(small.heads_per_layer)}/"
           f"{config.num_attention_heads * config.num_hidden_layers}, FFN widths {small.ffn_per_layer} of "
           f"{config.intermediate_size})")
-    results.append(eff)
+    results = [ours, ref, eff]
+    del steps, variants  # free the three models before profiling
+    if args.profile:
+        groups = profile_step(BertMLM(config), random_batch(config, args.batch, T, True), device, dtype)
+        total = sum(groups.values())
+        print("  where a step of ours goes (profiler self time): " + ", ".join(
+            f"{name} {100 * t / total:.0f}%" for name, t in sorted(groups.items(), key=lambda kv: -kv[1]) if t > 0))
+        results.append({"variant": "profile", "seq": T, "seconds": groups})
 
     if args.loader:
         cache = os.path.join("out", "data")  # train.py's default data cache: tokenized once, shared
@@ -299,7 +320,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--dropout", type=float, default=0.0,
                    help="hidden and attention dropout: train.py pre-trains without (BERT fine-tunes with 0.1)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    p.add_argument("--steps", type=int, default=10, help="timed steps of each variant, taken in turn (the median counts)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
     p.add_argument("--loader", action="store_true", help="also time data.MLMBatches against the training step")
@@ -311,11 +332,6 @@ def main(argv=None) -> list[dict]:
     device, _, dtype = pick_device(args.device)  # as train.py: bf16 / fp16 + GradScaler on GPUs, fp32 on the CPU
     print(f"torch {torch.__version__} | {device.type}: {machine(device)} | {torch.get_num_threads()} threads | "
           f"{str(dtype).removeprefix('torch.')}{' | compiled' if args.compile else ''}")
-    # A CPU's peak is measured (a 2048 x 2048 matmul); a GPU's comes from PEAK_FLOPS (MFU).
-    args.matmul_peak = matmul_peak(device, dtype) if device.type == "cpu" else None
-    if args.matmul_peak:
-        print(f"matmul peak: {args.matmul_peak / 1e9:.0f} GFLOP/s (2048 x 2048, {str(dtype).removeprefix('torch.')})")
-
     results = []
     for T in args.seq or [128]:
         config = BertConfig(vocab_size=args.vocab, hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],

@@ -38,7 +38,8 @@ import ticket as tickets
 from checkpoint import load_pretrained, read_json, save_pretrained, write_json
 from data import checkpoint_tokenizer
 from model import BertClassifier, BertQA, configure_optimizers, count_parameters, lr_lambda
-from runtime import finish_distributed, parse_config, pick_device, run_lock, setup_distributed, to_device
+from runtime import (ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock, setup_distributed,
+                     to_device)
 from tasks import (GLUE, TASKS, GlueTask, glue_features, glue_scores, read_glue, read_squad, squad_answers,
                    squad_features, squad_scores, text_task)
 
@@ -70,6 +71,7 @@ class Config:
     l1: float = 1e-4  # lambda of the L1 penalty on the slimming coefficients, heads and FFN neurons alike
     head_ratio: float = 1 / 3  # fraction of heads pruned in every layer
     ffn_ratio: float = 0.4  # fraction of FFN neurons pruned over all layers
+    ffn_multiple: int = 0  # round each layer's kept FFN neurons up to a multiple; 0: 64 on a GPU, 1 on the CPU
     search_fraction: float = 0.2  # the longest search, in epochs (the official code's fixed draw step)
     ticket_every: int = 0  # steps between the masks the early-bird rule compares; 0: the longest search / (2 k)
     eb_k: int = 5  # the early-bird rule compares the newest mask with the k - 1 before it
@@ -243,9 +245,11 @@ def fit(model, task: Task, cfg: Config, rt, lr: float, warmup_steps: int, total_
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{losses[-1].item():.3f}")
             if early_bird and step % every == 0:
-                run["ticket"] = tickets.observe(early_bird, model, step, cfg.head_ratio, cfg.ffn_ratio)
+                run["ticket"] = tickets.observe(early_bird, model, step, cfg.head_ratio, cfg.ffn_ratio,
+                                                ffn_multiple=rt.ffn_multiple)
             if early_bird and not run["ticket"] and step == stop_at:  # the rule did not fire in time
-                run["ticket"] = tickets.draw_now(early_bird, model, step, cfg.head_ratio, cfg.ffn_ratio)
+                run["ticket"] = tickets.draw_now(early_bird, model, step, cfg.head_ratio, cfg.ffn_ratio,
+                                                 ffn_multiple=rt.ffn_multiple)
             if step >= stop_at or run["ticket"]:
                 break
         if epoch == 0:  # where the loss started, for the underfitting hint
@@ -302,9 +306,10 @@ def finetune(cfg: Config) -> dict:
     early_bird = tickets.EarlyBird(cfg.eb_k, cfg.eb_epsilon) if kind == "earlybert" else None  # checks k early
     if not os.path.isdir(cfg.model):
         raise ValueError(f"{cfg.model or '--model'}: no such checkpoint folder; give one with --model")
-    rank, world, local_rank = setup_distributed()
+    rank, world, local_rank = setup_distributed(cfg.device)
     device, autocast, dtype = pick_device(cfg.device, local_rank)
-    rt = SimpleNamespace(device=device, autocast=autocast, dtype=dtype, rank=rank, world=world)
+    rt = SimpleNamespace(device=device, autocast=autocast, dtype=dtype, rank=rank, world=world,
+                         ffn_multiple=ffn_multiple_for(device, cfg.ffn_multiple))
     with run_lock(run_dir) if rank == 0 else nullcontext():
         results = run_stages(cfg, rt, kind, run_dir, early_bird)
     finish_distributed(world)
@@ -333,7 +338,7 @@ def run_stages(cfg: Config, rt, kind: str, run_dir: str, early_bird) -> dict:
         c = model.config
         ticket = tickets.random_ticket([c.heads(l) for l in range(c.num_hidden_layers)],
                                        [c.ffn(l) for l in range(c.num_hidden_layers)],
-                                       cfg.head_ratio, cfg.ffn_ratio, cfg.seed)
+                                       cfg.head_ratio, cfg.ffn_ratio, cfg.seed, rt.ffn_multiple)
     elif kind == "earlybert":
         ticket, searched = search(model, task, cfg, rt, early_bird, epoch_steps)
         model = pretrained(verbose=False)  # rewind to the pre-trained weights

@@ -3,13 +3,14 @@ command line built from a config dataclass, the device and its precision, the pr
 of a distributed run, and a lock on the output folder.
 
     cfg = parse_config(Config)                       # every field is a --flag
-    rank, world, local_rank = setup_distributed()    # torchrun sets the environment
+    rank, world, local_rank = setup_distributed(cfg.device)  # torchrun sets the environment
     device, autocast, dtype = pick_device(cfg.device, local_rank)
     with run_lock(run_dir):                          # one process per output folder
         ...
     finish_distributed(world)
 """
 import argparse
+import ctypes
 import inspect
 import os
 import re
@@ -51,12 +52,27 @@ def parse_config(cls, argv=None, choices: dict | None = None, description: str =
     return cls(**vars(p.parse_args(argv)))
 
 
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
+    By default a block over 32 MiB (the MLM logits and their gradients, the embedding's
+    gradient) is unmapped when freed, and the next step's block of that size is faulted in
+    again page by page, zero-filled by the kernel: hundreds of MB a step, about a tenth of a
+    CPU training step. A no-op (False) where the C library is not glibc (macOS, Windows, musl)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def pick_device(device: str = "auto", local_rank: int = 0):
     """Returns the device, the autocast context and the dtype it computes in.
     bf16 where the GPU supports it, fp16 (+ GradScaler) on older GPUs, fp32 on the CPU,
     where bf16 matmuls run several times slower than fp32."""
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if not use_cuda:
+        keep_freed_memory()
         return torch.device("cpu"), nullcontext(), torch.float32
     if not torch.cuda.is_available():
         raise ValueError("--device cuda: this torch sees no CUDA GPU")
@@ -67,15 +83,25 @@ def pick_device(device: str = "auto", local_rank: int = 0):
     return torch.device("cuda", local_rank), torch.autocast("cuda", dtype=dtype), dtype
 
 
+def ffn_multiple_for(device: torch.device, multiple: int = 0) -> int:
+    """The --ffn-multiple a run draws its ticket with (ticket.draw_ticket rounds each layer's
+    kept FFN neurons up to a multiple of it): as asked, or (0) 64 on a GPU, 1 on the CPU. A bf16
+    matmul whose inner width is not a multiple of 8 misses the tensor cores' fast path: with
+    the odd widths of an unrounded ticket, BERT-base's pruned step took 1.36x the full one's
+    time on an H200. On a CPU round widths bought nothing (bench.py)."""
+    return multiple or (64 if device.type == "cuda" else 1)
+
+
 def to_device(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if v is not None else None) for k, v in batch.items()}
 
 
-def setup_distributed():
-    """torchrun sets RANK/WORLD_SIZE; nccl on GPUs, gloo on the CPU. Returns (rank, world, local_rank)."""
+def setup_distributed(device: str = "auto"):
+    """torchrun sets RANK/WORLD_SIZE; nccl on GPUs, gloo on the CPU, also where a GPU is
+    present but `device` is "cpu" (nccl has no CPU tensors). Returns (rank, world, local_rank)."""
     if "RANK" not in os.environ:
         return 0, 1, 0
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = "gloo" if device == "cpu" or not torch.cuda.is_available() else "nccl"
     dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 

@@ -45,6 +45,7 @@ class Ticket:
     kind: str = "earlybird"      # "earlybird", "fixed-step", "random" or "full"
     step: int | None = None      # search step it was drawn at
     history: list[dict] = field(default_factory=list)  # EarlyBird.history: the mask distances
+    ffn_multiple: int = 1        # each layer's kept FFN neurons rounded up to a multiple of it
 
     def save(self, path: str):
         """Human-readable JSON, one line per layer, written atomically."""
@@ -123,7 +124,7 @@ def draw_ticket(head_coefs, ffn_coefs, head_ratio: float = 1 / 3, ffn_ratio: flo
     n_keep = [max(1, len(m) - int(n)) for m, n in zip(ffn_mags, pruned_per_layer)]
     ffn = [_largest(m, min(len(m), math.ceil(n / ffn_multiple) * ffn_multiple)) for m, n in zip(ffn_mags, n_keep)]
     return Ticket(heads, ffn, [len(m) for m in head_mags], [len(m) for m in ffn_mags],
-                  head_ratio, ffn_ratio, kind, step, list(history or []))
+                  head_ratio, ffn_ratio, kind, step, list(history or []), ffn_multiple)
 
 
 def random_ticket(full_heads: list[int], full_ffn: list[int], head_ratio: float = 1 / 3,
@@ -214,24 +215,27 @@ class EarlyBird:
 
 
 def observe(early_bird: EarlyBird, model: nn.Module, step: int, head_ratio: float, ffn_ratio: float,
-            draw_step: int = 0) -> Ticket | None:
+            draw_step: int = 0, ffn_multiple: int = 1) -> Ticket | None:
     """One check during the search (EarlyBERT sec. 3.2): record the masks the model's slimming
     coefficients give at `step`, and return the ticket when it is time to draw it: when the
     early-bird rule fires (kind "earlybird"), or, with draw_step > 0, at that step (kind
-    "fixed-step", the official code's way; the rule then only records its distances). Else None."""
+    "fixed-step", the official code's way; the rule then only records its distances). Else None.
+    ffn_multiple rounds the drawn ticket's FFN widths (draw_ticket), not the recorded masks."""
     heads, ffn = slim.coefficients(model)
     fired = early_bird.update(*current_masks(heads, ffn, head_ratio, ffn_ratio), step)
     if draw_step > 0:
-        return draw_now(early_bird, model, step, head_ratio, ffn_ratio) if step == draw_step else None
-    return draw_now(early_bird, model, step, head_ratio, ffn_ratio, "earlybird") if fired else None
+        return draw_now(early_bird, model, step, head_ratio, ffn_ratio, ffn_multiple=ffn_multiple) \
+            if step == draw_step else None
+    return draw_now(early_bird, model, step, head_ratio, ffn_ratio, "earlybird", ffn_multiple) if fired else None
 
 
 def draw_now(early_bird: EarlyBird, model: nn.Module, step: int, head_ratio: float, ffn_ratio: float,
-             kind: str = "fixed-step") -> Ticket:
+             kind: str = "fixed-step", ffn_multiple: int = 1) -> Ticket:
     """The ticket the model's coefficients give now, with the distances that led to it
     (the fallback when the search ends before the rule fires)."""
-    return draw_ticket(*slim.coefficients(model), head_ratio, ffn_ratio, kind=kind, step=step,
+    return draw_ticket(*slim.coefficients(model), head_ratio, ffn_ratio, ffn_multiple, kind=kind, step=step,
                        history=early_bird.history)
+
 
 
 def summary(ticket: Ticket) -> dict:

@@ -36,8 +36,8 @@ import ticket as tickets
 from checkpoint import (load_checkpoint, load_pretrained, read_json, resume, save_pretrained, save_training_state,
                         write_json)
 from model import BertConfig, BertMLM, configure_optimizers, count_parameters, lr_lambda
-from runtime import (broadcast, finish_distributed, parse_config, pick_device, run_lock, setup_distributed,
-                     to_device)
+from runtime import (broadcast, ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock,
+                     setup_distributed, to_device)
 
 
 @dataclass
@@ -76,6 +76,7 @@ class Config:
     lambda_ffn: float = 1e-4  # L1 weight on the FFN coefficients
     head_ratio: float = 1 / 3  # fraction of heads pruned, in every layer
     ffn_ratio: float = 0.4  # fraction of FFN neurons pruned, one threshold over all layers
+    ffn_multiple: int = 0  # round each layer's kept FFN neurons up to a multiple; 0: 64 on a GPU, 1 on the CPU
     ticket_every: int = 20  # record a mask every N steps (the first after N steps of training)
     eb_k: int = 5  # the early-bird rule compares the newest mask with the k-1 before it
     eb_epsilon: float = 0.1  # ... and fires when every mask distance is below epsilon
@@ -194,7 +195,8 @@ def efficient_model(cfg: Config):
     ticket_path = os.path.join(search, "ticket.json")
     ticket = tickets.Ticket.load(ticket_path)
     if cfg.ticket == "random":  # the control: same ratios, units chosen at random
-        ticket = tickets.random_ticket(ticket.full_heads, ticket.full_ffn, ticket.head_ratio, ticket.ffn_ratio, cfg.seed)
+        ticket = tickets.random_ticket(ticket.full_heads, ticket.full_ffn, ticket.head_ratio, ticket.ffn_ratio, cfg.seed,
+                                       ticket.ffn_multiple)  # rounded as the drawn one
     if cfg.init == "rewind":  # the weights the search started from (the official code's choice)
         model = load_pretrained(BertMLM, os.path.join(search, "start"), verbose=False)
         prune.check_ticket_fits(ticket, model.config, ticket_path)
@@ -240,7 +242,7 @@ def check_finite(loss: float, step: int):
 
 def train(cfg: Config, stop_after: int | None = None):
     """Runs one phase. `stop_after` stops early as an interruption would (tests use it)."""
-    rank, world, local_rank = setup_distributed()
+    rank, world, local_rank = setup_distributed(cfg.device)
     device, autocast, dtype = pick_device(cfg.device, local_rank)
     torch.manual_seed(cfg.seed + rank)
     if cfg.phase == "efficient":
@@ -278,6 +280,7 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, cfg.max_steps, start["step"] if start else 0))
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     early_bird = tickets.EarlyBird(cfg.eb_k, cfg.eb_epsilon) if searching else None
+    multiple = ffn_multiple_for(device, cfg.ffn_multiple)  # the ticket's FFN widths, rounded for GPUs
     train_batches = data.MLMBatches(data_dir, "train", cfg.batch_size, cfg.max_len, n_vocab, special,
                                     seed=cfg.seed, rank=rank, world_size=world, pin_memory=device.type == "cuda")
     val_batches = data.MLMBatches(data_dir, "val", cfg.batch_size, cfg.max_len, n_vocab, special,
@@ -365,7 +368,7 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
             loss_sum.zero_()
             t_log, steps_since_log, count_sum = now, 0, 0
         if searching and (step % cfg.ticket_every == 0 or step == cfg.draw_step):
-            drawn = tickets.observe(early_bird, raw_model, step, cfg.head_ratio, cfg.ffn_ratio, cfg.draw_step)
+            drawn = tickets.observe(early_bird, raw_model, step, cfg.head_ratio, cfg.ffn_ratio, cfg.draw_step, multiple)
             write({"step": step, **{k: v for k, v in early_bird.history[-1].items() if k != "step"}})
         if step % cfg.eval_every == 0 and step < cfg.max_steps and rank == 0:
             val_loss, val_acc = evaluate(raw_model, val_batches, device, autocast)
@@ -387,7 +390,7 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
         return None
 
     if searching and not drawn:  # the rule never fired: draw from the last coefficients
-        drawn = tickets.draw_now(early_bird, raw_model, step, cfg.head_ratio, cfg.ffn_ratio)
+        drawn = tickets.draw_now(early_bird, raw_model, step, cfg.head_ratio, cfg.ffn_ratio, ffn_multiple=multiple)
     if rank == 0:
         val_loss, val_acc = evaluate(raw_model, val_batches, device, autocast)
         check_finite(val_loss, step)

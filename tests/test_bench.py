@@ -97,6 +97,7 @@ def test_benchmark_runs_end_to_end_on_cpu(capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"torch {torch.__version__} | cpu:")
     assert out.count("tokens/s") == 6 and "MFU" not in out  # 3 variants x 2 lengths; no MFU on a CPU
+    assert out.count("matmul peak:") == 2 and out.count("% of matmul peak") == 6
     assert "ours / reference: time" in out and "efficient / ours: time" in out
     names = {r["variant"] for r in results}
     assert {"ours (sparse MLM head)", "reference (decoder over every position)", "efficient (pruned)"} <= names
@@ -118,7 +119,17 @@ def test_profile_groups_a_steps_time_by_kind_of_op():
     assert groups["matmuls"] > 0 and groups["optimizer (AdamW)"] > 0 and groups["LayerNorm"] > 0
 
 
-def test_matmul_peak_is_the_flops_of_a_timed_square_matmul(monkeypatch):
-    clock = iter([10.0, 12.0])  # two seconds for reps=4 products of 8 x 8 matrices
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
-    assert bench.matmul_peak(torch.device("cpu"), torch.float32, n=8, reps=4) == 2 * 8 ** 3 * 4 / 2.0
+def test_variants_are_timed_in_turn_and_their_median_counts(monkeypatch):
+    clock = iter(range(100))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock) ** 2)  # each call lasts longer
+    order = []
+    steps = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    seconds = bench.seconds_in_turn(steps, rounds=3, device=torch.device("cpu"))
+    assert order == ["a", "b"] * 3
+    # a's calls span clock ticks (0,1), (4,5), (8,9): squared, 1, 9, 17 seconds; b's 5, 13, 21
+    assert seconds == {"a": 9, "b": 13}
+
+
+def test_square_matmul_multiplies_two_n_by_n_matrices():
+    product = bench.square_matmul(torch.device("cpu"), torch.float32, n=8)()
+    assert product.shape == (8, 8) and product.dtype == torch.float32

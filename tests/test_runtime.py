@@ -1,14 +1,17 @@
 """runtime.py: the command line built from a config dataclass, the device and its
 precision, single-process distributed defaults, and the lock on an output folder."""
+import ctypes
 import multiprocessing
 import os
+import platform
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from runtime import broadcast, finish_distributed, parse_config, pick_device, run_lock, setup_distributed, to_device
+from runtime import (broadcast, ffn_multiple_for, finish_distributed, keep_freed_memory, parse_config, pick_device,
+                     run_lock, setup_distributed, to_device)
 
 
 @dataclass
@@ -151,6 +154,28 @@ def test_pick_device_cpu_is_fp32_without_autocast():
     assert device == torch.device("cpu") and isinstance(autocast, nullcontext) and dtype == torch.float32
 
 
+class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2, every field a size_t
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def malloc_info() -> MallInfo2:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    return libc.mallinfo2()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="needs glibc's malloc (Linux)")
+def test_large_blocks_come_from_the_heap_and_stay_there_when_freed():
+    MiB = 2**20
+    assert keep_freed_memory()
+    x = torch.ones(64 * MiB // 4)
+    # glibc's default would map a 64 MiB block on its own (hblkhd) and unmap it when freed
+    assert malloc_info().hblkhd < 64 * MiB
+    del x
+    assert malloc_info().fordblks >= 64 * MiB  # free in the heap, for the next step's tensors
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
 def test_pick_device_without_gpu():
     assert pick_device("auto")[0] == torch.device("cpu")
@@ -183,3 +208,22 @@ def test_single_process_without_torchrun(monkeypatch):
     obj = {"ticket": [1, 2]}
     assert broadcast(obj, rank=0, world=1) is obj
     finish_distributed(1)  # nothing to tear down
+
+
+@pytest.mark.parametrize("device, has_gpu, backend", [("cpu", True, "gloo"), ("auto", True, "nccl"),
+                                                      ("cuda", True, "nccl"), ("auto", False, "gloo")])
+def test_distributed_backend_follows_the_device(monkeypatch, device, has_gpu, backend):
+    # --device cpu under torchrun on a GPU machine: nccl would refuse the CPU tensors
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: has_gpu)
+    chosen = []
+    monkeypatch.setattr(torch.distributed, "init_process_group", chosen.append)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    assert setup_distributed(device) == (1, 2, 1) and chosen == [backend]
+
+
+def test_ffn_multiple_rounds_for_gpus_unless_asked():
+    assert ffn_multiple_for(torch.device("cuda", 0)) == 64 and ffn_multiple_for(torch.device("cpu")) == 1
+    assert ffn_multiple_for(torch.device("cuda", 0), 8) == 8 and ffn_multiple_for(torch.device("cpu"), 8) == 8

@@ -105,7 +105,7 @@ def test_ticket_saves_and_loads_one_line_per_layer(tmp_path):
     t.save(str(path))
     assert Ticket.load(str(path)) == t and json.loads(path.read_text())["ffn"] == t.ffn
     lines = path.read_text().splitlines()
-    assert "    [0, 1, 2, 3, 5, 7]," in lines and len(lines) == 22  # a line per layer, not per index
+    assert "    [0, 1, 2, 3, 5, 7]," in lines and len(lines) == 23  # a line per layer, not per index
     assert os.listdir(tmp_path) == ["ticket.json"]  # no temporary file left behind
 
 

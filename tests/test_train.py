@@ -355,6 +355,17 @@ def test_a_ticket_drawn_at_the_last_step_points_to_rewind(corpus, tmp_path, caps
     assert os.path.exists(tmp_path / "efficient-rewind" / "model" / "model.safetensors")
 
 
+
+def test_a_rounded_ticket_and_its_random_control_keep_ffn_widths_in_multiples(corpus, tmp_path):
+    """--ffn-multiple (64 on a GPU unless asked): each layer keeps a multiple of it, and the
+    efficient phase's random control is rounded as the drawn ticket was."""
+    train.train(tiny(corpus, tmp_path, phase="search", max_steps=6, draw_step=4, ffn_multiple=16))
+    drawn = tickets.Ticket.load(str(tmp_path / "search" / "ticket.json"))
+    _, control, _ = train.efficient_model(tiny(corpus, tmp_path, phase="efficient", data="", vocab="", max_steps=6,
+                                               max_len=train.Config.max_len, ticket="random"))
+    for t in (drawn, control):  # 2 layers of 64 neurons, 77 kept unrounded: no two multiples of 16 add up to 77
+        assert t.ffn_multiple == 16 and all(len(f) % 16 == 0 for f in t.ffn) and sum(map(len, t.ffn)) > 77
+
 # ----------------------------------------------------------------------------- nothing a user has is lost
 
 @pytest.fixture(scope="module")
