@@ -54,6 +54,7 @@ class Config:
     ffn: int = 1024  # FFN intermediate size
     dropout: float = 0.0  # hidden and attention dropout (none: a short pre-training does not overfit)
     max_len: int = 64  # tokens per sequence (64: twice the steps of 128 in the same time)
+    mask_prob: float = 0.15  # fraction of tokens masked and predicted in training (held-out evaluation: 0.15)
     batch_size: int = 32  # sequences per process per micro-step
     grad_accum: int = 1  # micro-steps per optimizer step
     max_steps: int = 2400  # optimizer steps; the learning rate decays to 0 here (about 20 min on a laptop CPU)
@@ -281,8 +282,8 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     early_bird = tickets.EarlyBird(cfg.eb_k, cfg.eb_epsilon) if searching else None
     multiple = ffn_multiple_for(device, cfg.ffn_multiple)  # the ticket's FFN widths, rounded for GPUs
-    train_batches = data.MLMBatches(data_dir, "train", cfg.batch_size, cfg.max_len, n_vocab, special,
-                                    seed=cfg.seed, rank=rank, world_size=world, pin_memory=device.type == "cuda")
+    train_batches = data.MLMBatches(data_dir, "train", cfg.batch_size, cfg.max_len, n_vocab, special, seed=cfg.seed,
+                                    rank=rank, world_size=world, mask_prob=cfg.mask_prob, pin_memory=device.type == "cuda")
     val_batches = data.MLMBatches(data_dir, "val", cfg.batch_size, cfg.max_len, n_vocab, special,
                                   seed=cfg.seed).eval_batches(cfg.eval_batches)
 
