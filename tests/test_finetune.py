@@ -253,11 +253,13 @@ def test_the_search_has_no_warm_up_and_decays_over_three_epochs_of_its_own(tmp_p
 def test_a_random_ticket_needs_no_search(tmp_path, tiny_model, glue_folder):
     glue_folder(tmp_path / "data", "sst-2")
     results = run(tmp_path, task="sst-2", data=str(tmp_path / "data"), model=tiny_model, earlybert=True,
-                  ticket="random")
+                  ticket="random", ffn_multiple=16)
     assert results["ticket"]["rule"] == "random" and results["ticket"]["drawn_at"] is None
     assert results["search"] is None and results["search_steps"] == 0
     model = load_pretrained(BertClassifier, str(tmp_path / "out" / "sst-2-random" / "model"), verbose=False)
     assert sum(model.config.heads_per_layer) == results["ticket"]["kept_heads"] == 6
+    # 77 of 128 FFN neurons kept unrounded; --ffn-multiple 16 keeps each layer's in multiples of 16
+    assert all(w % 16 == 0 for w in model.config.ffn_per_layer) and sum(model.config.ffn_per_layer) > 77
 
 
 def test_the_three_variants_report_the_same_budget_fields_in_one_table(tmp_path, tiny_model, glue_folder, capsys,

@@ -24,6 +24,7 @@ import slim
 import ticket as tickets
 import train
 from checkpoint import load_pretrained, save_pretrained
+from data import n_predictions
 from model import BertConfig, BertMLM, configure_optimizers, lr_lambda
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,6 +67,18 @@ def test_a_short_run_lowers_held_out_loss_clearly(corpus, tmp_path):
     assert evals[1]["val_loss"] < evals[0]["val_loss"] and summary["steps"] == 200
     assert os.path.exists(tmp_path / "full" / "model" / "config.json")
 
+
+
+def test_mask_prob_sets_the_training_masks_and_not_the_held_out_ones(corpus, tmp_path, monkeypatch):
+    made, real = {}, train.data.MLMBatches
+
+    def spy(data_dir, split, *args, **kw):
+        batches = real(data_dir, split, *args, **kw)
+        made[split] = batches.max_predictions
+        return batches
+    monkeypatch.setattr(train.data, "MLMBatches", spy)
+    train.train(tiny(corpus, tmp_path, max_steps=2, mask_prob=0.4))
+    assert made == {"train": n_predictions(32, 0.4), "val": n_predictions(32)} and n_predictions(32, 0.4) == 12
 
 def test_max_minutes_stops_at_the_first_log_step_past_the_budget(corpus, tmp_path):
     summary = train.train(tiny(corpus, tmp_path, max_minutes=1e-6, log_every=3))  # 60 microseconds
