@@ -361,11 +361,15 @@ def parse_args(argv=None):
     return args
 
 
+# Settings train.py gained after a recipe.json was written: what the runs before them did.
+BEFORE_FLAGS = {"mask_prob": 0.15, "ffn_multiple": 0}
+
+
 def check_recipe(path: str, recipe: dict, force: bool):
     """Writes the recipe beside the runs, or checks it against the one there: finished runs are read,
     not run again, so a folder must never mix two recipes (--force reruns them all)."""
     if os.path.exists(path) and not force:
-        there = read_json(path, "recipe")
+        there = {**BEFORE_FLAGS, **read_json(path, "recipe")}
         changed = [f"{k} {there.get(k)} there, {v} now" for k, v in recipe.items() if there.get(k) != v]
         if changed:
             raise ValueError(f"{path}: these runs used another recipe ({'; '.join(changed)}); give another --out, "

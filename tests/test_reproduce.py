@@ -129,6 +129,14 @@ def test_a_folder_never_mixes_two_recipes(tmp_path):
     assert json.load(open(path))["max_steps"] == 1200  # the recipe the forced runs will have
 
 
+
+def test_runs_from_before_a_new_setting_count_as_its_old_behaviour(tmp_path):
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps({"max_steps": 2400}))  # written before train.py had --mask-prob
+    reproduce.check_recipe(str(path), {"max_steps": 2400, "mask_prob": 0.15}, force=False)  # 15%: what they did
+    with pytest.raises(ValueError, match=r"mask_prob 0\.15 there, 0\.4 now"):
+        reproduce.check_recipe(str(path), {"max_steps": 2400, "mask_prob": 0.4}, force=False)
+
 def test_a_bad_data_path_stops_before_any_run(tmp_path):
     with pytest.raises(ValueError, match="nope.txt: no such file"):
         reproduce.main(["--out", str(tmp_path / "out"), "--data", str(tmp_path / "nope.txt")])
