@@ -55,6 +55,7 @@ QUICK_FINETUNE = {"epochs": 1, "max_steps": 3}
 LIBRARY = (700, 300)  # the library task's training and dev sentences per library (numpy's docs have about 1000)
 QUICK_LIBRARY = (12, 6), {"python": "json", "torch": "optim", "numpy": "polynomial"}  # from these folders only
 VOCAB = "SEED0_VOCAB"  # stands for the first seed's vocabulary until its search has trained it
+BEFORE_FLAGS = {"mask_prob": 0.15, "ffn_multiple": 0}  # train.py's settings newer than a recipe.json: as before
 CPU_FLOPS = 80e9  # model FLOP/s of a training step on a 2-core AMD EPYC, fp32 (bench.py): for the estimate
 
 
@@ -152,7 +153,8 @@ def estimate_seconds(recipe: dict, n_seeds: int, eval_every: int, n_downstream: 
     r = recipe
     config = BertConfig(vocab_size=r["vocab_size"], hidden_size=r["hidden"], num_hidden_layers=r["layers"],
                         num_attention_heads=r["heads"], intermediate_size=r["ffn"])
-    sequence = flops_per_sequence(config, r["max_len"], n_predictions(r["max_len"])) * r["batch_size"] / CPU_FLOPS
+    P = n_predictions(r["max_len"], r["mask_prob"])
+    sequence = flops_per_sequence(config, r["max_len"], P) * r["batch_size"] / CPU_FLOPS
     steps = r["max_steps"] * (1 + 0.25 + 2 * 0.75 * 0.75) * r["grad_accum"]
     evaluations = (r["max_steps"] // eval_every + 6) * r["eval_batches"] / 3  # forward only
     minilm = BertConfig(hidden_size=384, num_hidden_layers=6, intermediate_size=1536)
@@ -346,11 +348,14 @@ def parse_args(argv=None):
     p.add_argument("--data", default="", help="train.py's --data [its built-in corpus]")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that every step runs")
     p.add_argument("--max-steps", type=int, default=0, help="every pre-training run's length [train.py's 2400]")
+    p.add_argument("--mask-prob", type=float, default=0.0, help="train.py's --mask-prob [its 0.4]; 0.15: BERT's")
     p.add_argument("--force", action="store_true", help="run every run again, replacing its results")
     p.add_argument("--wordnet", default=WORDNET, help="WordNet's data.noun (Debian package wordnet-base)")
     args = p.parse_args(argv)
     if args.max_steps < 0 or (args.quick and args.max_steps):
         raise ValueError(f"--max-steps {args.max_steps}: give a positive number of steps, and not with --quick")
+    if not 0 <= args.mask_prob < 1:
+        raise ValueError(f"--mask-prob {args.mask_prob}: give a fraction of the tokens, in (0, 1)")
     args.out = args.out or ("runs/reproduce-quick" if args.quick else  # never mixed up
                             f"runs/reproduce-{args.max_steps}" if args.max_steps else "runs/reproduce")
     args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
@@ -359,10 +364,6 @@ def parse_args(argv=None):
     if len(set(args.seeds)) != len(args.seeds):
         raise ValueError(f"--seeds {' '.join(map(str, args.seeds))}: a seed given twice")
     return args
-
-
-# Settings train.py gained after a recipe.json was written: what the runs before them did.
-BEFORE_FLAGS = {"mask_prob": 0.15, "ffn_multiple": 0}
 
 
 def check_recipe(path: str, recipe: dict, force: bool):
@@ -393,6 +394,7 @@ def main(argv=None):
     args = parse_args(argv)
     out, seeds = args.out, args.seeds
     overrides = QUICK if args.quick else {"max_steps": args.max_steps} if args.max_steps else {}
+    overrides = {**overrides, "mask_prob": args.mask_prob} if args.mask_prob else overrides
     recipe = {**train_defaults(), **overrides}
     eval_every = max(1, recipe["max_steps"] // EVALUATIONS)
     (n_train, n_dev), folders = QUICK_LIBRARY if args.quick else (LIBRARY, None)

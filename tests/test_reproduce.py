@@ -137,6 +137,19 @@ def test_runs_from_before_a_new_setting_count_as_its_old_behaviour(tmp_path):
     with pytest.raises(ValueError, match=r"mask_prob 0\.15 there, 0\.4 now"):
         reproduce.check_recipe(str(path), {"max_steps": 2400, "mask_prob": 0.4}, force=False)
 
+
+def test_mask_prob_reaches_the_recipe_and_every_pretraining_command(tmp_path, monkeypatch, capsys):
+    def stop(job, force, vocab=None):
+        raise KeyboardInterrupt  # after the plan and the recipe, before the first run
+    monkeypatch.setattr(reproduce, "run", stop)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.main(["--out", str(tmp_path), "--part", "pretrain", "--mask-prob", "0.15"])
+    assert json.load(open(tmp_path / "recipe.json"))["mask_prob"] == 0.15
+    plan = [line for line in capsys.readouterr().err.splitlines() if "train.py" in line]
+    assert len(plan) == 12 and all("--mask-prob 0.15" in line for line in plan)
+    with pytest.raises(ValueError, match=r"^--mask-prob 1\.5: give a fraction"):
+        reproduce.parse_args(["--mask-prob", "1.5"])
+
 def test_a_bad_data_path_stops_before_any_run(tmp_path):
     with pytest.raises(ValueError, match="nope.txt: no such file"):
         reproduce.main(["--out", str(tmp_path / "out"), "--data", str(tmp_path / "nope.txt")])
