@@ -143,10 +143,10 @@ def test_mask_prob_reaches_the_recipe_and_every_pretraining_command(tmp_path, mo
         raise KeyboardInterrupt  # after the plan and the recipe, before the first run
     monkeypatch.setattr(reproduce, "run", stop)
     with pytest.raises(KeyboardInterrupt):
-        reproduce.main(["--out", str(tmp_path), "--part", "pretrain", "--mask-prob", "0.15"])
-    assert json.load(open(tmp_path / "recipe.json"))["mask_prob"] == 0.15
+        reproduce.main(["--out", str(tmp_path), "--part", "pretrain", "--mask-prob", "0.4"])
+    assert json.load(open(tmp_path / "recipe.json"))["mask_prob"] == 0.4
     plan = [line for line in capsys.readouterr().err.splitlines() if "train.py" in line]
-    assert len(plan) == 12 and all("--mask-prob 0.15" in line for line in plan)
+    assert len(plan) == 12 and all("--mask-prob 0.4" in line for line in plan)
     with pytest.raises(ValueError, match=r"^--mask-prob 1\.5: give a fraction"):
         reproduce.parse_args(["--mask-prob", "1.5"])
 
