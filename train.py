@@ -54,7 +54,7 @@ class Config:
     ffn: int = 1024  # FFN intermediate size
     dropout: float = 0.0  # hidden and attention dropout (none: a short pre-training does not overfit)
     max_len: int = 64  # tokens per sequence (64: twice the steps of 128 in the same time)
-    mask_prob: float = 0.15  # fraction of tokens masked and predicted in training (held-out evaluation: 0.15)
+    mask_prob: float = 0.15  # fraction of tokens masked and predicted in training (0.4 learns faster; held-out: 0.15)
     batch_size: int = 32  # sequences per process per micro-step
     grad_accum: int = 1  # micro-steps per optimizer step
     max_steps: int = 2400  # optimizer steps; the learning rate decays to 0 here (about 20 min on a laptop CPU)
