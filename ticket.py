@@ -223,10 +223,10 @@ def observe(early_bird: EarlyBird, model: nn.Module, step: int, head_ratio: floa
     ffn_multiple rounds the drawn ticket's FFN widths (draw_ticket), not the recorded masks."""
     heads, ffn = slim.coefficients(model)
     fired = early_bird.update(*current_masks(heads, ffn, head_ratio, ffn_ratio), step)
+    kind = "fixed-step" if draw_step > 0 else "earlybird"
     if draw_step > 0:
-        return draw_now(early_bird, model, step, head_ratio, ffn_ratio, ffn_multiple=ffn_multiple) \
-            if step == draw_step else None
-    return draw_now(early_bird, model, step, head_ratio, ffn_ratio, "earlybird", ffn_multiple) if fired else None
+        fired = step == draw_step
+    return draw_now(early_bird, model, step, head_ratio, ffn_ratio, kind, ffn_multiple) if fired else None
 
 
 def draw_now(early_bird: EarlyBird, model: nn.Module, step: int, head_ratio: float, ffn_ratio: float,
@@ -235,7 +235,6 @@ def draw_now(early_bird: EarlyBird, model: nn.Module, step: int, head_ratio: flo
     (the fallback when the search ends before the rule fires)."""
     return draw_ticket(*slim.coefficients(model), head_ratio, ffn_ratio, ffn_multiple, kind=kind, step=step,
                        history=early_bird.history)
-
 
 
 def summary(ticket: Ticket) -> dict:
