@@ -129,12 +129,14 @@ def broadcast(obj, rank: int, world: int):
 @contextmanager
 def run_lock(folder: str):
     """Refuse a second process on the same output folder. An OS file lock (flock) is
-    released by the kernel when its holder dies, so a crashed run never leaves it stuck."""
+    released by the kernel when its holder dies, so a crashed run never leaves it stuck.
+    A folder made here that the run left empty (bad input, say) is removed again."""
     try:
         import fcntl
     except ImportError:  # Windows: no flock; runs are not guarded there
         yield
         return
+    made = not os.path.exists(folder)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, ".lock")
     with open(path, "a+") as f:
@@ -152,4 +154,7 @@ def run_lock(folder: str):
         try:
             yield
         finally:
+            if made and os.listdir(folder) == [".lock"]:  # removed while still held: no one else has it
+                os.remove(path)
+                os.rmdir(folder)
             fcntl.flock(f, fcntl.LOCK_UN)

@@ -147,6 +147,21 @@ def test_run_lock_is_released_when_the_run_fails(tmp_path):
         pass
 
 
+
+@fork_only
+def test_a_run_that_writes_nothing_leaves_no_folder_behind(tmp_path):
+    with pytest.raises(ValueError):
+        with run_lock(str(tmp_path / "bad")):
+            raise ValueError("nope.txt: no such file or folder")  # bad input, found under the lock
+    assert not (tmp_path / "bad").exists()
+    with run_lock(str(tmp_path / "ran")):
+        (tmp_path / "ran" / "log.jsonl").write_text("{}\n")
+    assert (tmp_path / "ran" / "log.jsonl").exists()
+    (tmp_path / "mine").mkdir()  # a folder that was there before the run is left as it was
+    with run_lock(str(tmp_path / "mine")):
+        pass
+    assert (tmp_path / "mine").is_dir()
+
 # ----------------------------------------------------------------------------- device and processes
 
 def test_pick_device_cpu_is_fp32_without_autocast():
