@@ -12,12 +12,15 @@ states, data position. Every file here is written to a temporary name and rename
 (`atomic`), so a crash, even in the middle of a write, never leaves a half-written file
 where a good one was.
 """
+import glob
 import json
 import os
 import random
+import shutil
+import socket
 import struct
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import numpy as np
 import torch
@@ -26,10 +29,41 @@ import torch.distributed as dist
 from model import BertConfig, BertPreTrainedBase
 
 
+def temporary(path: str) -> str:
+    """The name `path` is written under before it is renamed into place: this host's and this
+    process's own, so two writers never share one, and one that a killed process left is known."""
+    return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
+
+
+def remove_stale(path: str):
+    """Removes the temporaries of `path` (files or folders) left by processes of this host that no
+    longer run: killed in the middle of a write (SIGKILL, out of memory), they never cleaned up."""
+    prefix = f"{path}.tmp-{socket.gethostname()}-"
+    for tmp in glob.glob(glob.escape(prefix) + "*"):
+        pid = tmp[len(prefix):]
+        if pid.isdigit() and not running(int(pid)):
+            with suppress(FileNotFoundError):  # another process may be removing it too
+                shutil.rmtree(tmp) if os.path.isdir(tmp) else os.remove(tmp)
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` exists on this host (on Windows, where os.kill would stop it: assumed so)."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, the process is only looked up
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
+
+
 @contextmanager
 def atomic(path: str):
     """Yields a temporary path beside `path`; renamed onto `path` only if the block succeeds."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    remove_stale(path)
+    tmp = temporary(path)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -23,6 +23,8 @@ import warnings
 
 from tqdm import tqdm
 
+from checkpoint import atomic
+
 SKIP_FOLDERS = {"site-packages", "test", "tests", "testing", "idle_test"}  # test code, not documentation
 
 
@@ -142,10 +144,8 @@ def builtin_corpus(cache_root: str) -> list[str]:
     # Blank lines separate documents in the file, so the blank lines inside one are dropped.
     docs = ["\n".join(line.rstrip() for line in d.splitlines() if line.strip()) for d in docs]
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"  # two processes building at once each write their own file
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic(path) as tmp, open(tmp, "w", encoding="utf-8") as f:  # two processes at once: a file each
         f.write("\n\n".join(d for d in docs if d) + "\n")
-    os.replace(tmp, path)
     return [path]
 
 

@@ -32,7 +32,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 
-from checkpoint import atomic, read_json, write_json
+from checkpoint import atomic, read_json, remove_stale, temporary, write_json
 from corpus import check_text_file, read_documents
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -216,9 +216,10 @@ def prepare_corpus(files: list[str], cache_root: str, vocab: str = "", vocab_siz
     WordPiece vocabulary of vocab_size tokens is trained on the files into data_dir/vocab/.
     About val_tokens tokens of whole documents are held out (at most 20% of the corpus), enough
     for a stable held-out accuracy. A finished cache is reused without work. The folder is built
-    under a temporary name (with the process id) and renamed into place when complete, so a
-    crash leaves nothing that passes for a cache, and of two processes preparing the same corpus
-    at once, the second to finish uses the first one's folder."""
+    under a temporary name (with the host and process id) and renamed into place when complete,
+    so a crash leaves nothing that passes for a cache (the next preparation removes what a killed
+    one left), and of two processes preparing the same corpus at once, the second to finish uses
+    the first one's folder."""
     if not files:
         raise ValueError("prepare_corpus: no text files given")
     for f in files:
@@ -234,7 +235,8 @@ def prepare_corpus(files: list[str], cache_root: str, vocab: str = "", vocab_siz
               leave=False) as bar:
         for f in files:
             check_text_file(f, bar)
-    tmp = f"{data_dir}.tmp{os.getpid()}"
+    remove_stale(data_dir)  # what killed processes left
+    tmp = temporary(data_dir)
     shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed process that had our pid
     try:
         if tokenizer is None:

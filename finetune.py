@@ -37,7 +37,7 @@ import slim
 import ticket as tickets
 from checkpoint import load_pretrained, read_json, save_pretrained, write_json
 from data import checkpoint_tokenizer
-from model import BertClassifier, BertQA, configure_optimizers, count_parameters, lr_lambda
+from model import BertClassifier, BertQA, configure_optimizers, count_parameters, flops_per_sequence, lr_lambda
 from runtime import (ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock, setup_distributed,
                      to_device)
 from tasks import (GLUE, TASKS, GlueTask, glue_features, glue_scores, read_glue, read_squad, squad_answers,
@@ -151,17 +151,6 @@ def squad_evaluate(model, examples, features, windows, cfg, rt):
     """Best span over all windows of each question, then the official EM and F1."""
     predictions = squad_answers(examples, windows, predict(model, features, cfg, rt, "dev"))
     return {"dev-v1.1": squad_scores(predictions, examples)}, predictions
-
-
-def flops_per_example(config, lengths) -> float:
-    """Training FLOPs per example (forward + backward = 3 x forward) at each example's own length
-    T, averaged. Per layer, with w = kept heads x head_dim and f kept FFN neurons: 2 T H (4 w + 2 f)
-    for the Q, K, V, output and FFN projections, 4 T^2 w for attention; embeddings, LayerNorms,
-    softmax, the task head and padding are not counted (as in bench.py): the model's work."""
-    T, H = np.asarray(lengths, np.float64), config.hidden_size
-    forward = sum(2 * T * H * (4 * w + 2 * f) + 4 * T * T * w for w, f in
-                  ((config.heads(l) * config.head_dim, config.ffn(l)) for l in range(config.num_hidden_layers)))
-    return float(3 * np.mean(forward))
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -353,7 +342,9 @@ def run_stages(cfg: Config, rt, kind: str, run_dir: str, early_bird) -> dict:
                "search_steps": searched["steps"] if searched else 0, "search_seconds": search_seconds,
                "steps": run["steps"], "train_seconds": run["seconds"], "total_seconds": search_seconds + run["seconds"],
                "parameters": count_parameters(model),
-               "flops_per_example": flops_per_example(model.config, [len(f["input_ids"]) for f in task.train]),
+               # training FLOPs at each example's own length, averaged (the task head and padding not counted)
+               "flops_per_example": float(np.mean([flops_per_sequence(model.config, len(f["input_ids"]), 0)
+                                                   for f in task.train])),
                "ticket": {**tickets.summary(ticket), "parameters_before": full_parameters} if ticket else None,
                "search": searched, "history": run["history"], "config": asdict(cfg)}
     if rt.rank == 0:

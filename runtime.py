@@ -126,6 +126,26 @@ def broadcast(obj, rank: int, world: int):
     return box[0]
 
 
+def sum_ranks(value: float, world: int, device):
+    """`value` summed over the ranks, as a tensor on `device` (a pinned, non-blocking copy keeps
+    the host from waiting for the GPU); with one process, `value` itself."""
+    if world == 1:
+        return value
+    t = torch.tensor(value)
+    t = t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+    dist.all_reduce(t)
+    return t
+
+
+def any_rank(flag: bool, world: int, device) -> bool:
+    """True on every rank when `flag` is true on any of them (an all-reduce: a collective and a host sync)."""
+    if world == 1:
+        return flag
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 @contextmanager
 def run_lock(folder: str):
     """Refuse a second process on the same output folder. An OS file lock (flock) is

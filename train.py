@@ -24,7 +24,6 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -36,8 +35,8 @@ import ticket as tickets
 from checkpoint import (load_checkpoint, load_pretrained, read_json, resume, save_pretrained, save_training_state,
                         write_json)
 from model import BertConfig, BertMLM, configure_optimizers, count_parameters, lr_lambda
-from runtime import (broadcast, ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock,
-                     setup_distributed, to_device)
+from runtime import (any_rank, broadcast, ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock,
+                     setup_distributed, sum_ranks, to_device)
 
 
 @dataclass
@@ -333,11 +332,7 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
         # weight each micro-batch by its share of them (DDP then averages the gradients over ranks).
         micro_batches = [next(train_batches) for _ in range(cfg.grad_accum)]
         counts = [int((b["mlm_labels"] != -100).sum()) for b in micro_batches]  # on the CPU: no device sync
-        total = float(sum(counts))
-        if world > 1:  # summed over the ranks; a pinned, non-blocking copy keeps the host from waiting
-            total = torch.tensor(total).pin_memory() if device.type == "cuda" else torch.tensor(total)
-            total = total.to(device, non_blocking=True)
-            dist.all_reduce(total)
+        total = sum_ranks(float(sum(counts)), world, device)
         for micro, (batch, count) in enumerate(zip(micro_batches, counts)):
             batch = to_device(batch, device)
             sync = nullcontext() if world == 1 or micro == cfg.grad_accum - 1 else model.no_sync()
@@ -376,12 +371,9 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
         if step % cfg.eval_every == 0 and step < cfg.max_steps and rank == 0:
             val_loss, val_acc = evaluate(raw_model, val_batches, device, autocast)
             write({"step": step, "val_loss": val_loss, "val_acc": val_acc})
-        # checked at log steps only: with several ranks it is a collective and a host sync
-        out_of_time = cfg.max_minutes > 0 and step % cfg.log_every == 0 and elapsed > 60 * cfg.max_minutes
-        if world > 1 and cfg.max_minutes > 0 and step % cfg.log_every == 0:  # every rank stops at the same step
-            flag = torch.tensor(float(out_of_time), device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            out_of_time = bool(flag.item())
+        # at log steps only (with several ranks, a collective); every rank stops at the same step
+        out_of_time = (cfg.max_minutes > 0 and step % cfg.log_every == 0
+                       and any_rank(elapsed > 60 * cfg.max_minutes, world, device))
         if step % cfg.ckpt_every == 0 or drawn or out_of_time or step == cfg.max_steps or step == stop_after:
             checkpoint()
         bar.update(1)

@@ -170,6 +170,16 @@ def squad():
     return SimpleNamespace(context=SQUAD_CONTEXT, answer=SQUAD_ANSWER, example=_squad_example)
 
 
+@pytest.fixture
+def dead_pid() -> int:
+    """The process id of a process that has exited (a child, started and waited for): what a
+    killed run's temporary files are named by."""
+    import subprocess
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
 # ----------------------------------------------------------------------------- tickets
 # Literal tickets for a tiny 3-layer model, shared by test_ticket.py and test_prune.py, so
 # neither depends on draw_ticket: a blanked-out function fails its own tests only.

@@ -10,14 +10,15 @@ the first 8 features of every token plus each token's sum and max |x| over all 3
 """
 import json
 import os
+import socket
 
 import pytest
 import torch
 from tokenizers import BertWordPieceTokenizer
 
 from checkpoint import (atomic, from_reference_name, load_checkpoint, load_pretrained, read_config, read_json,
-                        read_safetensors, save_checkpoint, save_pretrained, to_reference_name, write_json,
-                        write_safetensors)
+                        read_safetensors, remove_stale, save_checkpoint, save_pretrained, temporary,
+                        to_reference_name, write_json, write_safetensors)
 from model import Bert, BertClassifier, BertConfig, BertMLM, BertQA
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -225,6 +226,21 @@ def test_atomic_keeps_the_old_file_when_the_write_fails(tmp_path):
     assert json.load(open(path)) == {"run": 1} and os.listdir(tmp_path) == ["summary.json"]
     write_json({"run": 4}, path)
     assert json.load(open(path)) == {"run": 4}
+
+
+def test_a_write_removes_what_killed_writers_left_and_nothing_else(tmp_path, dead_pid):
+    path = str(tmp_path / "ckpt.pt")
+    this_host = temporary(path).rsplit("-", 1)[0]  # PATH.tmp-HOST, then -PID
+    killed, running = f"{this_host}-{dead_pid}", f"{this_host}-{os.getppid()}"
+    elsewhere = f"{path}.tmp-not-{socket.gethostname()}-{dead_pid}"  # another host's process: unknown here
+    for p in (killed, running, elsewhere):
+        open(p, "w").close()
+    write_json({"step": 1}, path)
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in (path, running, elsewhere))
+    folder = temporary(str(tmp_path / "corpus")).rsplit("-", 1)[0] + f"-{dead_pid}"  # a folder too
+    os.makedirs(os.path.join(folder, "vocab"))
+    remove_stale(str(tmp_path / "corpus"))
+    assert not os.path.exists(folder)
 
 
 def test_save_checkpoint_keeps_the_old_checkpoint_when_saving_fails(tmp_path):

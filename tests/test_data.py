@@ -3,12 +3,14 @@ batch stream. The fixed vocabulary tests/vocab.txt and the generated small corpu
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import data
+from checkpoint import temporary
 
 MAX_LEN, BATCH = 32, 8
 
@@ -212,7 +214,8 @@ def test_prepare_corpus_loses_a_race_gracefully(small_corpus, fixed_vocab, tmp_p
     assert os.listdir(root) == [os.path.basename(winner)]  # our temporary folder is gone
 
 
-def test_a_crashed_preparation_is_never_taken_for_a_cache(small_corpus, fixed_vocab, tmp_path, monkeypatch):
+def test_a_crashed_preparation_is_never_taken_for_a_cache(small_corpus, fixed_vocab, tmp_path, monkeypatch,
+                                                           dead_pid):
     root = tmp_path / "cache"
 
     def crash(files, tokenizer, out_dir, *args):
@@ -226,10 +229,12 @@ def test_a_crashed_preparation_is_never_taken_for_a_cache(small_corpus, fixed_vo
     assert os.listdir(root) == []  # the temporary folder was removed
     monkeypatch.undo()
     key = data.corpus_key([small_corpus], fixed_vocab, 8192, True, data.VAL_TOKENS, 0)
-    (root / f"{key}.tmp999999999").mkdir()  # what a killed process leaves: never renamed into place
-    (root / f"{key}.tmp999999999" / "meta.json").write_text("{}")
+    killed = temporary(str(root / key)).rsplit("-", 1)[0] + f"-{dead_pid}"  # a killed process's, never renamed
+    os.makedirs(killed)
+    (Path(killed) / "meta.json").write_text("{}")
     folder, meta = data.prepare_corpus([small_corpus], str(root), vocab=fixed_vocab)
     assert folder == str(root / key) and meta["train_tokens"] > 0
+    assert os.listdir(root) == [key]  # the killed process's folder is gone
 
 
 # ----------------------------------------------------------------------------- masking and batches

@@ -15,14 +15,14 @@ from contextlib import nullcontext
 from dataclasses import fields
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from checkpoint import load_pretrained, save_pretrained
 from data import checkpoint_tokenizer
-from finetune import (Config, compare, finetune, flops_per_example, load_task, main, parse_args, squad_evaluate,
-                      underfit_hint)
-from model import BertClassifier, BertConfig, BertMLM
+from finetune import Config, compare, finetune, load_task, main, parse_args, squad_evaluate, underfit_hint
+from model import BertClassifier, BertConfig, BertMLM, flops_per_sequence
 from runtime import field_help
 from tasks import GLUE, read_squad, squad_features
 
@@ -273,6 +273,9 @@ def test_the_three_variants_report_the_same_budget_fields_in_one_table(tmp_path,
     full, eb, rnd = runs.values()
     assert eb["parameters"] == rnd["parameters"] < full["parameters"]
     assert eb["flops_per_example"] == rnd["flops_per_example"] < full["flops_per_example"]
+    lengths = [len(f["input_ids"]) for f in load_task(Config(**base), checkpoint_tokenizer(tiny_model, pairs=True)[0]).train]
+    config = load_pretrained(BertClassifier, tiny_model, verbose=False).config
+    assert full["flops_per_example"] == pytest.approx(np.mean([flops_per_sequence(config, T, 0) for T in lengths]))
     assert (full["search_steps"], eb["search_steps"], rnd["search_steps"]) == (0, 4, 0)  # 0.4 of 10 steps
     assert all(r["total_seconds"] == pytest.approx(r["search_seconds"] + r["train_seconds"]) for r in runs.values())
 
@@ -297,15 +300,15 @@ def test_the_three_variants_report_the_same_budget_fields_in_one_table(tmp_path,
         compare([str(tmp_path / "bad.json")])
 
 
-def test_flops_per_example_count_the_projections_and_attention_at_each_length(tmp_path, write_vocab):
+def test_fine_tuning_flops_count_the_projections_and_attention_without_an_mlm_head(tmp_path, write_vocab):
+    """finetune.py's FLOPs per example: the model's count at the example's length, no predicted positions."""
     config = tiny_config(write_vocab(tmp_path))  # H 32, 4 heads of 8, FFN 64, 2 layers
     T, H, f = 3, 32, 64
     one = 2 * T * H * (4 * 32 + 2 * f) + 4 * T * T * 32  # one layer's forward
-    assert flops_per_example(config, [T]) == 3 * 2 * one
+    assert flops_per_sequence(config, T, 0) == 3 * 2 * one
     pruned = BertConfig(**{**config.__dict__, "heads_per_layer": [2, 1], "ffn_per_layer": [10, 20]})
     expected = sum(2 * T * H * (4 * w + 2 * f) + 4 * T * T * w for w, f in ((16, 10), (8, 20)))
-    assert flops_per_example(pruned, [T, T]) == 3 * expected
-    assert flops_per_example(config, [1, 5]) == (flops_per_example(config, [1]) + flops_per_example(config, [5])) / 2
+    assert flops_per_sequence(pruned, T, 0) == 3 * expected
 
 
 def test_a_training_loss_still_high_at_the_end_gets_a_learning_rate_hint():

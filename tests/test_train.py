@@ -109,7 +109,8 @@ def test_resume_continues_exactly(corpus, tmp_path, phase):
         assert json.load(open(tmp_path / "a/search/ticket.json")) == json.load(open(tmp_path / "b/search/ticket.json"))
 
 
-DDP_ONE = dict(phase="search", dropout=0.0, max_steps=6, eb_epsilon=0.0)
+# max_minutes: a budget far off, so the ranks agree at every log step that time is left (runtime.any_rank)
+DDP_ONE = dict(phase="search", dropout=0.0, max_steps=6, eb_epsilon=0.0, max_minutes=60.0, log_every=2)
 DDP_TWO = dict(DDP_ONE, batch_size=4, eval_batches=8)  # batch 4 x 2 processes; the same 32 held-out sequences
 
 
