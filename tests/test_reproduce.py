@@ -150,15 +150,19 @@ def test_mask_prob_reaches_the_recipe_and_every_pretraining_command(tmp_path, mo
     with pytest.raises(ValueError, match=r"^--mask-prob 1\.5: give a fraction"):
         reproduce.parse_args(["--mask-prob", "1.5"])
 
+
 def test_a_bad_data_path_stops_before_any_run(tmp_path):
     with pytest.raises(ValueError, match="nope.txt: no such file"):
         reproduce.main(["--out", str(tmp_path / "out"), "--data", str(tmp_path / "nope.txt")])
     assert not (tmp_path / "out").exists()  # nothing written
 
 
-def test_max_steps_gets_a_folder_of_its_own():
+def test_another_length_or_masking_gets_a_folder_of_its_own():
     assert reproduce.parse_args([]).out == "runs/reproduce"
     assert reproduce.parse_args(["--max-steps", "1200"]).out == "runs/reproduce-1200"
+    assert reproduce.parse_args(["--mask-prob", "0.4"]).out == "runs/reproduce-mask40"
+    assert reproduce.parse_args(["--max-steps", "600", "--mask-prob", "0.25"]).out == "runs/reproduce-600-mask25"
+    assert reproduce.parse_args(["--mask-prob", "0.4", "--out", "elsewhere"]).out == "elsewhere"
     with pytest.raises(ValueError, match="--max-steps"):
         reproduce.parse_args(["--quick", "--max-steps", "10"])
 
