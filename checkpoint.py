@@ -10,7 +10,7 @@ phase) has a number of heads and an FFN width per layer, which config.json recor
 `ckpt.pt` is everything a run needs to continue exactly: weights, optimizer, schedule, RNG
 states, data position. Every file here is written to a temporary name and renamed
 (`atomic`), so a crash, even in the middle of a write, never leaves a half-written file
-where a good one was.
+where a good one was; the temporary a killed process left is removed by the next write.
 """
 import glob
 import json
