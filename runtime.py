@@ -14,7 +14,7 @@ import ctypes
 import inspect
 import os
 import re
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import MISSING, fields
 
 import torch
@@ -150,13 +150,16 @@ def any_rank(flag: bool, world: int, device) -> bool:
 def run_lock(folder: str):
     """Refuse a second process on the same output folder. An OS file lock (flock) is
     released by the kernel when its holder dies, so a crashed run never leaves it stuck.
-    A folder made here that the run left empty (bad input, say) is removed again."""
+    A folder made here that the run left empty (bad input, say) is removed again, with its new parents."""
     try:
         import fcntl
     except ImportError:  # Windows: no flock; runs are not guarded there
         yield
         return
-    made = not os.path.exists(folder)
+    made, up = [], os.path.abspath(folder)  # the folders makedirs creates, the run's own first
+    while not os.path.exists(up):
+        made.append(up)
+        up = os.path.dirname(up)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, ".lock")
     with open(path, "a+") as f:
@@ -176,5 +179,7 @@ def run_lock(folder: str):
         finally:
             if made and os.listdir(folder) == [".lock"]:  # removed while still held: no one else has it
                 os.remove(path)
-                os.rmdir(folder)
+                for d in made:  # and the parents made for it, while they are empty
+                    with suppress(OSError):
+                        os.rmdir(d)
             fcntl.flock(f, fcntl.LOCK_UN)

@@ -154,6 +154,10 @@ def test_a_run_that_writes_nothing_leaves_no_folder_behind(tmp_path):
         with run_lock(str(tmp_path / "bad")):
             raise ValueError("nope.txt: no such file or folder")  # bad input, found under the lock
     assert not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError):
+        with run_lock(str(tmp_path / "new" / "out" / "full")):  # --out-dir new/out, made for the run
+            raise ValueError("nope.txt: no such file or folder")
+    assert os.listdir(tmp_path) == []  # its parents too
     with run_lock(str(tmp_path / "ran")):
         (tmp_path / "ran" / "log.jsonl").write_text("{}\n")
     assert (tmp_path / "ran" / "log.jsonl").exists()
