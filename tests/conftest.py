@@ -237,3 +237,70 @@ def one_line_value_error(fn, *names) -> str:
     assert "\n" not in str(e.value) and all(name in str(e.value) for name in names), str(e.value)
     return str(e.value)
 
+
+# ----------------------------------------------------------------------------- train.py runs
+# A tiny model's runs on a generated corpus, shared by test_train.py (training) and
+# test_train_input.py (bad input; nothing a user has is lost): one search serves both.
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import train  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def corpus(small_corpus, fixed_vocab):
+    """A generated 150 KB corpus and the fixed 1500-token test vocabulary."""
+    return small_corpus, fixed_vocab
+
+
+def tiny(corpus, out_dir, **kw) -> train.Config:
+    """A tiny model's run (2 layers, hidden 32, 12 steps) on `corpus` into `out_dir`; kw: Config fields."""
+    text, vocab = corpus
+    settings = dict(out_dir=str(out_dir), data=text, vocab=vocab, layers=2, hidden=32, heads=4, ffn=64,
+                    max_len=32, batch_size=8, max_steps=12, lr=3e-3, warmup=0.1, log_every=2, eval_every=1000,
+                    eval_batches=4, ckpt_every=1000, ticket_every=2, device="cpu", phase="full")
+    settings.update(kw)
+    return train.Config(**settings)
+
+
+def log(out_dir, name) -> list[dict]:
+    return [json.loads(line) for line in open(os.path.join(out_dir, name, "log.jsonl"))]
+
+
+def error_of(cfg) -> str:
+    """The one-line error that train.train(cfg) stops with."""
+    with pytest.raises(ValueError) as e:
+        train.train(cfg)
+    message = str(e.value)
+    assert "\n" not in message
+    return message
+
+
+SEARCH = dict(phase="search", max_steps=200, eb_k=3, eb_epsilon=0.3, lr=1e-2, lambda_head=1e-2, lambda_ffn=1e-2,
+              dropout=0.0)  # a loose epsilon for a tiny model; no dropout: see test_train.py's compile test
+
+
+@pytest.fixture(scope="session")
+def searched(corpus, tmp_path_factory):
+    """A search in which the early-bird rule fires, into a folder whose name has a space (the
+    printed next command must quote it). `printed`: what it wrote to stderr (its report). Tests
+    read it and run other phases beside it, never change it (test_train_input.py checks that bad
+    input into it changes nothing)."""
+    out = tmp_path_factory.mktemp("early bird")
+    cfg = tiny(corpus, out, **SEARCH)
+    with contextlib.redirect_stderr(io.StringIO()) as printed:
+        summary = train.train(cfg)
+    return SimpleNamespace(out=out, summary=summary, cfg=cfg, printed=printed.getvalue())
+
+
+def files_under(folder) -> dict:
+    """Every file under `folder` (but run locks): relative path -> (mtime in ns, bytes)."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if name != ".lock":
+                path = os.path.join(root, name)
+                found[os.path.relpath(path, folder)] = (os.stat(path).st_mtime_ns, open(path, "rb").read())
+    return found

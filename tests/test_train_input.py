@@ -1,0 +1,181 @@
+"""Tests for train.py on bad input and on what a run must never lose: a fresh run into an
+earlier run's folder, a second process, a NaN loss, bad data, vocabularies, checkpoints and
+tickets each stop with one line that names the file, before anything is written. The tiny
+model's runs and the shared search come from conftest.py."""
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import fields, replace
+
+import pytest
+import torch
+
+import runtime
+import train
+from checkpoint import save_pretrained
+from conftest import error_of, files_under, log, tiny
+from model import BertConfig, BertMLM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def finished(corpus, tmp_path_factory):
+    """An out dir holding a finished 2-step full run (tests copy it before changing it)."""
+    out = tmp_path_factory.mktemp("finished")
+    train.train(tiny(corpus, out, max_steps=2))
+    return out
+
+
+def test_a_fresh_run_into_an_earlier_runs_folder_stops_and_writes_nothing(corpus, finished, tmp_path):
+    out, run_dir = tmp_path / "out", tmp_path / "out" / "full"
+    shutil.copytree(finished, out)
+    for hide in (None, "summary.json", "ckpt.pt"):  # finished; interrupted (no summary); only its summary left
+        if hide:
+            os.rename(run_dir / hide, tmp_path / hide)
+        before = files_under(run_dir)
+        message = error_of(tiny(corpus, out, max_steps=3))
+        assert str(run_dir) in message and "--resume" in message and "--force" in message
+        assert files_under(run_dir) == before  # log.jsonl, ckpt.pt, summary.json: byte for byte
+        if hide:
+            os.rename(tmp_path / hide, run_dir / hide)
+    summary = train.train(tiny(corpus, out, max_steps=3, force=True))
+    assert summary["steps"] == 3 == json.load(open(run_dir / "summary.json"))["steps"]
+    assert [r["step"] for r in log(out, "full") if "loss" in r] == [2, 3]  # a new log, not appended to the old
+
+
+def test_resume_of_a_finished_run(corpus, searched, finished, tmp_path):
+    """A finished search resumed is done already: its summary back, nothing touched. A finished
+    full run resumed with a larger --max-steps trains on to it."""
+    before = files_under(searched.out / "search")
+    assert {"ticket.json", "ckpt.pt", "summary.json", "log.jsonl"} <= set(before)
+    summary = train.train(replace(searched.cfg, resume=True))
+    assert summary == json.load(open(searched.out / "search" / "summary.json"))
+    assert files_under(searched.out / "search") == before
+
+    shutil.copytree(finished, tmp_path / "out")
+    assert train.train(tiny(corpus, tmp_path / "out", max_steps=2, resume=True))["steps"] == 2  # done: a no-op
+    summary = train.train(tiny(corpus, tmp_path / "out", max_steps=4, resume=True))
+    assert summary["steps"] == 4 and torch.load(tmp_path / "out/full/ckpt.pt", weights_only=False)["step"] == 4
+    assert [r["step"] for r in log(tmp_path / "out", "full") if "loss" in r] == [2, 4]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="runs are not locked on Windows (no flock)")
+def test_a_second_process_on_the_same_folder_is_refused(corpus, tmp_path):
+    import fcntl
+    run_dir = tmp_path / "full"
+    cfg = tiny(corpus, tmp_path, max_steps=2)
+    with runtime.run_lock(str(run_dir)):
+        # flock belongs to an open file description: a second open() conflicts even in this process,
+        # so the call below meets the lock as another process's run would
+        with open(run_dir / ".lock") as f, pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        message = error_of(cfg)
+        assert str(run_dir) in message and f"pid {os.getpid()}" in message
+        assert os.listdir(run_dir) == [".lock"]  # nothing written
+    assert train.train(cfg)["steps"] == 2  # released: the run goes through
+
+
+def test_a_nan_loss_stops_the_run_and_saves_no_model(corpus, tmp_path):
+    """lambda_head = NaN makes the L1 term, so the loss and every gradient, NaN: step 1 starts
+    from finite weights and leaves them NaN, so the MLM loss logged at step 2 is NaN."""
+    message = error_of(tiny(corpus, tmp_path, phase="search", lambda_head=float("nan"), log_every=1, max_steps=4))
+    assert "nan" in message and re.search(r"\bstep 2\b", message)
+    assert not os.path.exists(tmp_path / "search" / "model")
+    assert not os.path.exists(tmp_path / "search" / "summary.json")
+
+
+def test_bad_data_names_the_file_and_changes_nothing_of_an_earlier_run(corpus, searched, tmp_path):
+    """One line naming the user's file, and, even with --force into a finished search's out dir,
+    found before anything of it is replaced (its vocab, data cache, start weights, ticket, ...)."""
+    files = {"empty.txt": b"", "one_line.txt": b"Too short.\n", "binary.txt": bytes(range(256)) * 8,
+             "latin1.txt": "Caf\xe9 cr\xe8me br\xfbl\xe9e, na\xefve.\n".encode("latin-1") * 100}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    os.makedirs(tmp_path / "folder")  # holds no .txt file
+    before = files_under(searched.out)
+    assert {"search/start/model.safetensors", "search/ticket.json"} <= set(before)
+    for name, why in {"empty.txt": "empty", "one_line.txt": "too little text", "binary.txt": "not text",
+                      "latin1.txt": "not UTF-8", "missing.txt": "no such file", "folder": "no .txt files"}.items():
+        message = error_of(replace(searched.cfg, data=str(tmp_path / name), force=True))
+        assert message.startswith(f"{tmp_path / name}: ") and why in message, message
+    assert files_under(searched.out) == before
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_a_vocab_bigger_than_the_model_names_the_vocab(corpus, tmp_path):
+    small = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64)
+    save_pretrained(BertMLM(small), str(tmp_path / "ckpt"))
+    message = error_of(tiny(corpus, tmp_path / "o", init_from=str(tmp_path / "ckpt")))
+    assert corpus[1] in message and "vocab_size is 64" in message
+
+
+def test_resume_from_another_config_or_a_corrupt_checkpoint_names_the_checkpoint(corpus, tmp_path):
+    ckpt = str(tmp_path / "full" / "ckpt.pt")
+    assert "no checkpoint" in error_of(tiny(corpus, tmp_path, resume=True))
+    train.train(tiny(corpus, tmp_path, max_steps=2))
+    assert ckpt in error_of(tiny(corpus, tmp_path, resume=True, hidden=64))
+    assert "--batch-size 8" in error_of(tiny(corpus, tmp_path, resume=True, batch_size=4))
+    with open(ckpt, "r+b") as f:
+        f.truncate(1000)
+    assert "corrupt" in error_of(tiny(corpus, tmp_path, resume=True))
+
+
+def test_efficient_without_search_output_or_with_a_misfit_ticket(corpus, searched, tmp_path):
+    assert str(tmp_path / "search" / "ticket.json") in error_of(tiny(corpus, tmp_path, phase="efficient"))
+    out = searched.out
+    bad = tmp_path / "bad_search"
+    os.makedirs(bad)
+    for f in ("start", "ckpt.pt", "train_config.json"):
+        os.symlink(out / "search" / f, bad / f)
+    ticket = json.load(open(out / "search" / "ticket.json"))
+    ticket["heads"].append([0])  # a third layer the model does not have
+    ticket["ffn"].append([0])
+    ticket["full_heads"].append(4)
+    ticket["full_ffn"].append(64)
+    json.dump(ticket, open(bad / "ticket.json", "w"))
+    message = error_of(tiny(corpus, tmp_path, phase="efficient", search_dir=str(bad)))
+    assert str(bad / "ticket.json") in message
+
+
+@pytest.mark.slow  # a fresh Python process importing torch
+def test_the_command_line_prints_one_line_for_bad_input(tmp_path):
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--phase", "efficient",
+                          "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines() == [f"error: {tmp_path}/search/ticket.json: missing; run `python train.py "
+                                               f"--phase search` first (or point --search-dir at its output)"]
+
+
+@pytest.mark.slow  # a fresh Python process importing torch
+def test_help_lists_every_flag_with_its_help_default_and_choices():
+    """`python train.py --help`: one flag per Config field, with the field's # comment, its
+    default, and the allowed values where there is a choice."""
+    env = {**os.environ, "COLUMNS": "10000"}  # one line per option: no wrapping to match across
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--help"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    options, flag = {}, None  # --flag -> its help, continuation lines joined
+    for line in run.stdout.splitlines():
+        if m := re.match(r"  (--[\w-]+)", line):
+            flag, options[flag] = m[1], line
+        elif flag and line.startswith("   "):
+            options[flag] += " " + line
+        else:
+            flag = None
+    options = {k: " ".join(v.split()) for k, v in options.items()}
+    comments = dict(re.findall(r"^    (\w+): [^=\n]+= [^#\n]+#\s*(.+)$", inspect.getsource(train.Config), re.M))
+    assert set(comments) == {f.name for f in fields(train.Config)}  # every field has a help text
+    assert set(options) == {"--" + f.name.replace("_", "-") for f in fields(train.Config)}
+    for f in fields(train.Config):
+        text = options["--" + f.name.replace("_", "-")]
+        assert " ".join(comments[f.name].split()) in text and f"[default: {f.default}]" in text, text
+        if f.name in train.CHOICES:
+            assert "{" + ",".join(train.CHOICES[f.name]) + "}" in text, text
+    assert set(train.CHOICES) == {"phase", "init", "ticket", "device"}
