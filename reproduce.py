@@ -1,10 +1,10 @@
 """Reproduce EarlyBERT's claims at laptop scale, over seeds, with the project's own entry points.
 
-    python reproduce.py                   # all of it: about 3.3 hours on a 2-core CPU; it resumes
+    python reproduce.py                   # all of it: about 3.5 hours on a 2-core CPU; it resumes
     python reproduce.py --part pretrain   # (a) and (b) only;  --part wordnet: (c) only
     python reproduce.py --quick           # tiny sizes, 2 seeds, a few minutes: the smoke test's run
     python reproduce.py --max-steps 1200  # the recipe at half length: about 1.7 hours (runs/reproduce-1200)
-    python reproduce.py --mask-prob 0.4   # 40% of tokens masked in pre-training (runs/reproduce-mask40)
+    python reproduce.py --mask-prob 0.15  # BERT's 15% of tokens masked in pre-training (runs/reproduce-mask15)
 
 The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's default recipe:
  (a) structured winning tickets emerge early (sec. 3.2): where `train.py --phase search` draws the ticket
@@ -350,7 +350,7 @@ def parse_args(argv=None):
     p.add_argument("--data", default="", help="train.py's --data [its built-in corpus]")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that every step runs")
     p.add_argument("--max-steps", type=int, default=0, help="every pre-training run's length [train.py's 2400]")
-    p.add_argument("--mask-prob", type=float, default=0.0, help="train.py's --mask-prob [its 0.15, BERT's]")
+    p.add_argument("--mask-prob", type=float, default=0.0, help="train.py's --mask-prob [its 0.4; BERT's is 0.15]")
     p.add_argument("--force", action="store_true", help="run every run again, replacing its results")
     p.add_argument("--wordnet", default=WORDNET, help="WordNet's data.noun (Debian package wordnet-base)")
     args = p.parse_args(argv)

@@ -156,10 +156,10 @@ def test_mask_prob_reaches_the_recipe_and_every_pretraining_command(tmp_path, mo
         raise KeyboardInterrupt  # after the plan and the recipe, before the first run
     monkeypatch.setattr(reproduce, "run", stop)
     with pytest.raises(KeyboardInterrupt):
-        reproduce.main(["--out", str(tmp_path), "--part", "pretrain", "--mask-prob", "0.4"])
-    assert json.load(open(tmp_path / "recipe.json"))["mask_prob"] == 0.4
+        reproduce.main(["--out", str(tmp_path), "--part", "pretrain", "--mask-prob", "0.15"])  # BERT's, not train.py's
+    assert json.load(open(tmp_path / "recipe.json"))["mask_prob"] == 0.15
     plan = [line for line in capsys.readouterr().err.splitlines() if "train.py" in line]
-    assert len(plan) == 12 and all("--mask-prob 0.4" in line for line in plan)
+    assert len(plan) == 12 and all("--mask-prob 0.15" in line for line in plan)
     with pytest.raises(ValueError, match=r"^--mask-prob 1\.5: give a fraction"):
         reproduce.parse_args(["--mask-prob", "1.5"])
 
@@ -173,7 +173,7 @@ def test_a_bad_data_path_stops_before_any_run(tmp_path):
 def test_another_length_or_masking_gets_a_folder_of_its_own():
     assert reproduce.parse_args([]).out == "runs/reproduce"
     assert reproduce.parse_args(["--max-steps", "1200"]).out == "runs/reproduce-1200"
-    assert reproduce.parse_args(["--mask-prob", "0.4"]).out == "runs/reproduce-mask40"
+    assert reproduce.parse_args(["--mask-prob", "0.15"]).out == "runs/reproduce-mask15"
     assert reproduce.parse_args(["--max-steps", "600", "--mask-prob", "0.25"]).out == "runs/reproduce-600-mask25"
     assert reproduce.parse_args(["--mask-prob", "0.4", "--out", "elsewhere"]).out == "elsewhere"
     with pytest.raises(ValueError, match="--max-steps"):

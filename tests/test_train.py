@@ -45,7 +45,7 @@ def test_mask_prob_sets_the_training_masks_and_not_the_held_out_ones(corpus, tmp
         made[split] = batches.max_predictions
         return batches
     monkeypatch.setattr(train.data, "MLMBatches", spy)
-    train.train(tiny(corpus, tmp_path, max_steps=2, mask_prob=0.3))  # the default is BERT's 0.15
+    train.train(tiny(corpus, tmp_path, max_steps=2, mask_prob=0.3))  # the default is 0.4, BERT's 0.15
     assert made == {"train": n_predictions(32, 0.3), "val": n_predictions(32)} and n_predictions(32, 0.3) == 9
     assert error_of(tiny(corpus, tmp_path / "bad", mask_prob=1.5)).startswith("--mask-prob 1.5: give the fraction")
     assert not (tmp_path / "bad").exists()  # nothing written
