@@ -5,7 +5,8 @@
     python bench.py --loader                                # also time the data loader
 
 For every sequence length it times full training steps (forward, backward, AdamW) of:
-- ours (sparse MLM head): the vocabulary decoder runs only at the ~15% predicted positions;
+- ours (sparse MLM head): the vocabulary decoder, and the last layer but for its keys and
+  values, run only at the ~15% predicted positions (--mask-prob);
 - reference (decoder over every position): the same model with logits at all T positions,
   as the original BERT code and transformers' BertForMaskedLM compute them;
 - efficient (pruned): the shapes of a default EarlyBERT ticket (1/3 of the heads, 40% of
@@ -63,12 +64,12 @@ def pruned_config(config: BertConfig, head_ratio: float = 1 / 3, ffn_ratio: floa
     return dataclasses.replace(config, heads_per_layer=[len(h) for h in t.heads], ffn_per_layer=[len(f) for f in t.ffn])
 
 
-def random_batch(config: BertConfig, batch_size: int, seq_len: int, sparse: bool) -> dict:
+def random_batch(config: BertConfig, batch_size: int, seq_len: int, sparse: bool, mask_prob: float = 0.15) -> dict:
     """Random tokens, no padding. sparse: mlm_positions (B, P) + mlm_labels (B, P);
     otherwise mlm_labels (B, T) with -100 everywhere but the same P positions."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, config.vocab_size, (batch_size, seq_len), generator=g)  # (B, T), no special ids
-    P = data.n_predictions(seq_len)
+    P = data.n_predictions(seq_len, mask_prob)
     positions = 1 + torch.rand(batch_size, seq_len - 2, generator=g).argsort(1)[:, :P].sort(1).values  # (B, P)
     labels = torch.randint(5, config.vocab_size, (batch_size, P), generator=g)
     if sparse:
@@ -256,17 +257,17 @@ def report(name: str, s: float, T: int, flops: int, memory_gib, args, device) ->
 
 def bench_length(T: int, config: BertConfig, args, device, dtype) -> list[dict]:
     """All variants at one sequence length, timed in turn, with the ratios the README quotes."""
-    P = data.n_predictions(T)
+    P = data.n_predictions(T, args.mask_prob)
     small = pruned_config(config, ffn_multiple=args.ffn_multiple)
     print(f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads, "
           f"FFN {config.intermediate_size}, vocab {config.vocab_size} | batch {args.batch} x seq {T}, "
           f"{P} predicted positions per sequence | {args.steps} steps of each, in turn")
     variants = {  # name: (model, batch, FLOPs per sequence)
-        "ours (sparse MLM head)": (BertMLM(config), random_batch(config, args.batch, T, True),
+        "ours (sparse MLM head)": (BertMLM(config), random_batch(config, args.batch, T, True, args.mask_prob),
                                    flops_per_sequence(config, T, P)),
-        "reference (decoder over every position)": (BertMLM(config), random_batch(config, args.batch, T, False),
+        "reference (decoder over every position)": (BertMLM(config), random_batch(config, args.batch, T, False, args.mask_prob),
                                                     flops_per_sequence(config, T, T)),
-        "efficient (pruned)": (BertMLM(small), random_batch(small, args.batch, T, True),
+        "efficient (pruned)": (BertMLM(small), random_batch(small, args.batch, T, True, args.mask_prob),
                                flops_per_sequence(small, T, P))}
     steps, memory = {}, {}
     for name, (model, batch, _) in variants.items():
@@ -289,7 +290,7 @@ def bench_length(T: int, config: BertConfig, args, device, dtype) -> list[dict]:
     results = [ours, ref, eff]
     del steps, variants  # free the three models before profiling
     if args.profile:
-        groups = profile_step(BertMLM(config), random_batch(config, args.batch, T, True), device, dtype)
+        groups = profile_step(BertMLM(config), random_batch(config, args.batch, T, True, args.mask_prob), device, dtype)
         total = sum(groups.values())
         print("  where a step of ours goes (profiler self time): " + ", ".join(
             f"{name} {100 * t / total:.0f}%" for name, t in sorted(groups.items(), key=lambda kv: -kv[1]) if t > 0))
@@ -318,6 +319,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--vocab", type=int, default=30522, help="BERT's; train.py pads its own to a multiple of 64")
     p.add_argument("--seq", type=int, nargs="+", action="extend", help="one or more lengths (default 128)")
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--mask-prob", type=float, default=0.15,
+                   help="sets the predicted positions per sequence: BERT's 0.15; train.py's recipe 0.4")
     p.add_argument("--dropout", type=float, default=0.0,
                    help="hidden and attention dropout: train.py pre-trains without (BERT fine-tunes with 0.1)")
     p.add_argument("--steps", type=int, default=10, help="timed steps of each variant, taken in turn (the median counts)")

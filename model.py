@@ -51,6 +51,7 @@ class BertConfig:
     def __post_init__(self):
         assert self.hidden_size % self.num_attention_heads == 0, "hidden_size must divide into heads"
         assert self.hidden_act in ACTIVATIONS, f"unknown hidden_act {self.hidden_act!r}"
+        assert self.num_hidden_layers >= 1, "at least one layer"
         for sizes in (self.heads_per_layer, self.ffn_per_layer):
             assert sizes is None or len(sizes) == self.num_hidden_layers, "one size per layer"
 
@@ -124,17 +125,22 @@ class SelfAttention(nn.Module):
         self.dropout_p = c.attention_probs_dropout_prob
         self.head_coef = None
 
-    def forward(self, x, mask):
+    def forward(self, x, mask, rows=None):
+        """x (B, T, hidden) -> (B, R, hidden) at `rows` (B, R, hidden), by default x itself:
+        keys and values come from every position, queries only from the rows asked for."""
+        rows = x if rows is None else rows
         B, T, _ = x.shape
-        q, k, v = (proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-                   for proj in (self.query, self.key, self.value))  # (B, heads, T, head_dim)
+        R = rows.shape[1]
+        q = self.query(rows).view(B, R, self.n_heads, self.head_dim).transpose(1, 2)  # (B, heads, R, head_dim)
+        k, v = (proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+                for proj in (self.key, self.value))  # (B, heads, T, head_dim)
         # scaled_dot_product_attention picks a fused (flash / memory-efficient) kernel;
         # with mask=None (a batch without padding) the fastest one is allowed.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout_p if self.training else 0.0)
         if self.head_coef is not None:
             y = y * self.head_coef.view(1, -1, 1, 1).to(y.dtype)
-        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # concat heads
+        y = y.transpose(1, 2).reshape(B, R, self.n_heads * self.head_dim)  # concat heads
         return self.out(y)
 
 
@@ -160,7 +166,13 @@ class FeedForward(nn.Module):
 
 
 class Layer(nn.Module):
-    """One encoder layer, post-LN as in the original BERT: LN(x + Dropout(Sublayer(x)))."""
+    """One encoder layer, post-LN as in the original BERT: LN(x + Dropout(Sublayer(x))).
+
+    With `positions` (B, P) it returns only those P positions' outputs (B, P, hidden):
+    every position still serves as a key and a value, but the query, the output
+    projection, the FFN and both LayerNorms run on P rows, not T. The outputs there are
+    the same as the whole layer's; BertMLM asks this of the last layer.
+    """
 
     def __init__(self, c: BertConfig, i: int):
         super().__init__()
@@ -170,13 +182,21 @@ class Layer(nn.Module):
         self.ffn_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
-    def forward(self, x, mask):
-        x = self.attn_norm(x + self.dropout(self.attn(x, mask)))
+    def forward(self, x, mask, positions=None):
+        rows = None if positions is None else gather_rows(x, positions)
+        y = self.attn(x, mask, rows)
+        x = self.attn_norm((x if rows is None else rows) + self.dropout(y))
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 
+def gather_rows(h, positions):
+    """h (B, T, hidden) at positions (B, P) -> (B, P, hidden)."""
+    return h.gather(1, positions.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+
+
 class Bert(nn.Module):
-    """The encoder: token ids (B, T) -> hidden states (B, T, hidden)."""
+    """The encoder: token ids (B, T) -> hidden states (B, T, hidden), or (B, P, hidden)
+    at `positions` (B, P) when only those are wanted (the last layer then runs on P rows)."""
 
     def __init__(self, c: BertConfig):
         super().__init__()
@@ -185,14 +205,15 @@ class Bert(nn.Module):
         self.layers = nn.ModuleList(Layer(c, i) for i in range(c.num_hidden_layers))
         init_weights(self, c.initializer_range)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, positions=None):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         # attention_mask (B, T), True/1 at real tokens; None when nothing is padded.
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         x = self.embeddings(input_ids, token_type_ids)
-        for layer in self.layers:
-            x = layer(x, mask)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, positions if i == last else None)
         return x
 
 
@@ -246,8 +267,9 @@ class BertMLM(BertPreTrainedBase):
 
     With `mlm_positions` (B, P) the vocabulary decoder runs only at those P positions
     (cramming, Geiping & Goldstein 2023): over every position it is most of a small
-    BERT's cost, and the loss only needs the ~15% masked ones. Without it, logits
-    come for every position (B, T, vocab).
+    BERT's cost, and the loss only needs the ~15% masked ones. The last encoder layer
+    runs there too (but for its keys and values): nothing after it needs the other
+    positions. Without it, logits come for every position (B, T, vocab).
     """
 
     def __init__(self, config: BertConfig):
@@ -257,10 +279,7 @@ class BertMLM(BertPreTrainedBase):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None,
                 mlm_positions=None, mlm_labels=None):
-        h = self.bert(input_ids, token_type_ids, attention_mask)  # (B, T, hidden)
-        if mlm_positions is not None:
-            index = mlm_positions.unsqueeze(-1).expand(-1, -1, h.shape[-1])
-            h = h.gather(1, index)  # (B, P, hidden)
+        h = self.bert(input_ids, token_type_ids, attention_mask, mlm_positions)  # (B, P or T, hidden)
         logits = self.mlm(h, self.bert.embeddings.word.weight)
         loss = None
         if mlm_labels is not None:  # -100 marks slots with nothing to predict
@@ -341,17 +360,21 @@ def flops_per_sequence(config: BertConfig, seq_len: int, n_predictions: int) -> 
     pass costs about twice the forward), counting 2*m*n*k for every (m x k) @ (k x n) matmul.
     Embeddings (lookups), LayerNorm, softmax, GELU and the loss are not counted: they are
     O(T * hidden) against the matmuls' O(T * hidden^2). Per-layer heads and FFN widths
-    come from the config, so a pruned (rebuilt) model counts only what it keeps."""
+    come from the config, so a pruned (rebuilt) model counts only what it keeps.
+    n_predictions: the P positions BertMLM predicts, where its last layer's queries, output
+    projection and FFN run too (P = T: logits everywhere); 0 counts the encoder alone."""
     T, P, H, V = seq_len, n_predictions, config.hidden_size, config.vocab_size
     forward = 0
     for i in range(config.num_hidden_layers):
+        R = P if P and i == config.num_hidden_layers - 1 else T  # the rows whose output is wanted
         width = config.heads(i) * config.head_dim  # the kept heads' concatenated size
         f = config.ffn(i)
-        forward += 3 * 2 * T * H * width  # Q, K, V projections
-        forward += 2 * T * T * width      # attention scores Q K^T, every head
-        forward += 2 * T * T * width      # attention probabilities x V
-        forward += 2 * T * width * H      # output projection
-        forward += 2 * T * H * f + 2 * T * f * H  # FFN up and down
+        forward += 2 * 2 * T * H * width  # K, V projections, every position
+        forward += 2 * R * H * width      # Q projection
+        forward += 2 * R * T * width      # attention scores Q K^T, every head
+        forward += 2 * R * T * width      # attention probabilities x V
+        forward += 2 * R * width * H      # output projection
+        forward += 2 * R * H * f + 2 * R * f * H  # FFN up and down
     forward += 2 * P * H * H + 2 * P * H * V  # MLM head at the predicted positions: transform, decoder
     return 3 * forward
 

@@ -25,17 +25,25 @@ def test_flops_match_a_hand_count():
                  + 2 * T * 8 * 8       # output projection
                  + 2 * T * 8 * 16      # FFN up
                  + 2 * T * 16 * 8)     # FFN down
+    # The last layer: keys and values at every position, all else at the predicted one only.
+    last = (2 * 2 * T * 8 * 8          # K, V
+            + 2 * P * 8 * 8            # Q
+            + 2 * P * T * 8 * 2        # scores, probabilities x values
+            + 2 * P * 8 * 8            # output projection
+            + 2 * P * 8 * 16 * 2)      # FFN up and down
     head = 2 * P * 8 * 8 + 2 * P * 8 * 10  # transform + decoder at the one predicted position
-    assert per_layer == 4608 and head == 288
-    assert flops_per_sequence(small_config(), T, P) == 3 * (2 * per_layer + head) == 28512
+    assert per_layer == 4608 and last == 1920 and head == 288
+    assert flops_per_sequence(small_config(), T, P) == 3 * (per_layer + last + head) == 20448
+    assert flops_per_sequence(small_config(), T, T) == 3 * (2 * per_layer + 4 * head)  # logits everywhere
+    assert flops_per_sequence(small_config(), T, 0) == 3 * 2 * per_layer  # the encoder alone
 
 
 def test_flops_of_a_pruned_model_count_only_kept_units():
     T, P = 4, 1
     pruned = small_config(heads_per_layer=[1, 2], ffn_per_layer=[10, 16])
     layer0 = 3 * 2 * T * 8 * 4 + 2 * T * T * 4 + 2 * T * T * 4 + 2 * T * 4 * 8 + 2 * T * 8 * 10 + 2 * T * 10 * 8
-    layer1 = 4608  # unpruned, as in the hand count above
-    assert flops_per_sequence(pruned, T, P) == 3 * (layer0 + layer1 + 288) == 22368
+    layer1 = 1920  # unpruned, the last layer as in the hand count above
+    assert flops_per_sequence(pruned, T, P) == 3 * (layer0 + layer1 + 288) == 14304
     # Linear in the units: one head costs 4 projections of width 4 plus two T x T products,
     # one FFN neuron an up and a down column; 1 head and 6 neurons were pruned.
     per_head, per_neuron = 4 * 2 * T * 8 * 4 + 2 * 2 * T * T * 4, 2 * 2 * T * 8
@@ -65,7 +73,11 @@ def test_default_ticket_shapes_and_flop_ratio():
     T, P, H, d = 128, 19, 768, 64
     full, pruned = flops_per_sequence(base, T, P), flops_per_sequence(small, T, P)
     per_head, per_neuron = 4 * 2 * T * H * d + 2 * 2 * T * T * d, 2 * 2 * T * H
-    assert full - pruned == 3 * (12 * 4 * per_head + (12 * 3072 - kept) * per_neuron)
+    # In the last layer only keys and values run at all T positions, the rest at the P predicted.
+    last_head, last_neuron = 2 * 2 * T * H * d + 2 * 2 * P * H * d + 2 * 2 * P * T * d, 2 * 2 * P * H
+    removed = [3072 - small.ffn(i) for i in range(12)]
+    assert full - pruned == 3 * (11 * 4 * per_head + 4 * last_head + sum(removed[:11]) * per_neuron
+                                 + removed[11] * last_neuron)
     # Heads and FFN shrink by 1/3 and 0.4 but the MLM head does not: the ratio lies between.
     assert 0.6 < pruned / full < 2 / 3
     rounded = pruned_config(base, ffn_multiple=64)
@@ -79,6 +91,7 @@ def test_predicted_positions_as_the_data_loader():
     assert batch["mlm_positions"].shape == (4, 1) and (batch["mlm_positions"] > 0).all()
     dense = random_batch(small_config(), 4, 8, sparse=False)["mlm_labels"]
     assert ((dense != -100).sum(1) == 1).all()  # the same P positions, in a (B, T) label tensor
+    assert random_batch(small_config(), 4, 8, sparse=True, mask_prob=0.4)["mlm_positions"].shape == (4, 3)
 
 
 def test_peak_flops_by_gpu_name():
@@ -93,8 +106,10 @@ def test_peak_flops_by_gpu_name():
 @pytest.mark.slow
 def test_benchmark_runs_end_to_end_on_cpu(capsys):
     results = bench.main(["--device", "cpu", "--layers", "1", "--hidden", "32", "--heads", "2", "--ffn", "64",
-                          "--vocab", "100", "--batch", "2", "--seq", "16", "--seq", "24", "--steps", "2"])
+                          "--vocab", "100", "--batch", "2", "--seq", "16", "--seq", "24", "--steps", "2",
+                          "--mask-prob", "0.4"])
     out = capsys.readouterr().out
+    assert "seq 16, 6 predicted positions" in out and "seq 24, 9 predicted positions" in out  # 40% of 14, of 22
     assert out.startswith(f"torch {torch.__version__} | cpu:")
     assert out.count("tokens/s") == 6 and "MFU" not in out  # 3 variants x 2 lengths; no MFU on a CPU
     assert out.count("matmul peak:") == 2 and out.count("% of matmul peak") == 6

@@ -2,9 +2,9 @@
 
 A course can blank out one function of model.py and grade it with `-k`:
 
-    python -m pytest tests/test_model.py -k attention      # SelfAttention.forward (+ head coefficients)
+    python -m pytest tests/test_model.py -k attention      # SelfAttention.forward (+ head coefficients, query rows)
     python -m pytest tests/test_model.py -k feed_forward   # FeedForward.forward (+ FFN coefficients)
-    python -m pytest tests/test_model.py -k add_norm       # Layer.forward (post-LN)
+    python -m pytest tests/test_model.py -k add_norm       # Layer.forward (post-LN; at positions)
     python -m pytest tests/test_model.py -k embeddings     # Embeddings.forward
     python -m pytest tests/test_model.py -k encoder        # Bert.forward
     python -m pytest tests/test_model.py -k init_weights   # init_weights
@@ -141,6 +141,17 @@ def test_attention_with_fewer_heads_than_the_full_model():
         assert torch.allclose(attn(x, mask_of(keep)), attention_by_hand(attn, x, keep), atol=ATOL)
 
 
+def test_attention_with_query_rows_is_the_whole_attention_at_those_rows():
+    """Queries from some rows only (BertMLM's last layer): keys and values still come
+    from every position, so each row's output is what attention over all rows gives it."""
+    attn = randomize(SelfAttention(tiny_config(), n_heads=4))
+    x, keep = inputs()
+    rows = x[:, [2, 0, 5]]
+    with torch.no_grad():
+        expected = attention_by_hand(attn, x, keep)[:, [2, 0, 5]]
+        assert torch.allclose(attn(x, mask_of(keep), rows), expected, atol=ATOL)
+
+
 def test_attention_coefficient_gets_a_gradient():
     attn = randomize(SelfAttention(tiny_config(), n_heads=4))
     attn.head_coef = nn.Parameter(torch.ones(4))
@@ -189,6 +200,16 @@ def test_add_norm_layer_with_coefficients_by_hand():
         a = layer_norm(x + attention_by_hand(layer.attn, x, keep, head_coef), layer.attn_norm)
         expected = layer_norm(a + feed_forward_by_hand(layer.ffn, a, ffn_coef), layer.ffn_norm)
         assert torch.allclose(layer(x, mask_of(keep)), expected, atol=ATOL)
+
+
+def test_add_norm_layer_at_positions_is_the_whole_layer_there():
+    layer = randomize(Layer(tiny_config(), 0))
+    layer.attn.head_coef, layer.ffn.ffn_coef = nn.Parameter(torch.linspace(-1, 1, 4)), nn.Parameter(torch.rand(48))
+    x, keep = inputs()
+    positions = torch.tensor([[6, 1], [0, 2]])  # (B, P), in any order
+    with torch.no_grad():
+        expected = layer(x, mask_of(keep)).gather(1, positions[..., None].expand(-1, -1, 32))
+        assert torch.allclose(layer(x, mask_of(keep), positions), expected, atol=ATOL)
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -297,6 +318,28 @@ def test_mlm_head_sparse_equals_dense_at_masked_positions():
     with torch.no_grad():
         _, dense_loss = model(ids, mlm_labels=full)
     assert torch.allclose(loss, dense_loss, atol=ATOL)
+
+
+def test_mlm_head_sparse_gives_the_dense_models_loss_and_gradients():
+    """The sparse head runs the last layer at the predicted positions only: with padding
+    and slimming coefficients, the loss and every parameter's gradient stay those of the
+    model that computes every position and keeps the predicted ones."""
+    model = randomize(BertMLM(tiny_config()))
+    for i, layer in enumerate(model.bert.layers):
+        layer.attn.head_coef = nn.Parameter(torch.linspace(-1, 1, 4) + i)
+        layer.ffn.ffn_coef = nn.Parameter(torch.linspace(0.5, 1.5, 48))
+    ids, positions, labels = mlm_batch()
+    attention_mask = torch.ones_like(ids)
+    attention_mask[1, 9:] = 0  # the second sequence has 9 real tokens
+    _, loss = model(ids, attention_mask=attention_mask, mlm_positions=positions, mlm_labels=labels)
+    sparse = torch.autograd.grad(loss, list(model.parameters()))
+    dense, _ = model(ids, attention_mask=attention_mask)
+    at = dense.gather(1, positions[..., None].expand(-1, -1, 101))
+    dense_loss = F.cross_entropy(at.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    assert torch.allclose(loss, dense_loss, atol=ATOL)
+    dense_grads = torch.autograd.grad(dense_loss, list(model.parameters()))
+    for (name, _), a, b in zip(model.named_parameters(), sparse, dense_grads, strict=True):
+        assert torch.allclose(a, b, atol=ATOL), name
 
 
 def test_mlm_head_loss_is_cross_entropy_by_hand():
