@@ -33,7 +33,7 @@ import corpus
 import data
 import ticket
 from model import BertConfig, BertMLM, configure_optimizers, flops_per_sequence
-from runtime import pick_device
+from runtime import ffn_multiple_for, pick_device
 
 SIZES = {"small": dict(layers=4, hidden=256, heads=4, ffn=1024),  # runs on a laptop CPU
          "base": dict(layers=12, hidden=768, heads=12, ffn=3072)}  # BERT-base, for a GPU
@@ -258,7 +258,7 @@ def report(name: str, s: float, T: int, flops: int, memory_gib, args, device) ->
 def bench_length(T: int, config: BertConfig, args, device, dtype) -> list[dict]:
     """All variants at one sequence length, timed in turn, with the ratios the README quotes."""
     P = data.n_predictions(T, args.mask_prob)
-    small = pruned_config(config, ffn_multiple=args.ffn_multiple)
+    small = pruned_config(config, ffn_multiple=ffn_multiple_for(device, args.ffn_multiple))
     print(f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads, "
           f"FFN {config.intermediate_size}, vocab {config.vocab_size} | batch {args.batch} x seq {T}, "
           f"{P} predicted positions per sequence | {args.steps} steps of each, in turn")
@@ -328,7 +328,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
     p.add_argument("--loader", action="store_true", help="also time data.MLMBatches against the training step")
     p.add_argument("--profile", action="store_true", help="where a step of ours spends its time (torch profiler)")
-    p.add_argument("--ffn-multiple", type=int, default=1, help="round the pruned model's FFN widths to this multiple")
+    p.add_argument("--ffn-multiple", type=int, default=0,
+                   help="round the pruned model's FFN widths to this multiple; 0: as train.py, 64 on a GPU, 8 on the CPU")
     args = p.parse_args(argv)
     shape = {k: getattr(args, k) or v for k, v in SIZES[args.size].items()}
 

@@ -71,7 +71,7 @@ class Config:
     l1: float = 1e-4  # lambda of the L1 penalty on the slimming coefficients, heads and FFN neurons alike
     head_ratio: float = 1 / 3  # fraction of heads pruned in every layer
     ffn_ratio: float = 0.4  # fraction of FFN neurons pruned over all layers
-    ffn_multiple: int = 0  # round each layer's kept FFN neurons up to a multiple; 0: 64 on a GPU, 1 on the CPU
+    ffn_multiple: int = 0  # round each layer's kept FFN neurons up to a multiple; 0: 64 on a GPU, 8 on the CPU
     search_fraction: float = 0.2  # the longest search, in epochs (the official code's fixed draw step)
     ticket_every: int = 0  # steps between the masks the early-bird rule compares; 0: the longest search / (2 k)
     eb_k: int = 5  # the early-bird rule compares the newest mask with the k - 1 before it

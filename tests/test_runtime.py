@@ -244,5 +244,5 @@ def test_distributed_backend_follows_the_device(monkeypatch, device, has_gpu, ba
 
 
 def test_ffn_multiple_rounds_for_gpus_unless_asked():
-    assert ffn_multiple_for(torch.device("cuda", 0)) == 64 and ffn_multiple_for(torch.device("cpu")) == 1
+    assert ffn_multiple_for(torch.device("cuda", 0)) == 64 and ffn_multiple_for(torch.device("cpu")) == 8
     assert ffn_multiple_for(torch.device("cuda", 0), 8) == 8 and ffn_multiple_for(torch.device("cpu"), 8) == 8

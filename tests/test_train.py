@@ -157,7 +157,8 @@ def test_efficient_phase_trains_the_rebuilt_ticket(corpus, searched, init, kind,
     cfg = efficient(corpus, searched, init=init, ticket=kind, max_steps=max_steps)
     ticket = tickets.Ticket.load(str(out / "search" / "ticket.json"))
     if kind == "random":
-        ticket = tickets.random_ticket(ticket.full_heads, ticket.full_ffn, ticket.head_ratio, ticket.ffn_ratio, 0)
+        ticket = tickets.random_ticket(ticket.full_heads, ticket.full_ffn, ticket.head_ratio, ticket.ffn_ratio, 0,
+                                       ffn_multiple=ticket.ffn_multiple)
     # what the phase starts from: the ticket rebuilt from the search's start (rewind) or its last weights
     model, used, start = train.efficient_model(cfg)
     assert (start is None) == (init == "rewind")
