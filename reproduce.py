@@ -1,9 +1,9 @@
 """Reproduce EarlyBERT's claims at laptop scale, over seeds, with the project's own entry points.
 
-    python reproduce.py                   # all of it: about 3.5 hours on a 2-core CPU; it resumes
+    python reproduce.py                   # all of it: about 3 hours on a 2-core CPU; it resumes
     python reproduce.py --part pretrain   # (a) and (b) only;  --part wordnet: (c) only
     python reproduce.py --quick           # tiny sizes, 2 seeds, a few minutes: the smoke test's run
-    python reproduce.py --max-steps 1200  # the recipe at half length: about 1.7 hours (runs/reproduce-1200)
+    python reproduce.py --max-steps 1200  # the recipe at half length: about 1.5 hours (runs/reproduce-1200)
     python reproduce.py --mask-prob 0.15  # BERT's 15% of tokens masked in pre-training (runs/reproduce-mask15)
 
 The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's default recipe:
