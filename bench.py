@@ -262,13 +262,13 @@ def bench_length(T: int, config: BertConfig, args, device, dtype) -> list[dict]:
     print(f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads, "
           f"FFN {config.intermediate_size}, vocab {config.vocab_size} | batch {args.batch} x seq {T}, "
           f"{P} predicted positions per sequence | {args.steps} steps of each, in turn")
+    def batch(c, sparse):
+        return random_batch(c, args.batch, T, sparse, args.mask_prob)
     variants = {  # name: (model, batch, FLOPs per sequence)
-        "ours (sparse MLM head)": (BertMLM(config), random_batch(config, args.batch, T, True, args.mask_prob),
-                                   flops_per_sequence(config, T, P)),
-        "reference (decoder over every position)": (BertMLM(config), random_batch(config, args.batch, T, False, args.mask_prob),
+        "ours (sparse MLM head)": (BertMLM(config), batch(config, True), flops_per_sequence(config, T, P)),
+        "reference (decoder over every position)": (BertMLM(config), batch(config, False),
                                                     flops_per_sequence(config, T, T)),
-        "efficient (pruned)": (BertMLM(small), random_batch(small, args.batch, T, True, args.mask_prob),
-                               flops_per_sequence(small, T, P))}
+        "efficient (pruned)": (BertMLM(small), batch(small, True), flops_per_sequence(small, T, P))}
     steps, memory = {}, {}
     for name, (model, batch, _) in variants.items():
         steps[name], memory[name] = warm_step(model, batch, args, device, dtype)
@@ -290,7 +290,7 @@ def bench_length(T: int, config: BertConfig, args, device, dtype) -> list[dict]:
     results = [ours, ref, eff]
     del steps, variants  # free the three models before profiling
     if args.profile:
-        groups = profile_step(BertMLM(config), random_batch(config, args.batch, T, True, args.mask_prob), device, dtype)
+        groups = profile_step(BertMLM(config), batch(config, True), device, dtype)
         total = sum(groups.values())
         print("  where a step of ours goes (profiler self time): " + ", ".join(
             f"{name} {100 * t / total:.0f}%" for name, t in sorted(groups.items(), key=lambda kv: -kv[1]) if t > 0))
@@ -329,7 +329,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--loader", action="store_true", help="also time data.MLMBatches against the training step")
     p.add_argument("--profile", action="store_true", help="where a step of ours spends its time (torch profiler)")
     p.add_argument("--ffn-multiple", type=int, default=0,
-                   help="round the pruned model's FFN widths to this multiple; 0: as train.py, 64 on a GPU, 8 on the CPU")
+                   help="round the pruned model's FFN widths to a multiple: 0 as train.py (64 on a GPU, 8 on the CPU)")
     args = p.parse_args(argv)
     shape = {k: getattr(args, k) or v for k, v in SIZES[args.size].items()}
 
