@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 
@@ -331,6 +332,12 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--ffn-multiple", type=int, default=0,
                    help="round the pruned model's FFN widths to a multiple: 0 as train.py (64 on a GPU, 8 on the CPU)")
     args = p.parse_args(argv)
+    if not 0 < args.mask_prob < 1:
+        sys.exit(f"error: --mask-prob {args.mask_prob}: give the fraction of tokens to mask, in (0, 1)")
+    for name, value, least in (("--batch", args.batch, 1), ("--steps", args.steps, 1),
+                               *(("--seq", T, 3) for T in args.seq or [])):  # a sequence holds [CLS] and [SEP]
+        if value < least:
+            sys.exit(f"error: {name} {value}: must be at least {least}")
     shape = {k: getattr(args, k) or v for k, v in SIZES[args.size].items()}
 
     device, _, dtype = pick_device(args.device)  # as train.py: bf16 / fp16 + GradScaler on GPUs, fp32 on the CPU

@@ -119,6 +119,14 @@ def test_benchmark_runs_end_to_end_on_cpu(capsys):
     assert {r["seq"] for r in results} == {16, 24} and all(r["tokens_per_s"] > 0 for r in results)
 
 
+@pytest.mark.parametrize("flags", [["--mask-prob", "2"], ["--mask-prob", "0"], ["--batch", "0"], ["--seq", "2"]])
+def test_bad_flags_give_one_line_and_run_nothing(flags, capsys):
+    with pytest.raises(SystemExit) as exit:
+        bench.main(["--device", "cpu", *flags])
+    assert str(exit.value).startswith("error: --") and "\n" not in str(exit.value)
+    assert capsys.readouterr().out == ""  # nothing timed, not even the header
+
+
 def test_loader_speed_on_a_small_corpus(tmp_path, small_corpus, fixed_vocab):
     per_s = bench.loader_batches_per_s([small_corpus], str(tmp_path / "data"), batch_size=4, seq_len=16,
                                        steps=5, pin_memory=False, vocab=fixed_vocab)
