@@ -37,6 +37,7 @@ import numpy as np
 
 import corpus
 from checkpoint import atomic, load_checkpoint, read_json, write_json
+from runtime import AUTO_FFN_MULTIPLE
 from tasks import WORDNET, library_rows, wordnet_task, write_task  # built without the network
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -49,7 +50,8 @@ QUICK_FINETUNE = {"epochs": 1, "max_steps": 3}
 LIBRARY = (700, 300)  # the library task's training and dev sentences per library (numpy's docs have about 1000)
 QUICK_LIBRARY = (12, 6), {"python": "json", "torch": "optim", "numpy": "polynomial"}  # from these folders only
 VOCAB = "SEED0_VOCAB"  # stands for the first seed's vocabulary until its search has trained it
-BEFORE_FLAGS = {"mask_prob": 0.15, "ffn_multiple": 0}  # train.py's settings newer than a recipe.json: as before
+# train.py's settings newer than a recipe.json, as they were before; --ffn-multiple 0 rounded to 1 on the CPU
+BEFORE_FLAGS = {"mask_prob": 0.15, "ffn_multiple": 0, "auto_ffn_multiple": {"cuda": 64, "cpu": 1}}
 CPU_FLOPS = 80e9  # model FLOP/s of a training step on a 2-core AMD EPYC, fp32 (bench.py): for the estimate
 
 
@@ -401,7 +403,7 @@ def main(argv=None):
     out, seeds = args.out, args.seeds
     overrides = QUICK if args.quick else {"max_steps": args.max_steps} if args.max_steps else {}
     overrides = {**overrides, "mask_prob": args.mask_prob} if args.mask_prob else overrides
-    recipe = {**train_defaults(), **overrides}
+    recipe = {**train_defaults(), **overrides, "auto_ffn_multiple": AUTO_FFN_MULTIPLE}  # how tickets are rounded
     eval_every = max(1, recipe["max_steps"] // EVALUATIONS)
     (n_train, n_dev), folders = QUICK_LIBRARY if args.quick else (LIBRARY, None)
     pretrain = pretrain_jobs(out, seeds, overrides, args.data, eval_every) if args.part != "wordnet" else {}

@@ -83,6 +83,9 @@ def pick_device(device: str = "auto", local_rank: int = 0):
     return torch.device("cuda", local_rank), torch.autocast("cuda", dtype=dtype), dtype
 
 
+AUTO_FFN_MULTIPLE = {"cuda": 64, "cpu": 8}  # what --ffn-multiple 0 rounds to, by device type
+
+
 def ffn_multiple_for(device: torch.device, multiple: int = 0) -> int:
     """The --ffn-multiple a run draws its ticket with (ticket.draw_ticket rounds each layer's
     kept FFN neurons up to a multiple of it): as asked, or (0) 64 on a GPU, 8 on the CPU. A bf16
@@ -90,7 +93,7 @@ def ffn_multiple_for(device: torch.device, multiple: int = 0) -> int:
     the odd widths of an unrounded ticket, BERT-base's pruned step took 1.35x the full one's
     time on an H200. On a 2-core CPU, widths in multiples of 8 (an AVX2 register's floats) made
     the laptop recipe's pruned step about 7% faster than odd ones (bench.py)."""
-    return multiple or (64 if device.type == "cuda" else 8)
+    return multiple or AUTO_FFN_MULTIPLE.get(device.type, AUTO_FFN_MULTIPLE["cpu"])
 
 
 def to_device(batch: dict, device) -> dict:

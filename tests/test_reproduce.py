@@ -149,6 +149,10 @@ def test_runs_from_before_a_new_setting_count_as_its_old_behaviour(tmp_path):
     reproduce.check_recipe(str(path), {"max_steps": 2400, "mask_prob": 0.15}, force=False)  # 15%: what they did
     with pytest.raises(ValueError, match=r"mask_prob 0\.15 there, 0\.4 now"):
         reproduce.check_recipe(str(path), {"max_steps": 2400, "mask_prob": 0.4}, force=False)
+    # tickets rounded their FFN widths to 1 on the CPU then, 8 now: another ticket, so another recipe
+    now = {"max_steps": 2400, "auto_ffn_multiple": {"cuda": 64, "cpu": 8}}
+    with pytest.raises(ValueError, match=r"auto_ffn_multiple \{'cuda': 64, 'cpu': 1\} there, \{'cuda': 64, 'cpu': 8"):
+        reproduce.check_recipe(str(path), now, force=False)
 
 
 def test_mask_prob_reaches_the_recipe_and_every_pretraining_command(tmp_path, monkeypatch, capsys):
@@ -158,6 +162,7 @@ def test_mask_prob_reaches_the_recipe_and_every_pretraining_command(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         reproduce.main(["--out", str(tmp_path), "--part", "pretrain", "--mask-prob", "0.15"])  # BERT's, not train.py's
     assert json.load(open(tmp_path / "recipe.json"))["mask_prob"] == 0.15
+    assert json.load(open(tmp_path / "recipe.json"))["auto_ffn_multiple"] == {"cuda": 64, "cpu": 8}
     plan = [line for line in capsys.readouterr().err.splitlines() if "train.py" in line]
     assert len(plan) == 12 and all("--mask-prob 0.15" in line for line in plan)
     with pytest.raises(ValueError, match=r"^--mask-prob 1\.5: give a fraction"):
