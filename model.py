@@ -183,9 +183,8 @@ class Layer(nn.Module):
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
     def forward(self, x, mask, positions=None):
-        rows = None if positions is None else gather_rows(x, positions)
-        y = self.attn(x, mask, rows)
-        x = self.attn_norm((x if rows is None else rows) + self.dropout(y))
+        rows = x if positions is None else gather_rows(x, positions)  # the rows whose output is wanted
+        x = self.attn_norm(rows + self.dropout(self.attn(x, mask, rows)))
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 

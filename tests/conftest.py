@@ -278,9 +278,10 @@ def error_of(cfg) -> str:
     return message
 
 
+# A loose epsilon for a tiny model; no dropout (see test_train.py's compile test); FFN widths
+# unrounded, so the paper's 40% exactly (test_train.py tests the rounding).
 SEARCH = dict(phase="search", max_steps=200, eb_k=3, eb_epsilon=0.3, lr=1e-2, lambda_head=1e-2, lambda_ffn=1e-2,
-              dropout=0.0, ffn_multiple=1)  # a loose epsilon for a tiny model; no dropout: see test_train.py's
-# compile test; FFN widths unrounded, the paper's 40% exactly (test_train.py tests the rounding)
+              dropout=0.0, ffn_multiple=1)
 
 
 @pytest.fixture(scope="session")
