@@ -312,23 +312,16 @@ def save_training_state(path: str, world: int, rank: int, device, **state):
         save_checkpoint(dict(state, rng=rngs), path)
 
 
-# Settings that a resumed run must share with its checkpoint to continue exactly (max_steps may grow).
-RESUME_KEYS = ("phase", "data", "vocab", "init_from", "batch_size", "grad_accum", "max_len", "seed", "ticket", "init")
-
-
-def resume(path: str, config: dict, world: int, rank: int, model, optimizer, scheduler, scaler, loader,
+def resume(state: dict, path: str, world: int, rank: int, model, optimizer, scheduler, scaler, loader,
            early_bird=None) -> tuple[int, float]:
-    """Continue exactly: weights, optimizer, schedule, scaler, RNG states, data position.
-    Returns (step, training seconds so far)."""
-    state = load_checkpoint(path)
+    """Continue exactly from `state` (load_checkpoint(path); the caller has checked its recipe):
+    weights, optimizer, schedule, scaler, RNG states, data position. Returns (step, training seconds so far)."""
     if state.get("model_config") != model.config.to_dict():
         raise ValueError(f"{path}: checkpoint of another model configuration; resume with the settings it was "
                          f"trained with (see train_config.json beside it)")
-    changed = [k for k in RESUME_KEYS if state["config"].get(k) != config.get(k)]
-    if changed or len(state["rng"]) != world:
-        what = ", ".join(f"--{k.replace('_', '-')} {state['config'].get(k)!r}" for k in changed) or \
-            f"{len(state['rng'])} process(es)"
-        raise ValueError(f"{path}: checkpoint written with {what}; resume with the same settings")
+    if len(state["rng"]) != world:
+        raise ValueError(f"{path}: checkpoint written by {len(state['rng'])} process(es), not {world}; resume with "
+                         f"as many")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -8,8 +8,9 @@ The masked-language-model data pipeline: text files -> WordPiece ids on disk -> 
    later, so the corpus may be far larger than RAM) and document offsets, in a cache folder
    named after what it is made from.
 3. `MLMBatches`: cuts documents into `[CLS] chunk [SEP]` sequences and masks them as BERT does
-   (Devlin et al. 2019, Sec. 3.1 and Appendix A.1): 15% of the tokens are predicted; of those
-   80% become [MASK], 10% a random token, 10% stay unchanged.
+   (Devlin et al. 2019, Sec. 3.1 and Appendix A.1): a fraction `mask_prob` of the tokens is
+   predicted (BERT's 15%; train.py's laptop recipe 40%); of those 80% become [MASK], 10% a random
+   token, 10% stay unchanged.
 
 Departures from BERT's create_pretraining_data.py, on purpose:
 - No next-sentence prediction (RoBERTa, Liu et al. 2019, Sec. 4.2, finds it does not help):
@@ -17,6 +18,8 @@ Departures from BERT's create_pretraining_data.py, on purpose:
 - Dynamic masking (RoBERTa Sec. 4.1): a sequence is masked anew each time it is drawn,
   instead of BERT's 10 static copies written to disk.
 - Random replacements are drawn from the non-special tokens only.
+- No special token is masked, [UNK] included (BERT's script masks [UNK] like a word): the label
+  [UNK] stands for any word the vocabulary lacks, so predicting it teaches nothing of the text.
 """
 import hashlib
 import json
@@ -269,7 +272,8 @@ def prepare_corpus(files: list[str], cache_root: str, vocab: str = "", vocab_siz
 # ----------------------------------------------------------------------------- masking
 
 def n_predictions(max_len: int, mask_prob: float = 0.15) -> int:
-    """Predicted positions per sequence of max_len tokens: [CLS] and [SEP] are never masked.
+    """The most predicted positions a sequence of max_len tokens can have: mask_prob of the max_len - 2
+    between [CLS] and [SEP] (no special token is masked, so a row with [UNK] or padding has fewer).
     The round() keeps float error (0.15 * 20 = 3.0000000000000004) from adding one."""
     return math.ceil(round(mask_prob * (max_len - 2), 6))
 

@@ -38,8 +38,8 @@ import ticket as tickets
 from checkpoint import load_pretrained, read_json, save_pretrained, write_json
 from data import checkpoint_tokenizer
 from model import BertClassifier, BertQA, configure_optimizers, count_parameters, flops_per_sequence, lr_lambda
-from runtime import (ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock, setup_distributed,
-                     to_device)
+from runtime import (ABOVE_0, AT_LEAST_1, FRACTION, NOT_NEGATIVE, check_limits, ffn_multiple_for, finish_distributed,
+                     parse_config, pick_device, run_lock, setup_distributed, to_device)
 from tasks import (GLUE, TASKS, GlueTask, glue_features, glue_scores, read_glue, read_squad, squad_answers,
                    squad_features, squad_scores, text_task)
 
@@ -83,15 +83,21 @@ def parse_args(argv=None) -> Config:
                         description=__doc__)
 
 
+# the values that cannot work, refused before anything else (check_config)
+LIMITS = {"epochs": AT_LEAST_1, "batch_size": AT_LEAST_1, "doc_stride": AT_LEAST_1, "lr": ABOVE_0, "search_lr": ABOVE_0,
+          "search_fraction": ABOVE_0, "warmup": FRACTION, "head_ratio": FRACTION, "ffn_ratio": FRACTION,
+          **{name: NOT_NEGATIVE for name in ("max_len", "max_steps", "weight_decay", "seed", "l1", "ffn_multiple",
+                                             "eb_epsilon")},
+          "ticket_every": (lambda v: v >= 0, "the spacing of the masks must be 0 (automatic) or more steps"),
+          "eb_k": (lambda v: v >= 2, "the early-bird rule compares the newest mask with the k - 1 before it: "
+                                     "give at least 2")}
+
+
 def check_config(cfg: Config):
     """Settings that cannot work, as one line before any work is done."""
     if cfg.ticket == "random" and not cfg.earlybert:
         raise ValueError("--ticket random is the control of --earlybert: give both")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ValueError(f"--epochs {cfg.epochs} --batch-size {cfg.batch_size}: both must be at least 1")
-    if cfg.search_fraction <= 0 or cfg.ticket_every < 0:
-        raise ValueError(f"--search-fraction {cfg.search_fraction} --ticket-every {cfg.ticket_every}: the longest "
-                         "search must be > 0 epochs, the spacing of the masks >= 0 steps (0: automatic)")
+    check_limits(cfg, LIMITS)
 
 
 # ----------------------------------------------------------------------------- the task

@@ -1,6 +1,6 @@
 """What a run needs around its training loop, shared by train.py and finetune.py: the
 command line built from a config dataclass, the device and its precision, the processes
-of a distributed run, and a lock on the output folder.
+of a distributed run, Ctrl-C at a step's end, and a lock on the output folder.
 
     cfg = parse_config(Config)                       # every field is a --flag
     rank, world, local_rank = setup_distributed(cfg.device)  # torchrun sets the environment
@@ -14,6 +14,8 @@ import ctypes
 import inspect
 import os
 import re
+import signal
+import threading
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import MISSING, fields
 
@@ -43,13 +45,30 @@ def parse_config(cls, argv=None, choices: dict | None = None, description: str =
         text = helps.get(f.name, "")
         if f.name in choices:
             text = f"{text} (one of: {', '.join(map(str, choices[f.name]))})".strip()
-        text += " [default: %(default)s]"
+        # a float default as written in the source (1 / 3 shows as 0.3333, not 0.3333333333333333)
+        text += f" [default: {default:.4g}]" if isinstance(default, float) else " [default: %(default)s]"
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
             p.add_argument(flag, type=type(default), default=default, choices=choices.get(f.name), help=text,
                            metavar=f.name.upper() if f.name not in choices else None)
     return cls(**vars(p.parse_args(argv)))
+
+
+def check_limits(cfg, limits: dict):
+    """One line for the first setting that cannot work, before anything else is done.
+    `limits`: field -> (test of its value, what the value must be)."""
+    for name, (ok, must) in limits.items():
+        value = getattr(cfg, name)
+        if not ok(value):
+            raise ValueError(f"--{name.replace('_', '-')} {value}: {must}")
+
+
+# the usual limits for check_limits; NaN passes "not below 0" (a test makes a NaN loss with it)
+AT_LEAST_1 = (lambda v: v >= 1, "must be at least 1")
+ABOVE_0 = (lambda v: v > 0, "must be above 0")
+NOT_NEGATIVE = (lambda v: not v < 0, "must be 0 or more")
+FRACTION = (lambda v: 0 <= v < 1, "must be a fraction in [0, 1)")
 
 
 def keep_freed_memory() -> bool:
@@ -148,6 +167,27 @@ def any_rank(flag: bool, world: int, device) -> bool:
     t = torch.tensor(float(flag), device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+@contextmanager
+def deferred_interrupt():
+    """Ctrl-C (SIGINT) only marks the list this yields, which the loop reads at the end of a step,
+    so a run stops at a step it can save whole; a second Ctrl-C interrupts at once. Outside the
+    main thread, where Python runs no signal handler, it changes nothing."""
+    pressed = []
+
+    def handler(signum, frame):
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(True)
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager

@@ -36,7 +36,7 @@ def add_coefficients(model: nn.Module) -> nn.Module:
 
 def remove_coefficients(model: nn.Module) -> nn.Module:
     """Empty the slots again: the model has no coefficients and pays nothing for them.
-    (rebuild() in ticket.py folds surviving coefficients into the weights instead.)"""
+    (prune.rebuild() folds surviving coefficients into the weights instead.)"""
     for layer in _layers(model):
         layer.attn.head_coef = None
         layer.ffn.ffn_coef = None

@@ -10,7 +10,8 @@
 prune.py rebuilds the physically smaller BERT a ticket describes.
 
 A ticket's indices refer to the model it is applied to (a rebuilt model can be pruned again).
-`python ticket.py show|apply|compare` looks at, applies and compares ticket files (see main).
+`python ticket.py show|apply|compare|distances` looks at, applies and compares ticket files and
+draws a finished search's mask distances (see main).
 """
 import argparse
 import dataclasses
@@ -42,7 +43,8 @@ class Ticket:
     full_ffn: list[int]
     head_ratio: float            # the pruned fractions asked for
     ffn_ratio: float
-    kind: str = "earlybird"      # "earlybird", "fixed-step", "random" or "full"
+    kind: str = "earlybird"      # "earlybird" (the rule fired), "fixed-step" (--draw-step), "last-step" (the
+                                 # search ended before the rule fired), "random" or "full"
     step: int | None = None      # search step it was drawn at
     history: list[dict] = field(default_factory=list)  # EarlyBird.history: the mask distances
     ffn_multiple: int = 1        # each layer's kept FFN neurons rounded up to a multiple of it
@@ -230,9 +232,9 @@ def observe(early_bird: EarlyBird, model: nn.Module, step: int, head_ratio: floa
 
 
 def draw_now(early_bird: EarlyBird, model: nn.Module, step: int, head_ratio: float, ffn_ratio: float,
-             kind: str = "fixed-step", ffn_multiple: int = 1) -> Ticket:
-    """The ticket the model's coefficients give now, with the distances that led to it
-    (the fallback when the search ends before the rule fires)."""
+             kind: str = "last-step", ffn_multiple: int = 1) -> Ticket:
+    """The ticket the model's coefficients give now, with the distances that led to it (by default
+    the fallback when the search ends before the rule fires: kind "last-step")."""
     return draw_ticket(*slim.coefficients(model), head_ratio, ffn_ratio, ffn_multiple, kind=kind, step=step,
                        history=early_bird.history)
 
@@ -255,27 +257,44 @@ def distance_matrix(masks: list[tuple]) -> np.ndarray:
 
 
 def save_mask_distances(early_bird: EarlyBird, folder: str, draw_step: int | None = None) -> str | None:
-    """folder/mask_distances.json (the steps and both distance matrices) and, with matplotlib,
-    folder/mask_distances.png. Returns the picture's path, or None."""
+    """folder/mask_distances.json (the steps, both distance matrices, the rule's k and epsilon, the
+    draw step) and, with matplotlib, folder/mask_distances.png. Returns the picture's path, or None."""
     d = distance_matrix(early_bird.masks)
-    write_json({"steps": [s for s, _, _ in early_bird.masks], "head_distance": d[0].tolist(),
-                "ffn_distance": d[1].tolist()}, os.path.join(folder, "mask_distances.json"), indent=None)
-    return plot_distances(early_bird, os.path.join(folder, "mask_distances.png"), draw_step)
+    distances = {"steps": [s for s, _, _ in early_bird.masks], "head_distance": d[0].tolist(),
+                 "ffn_distance": d[1].tolist(), "k": early_bird.k, "epsilon": early_bird.epsilon, "drawn_at": draw_step}
+    write_json(distances, os.path.join(folder, "mask_distances.json"), indent=None)
+    try:
+        return plot_distances(distances, os.path.join(folder, "mask_distances.png"))
+    except ImportError:  # matplotlib is optional: `python ticket.py distances FOLDER` draws it later
+        return None
 
 
-def plot_distances(early_bird: EarlyBird, path: str, draw_step: int | None = None) -> str | None:
+def read_distances(folder: str) -> dict:
+    """A finished search's mask_distances.json; an older one without the rule's k, epsilon and draw
+    step takes them from the train_config.json and ticket.json beside it."""
+    path = os.path.join(folder, "mask_distances.json")
+    d = read_json(path, "mask distances file")
+    if "k" not in d:
+        config = read_json(os.path.join(folder, "train_config.json"), "train config")
+        d.update(k=config.get("eb_k", 5), epsilon=config.get("eb_epsilon", 0.1),
+                 drawn_at=read_json(os.path.join(folder, "ticket.json"), "ticket file").get("step"))
+    if not (isinstance(d.get("steps"), list) and np.shape(d.get("head_distance")) == np.shape(d.get("ffn_distance"))
+            == (len(d["steps"]),) * 2):
+        raise ValueError(f"{path}: not a mask distances file (steps and two square matrices of as many rows)")
+    return d
+
+
+def plot_distances(distances: dict, path: str) -> str | None:
     """The mask-distance matrices (heads, FFN; one colour scale, axes in steps, the draw step
     marked) and, per recorded mask, its largest distance to the k - 1 masks before it against
-    epsilon: what the rule looks at, readable whether it fired or not. Returns `path`, or
-    None without matplotlib (optional) or without masks."""
-    try:
-        from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
-    except ImportError:
+    epsilon: what the rule looks at, readable whether it fired or not. `distances`: what
+    save_mask_distances writes. Returns `path`, or None without masks; ImportError without matplotlib."""
+    from matplotlib.figure import Figure  # optional; no pyplot: no global state, no display needed
+    if not distances["steps"]:
         return None
-    if not early_bird.masks:
-        return None
-    steps = np.array([s for s, _, _ in early_bird.masks], dtype=float)
-    d, k, eps = distance_matrix(early_bird.masks), early_bird.k, early_bird.epsilon
+    steps = np.array(distances["steps"], dtype=float)
+    d = np.array([distances["head_distance"], distances["ffn_distance"]])
+    k, eps, draw_step = distances["k"], distances["epsilon"], distances["drawn_at"]
     gaps = np.diff(steps) if len(steps) > 1 else np.ones(1)
     edges = np.concatenate([[steps[0] - gaps[0] / 2], (steps[1:] + steps[:-1]) / 2, [steps[-1] + gaps[-1] / 2]])
     fig = Figure(figsize=(15, 4.5), layout="constrained")
@@ -287,24 +306,36 @@ def plot_distances(early_bird: EarlyBird, path: str, draw_step: int | None = Non
         for line in (ax.axvline, ax.axhline) if draw_step is not None else ():
             line(draw_step, color="red", lw=1, ls="--")
     fig.colorbar(image, ax=axes[:2], label="fraction of units whose keep/prune bit differs")
+    # per mask: its largest distance to the k - 1 before it (EarlyBird.update), heads and FFN
+    largest = [[d[kind, i, max(0, i - k + 1):i].max() for i in range(1, len(steps))] for kind in (0, 1)]
     for kind, label in ((0, "heads"), (1, "FFN neurons")):
-        axes[2].plot(steps[1:], [d[kind, i, max(0, i - k + 1):i].max() for i in range(1, len(steps))],
-                     marker="o", label=label)
+        axes[2].plot(steps[1:], largest[kind], marker="o", label=label)
     axes[2].axhline(eps, color="gray", ls="--", label=f"epsilon {eps}")
     if len(steps) > 1:  # the rule decides only once it has k masks
         axes[2].axvspan(edges[0], edges[min(k - 1, len(steps))], color="gray", alpha=0.15,
                         label=f"fewer than {k} masks")
     if draw_step is not None:
         axes[2].axvline(draw_step, color="red", lw=1, ls="--", label=f"ticket drawn, step {draw_step}")
-    fired = [h["step"] for h in early_bird.history if h["head_distance"] is not None
-             and max(h["head_distance"], h["ffn_distance"]) < eps]
+    fired = [steps[i + 1] for i in range(k - 2, len(steps) - 1) if max(largest[0][i], largest[1][i]) < eps]
     axes[2].set(title=f"largest distance to the previous {k - 1} masks\n"
-                      + (f"(the rule fired at step {fired[0]})" if fired else "(the rule did not fire)"),
+                      + (f"(the rule fired at step {fired[0]:.0f})" if fired else "(the rule did not fire)"),
                 xlabel="step", ylim=(0, max(d.max(), eps) * 1.05))
     axes[2].legend()
     with atomic(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     return path
+
+
+def draw_distances(folder: str, out: str | None = None) -> str:
+    """`python ticket.py distances FOLDER`: the mask-distance figure of a finished search, drawn from
+    its mask_distances.json (for a search that ran without matplotlib)."""
+    distances = read_distances(folder)
+    out = out or os.path.join(folder, "mask_distances.png")
+    try:
+        drawn = plot_distances(distances, out)
+    except ImportError:
+        raise ValueError(f"{out}: drawing needs matplotlib (pip install matplotlib)") from None
+    return f"mask distances -> {drawn}" if drawn else f"{folder}/mask_distances.json: no masks were recorded"
 
 
 # ----------------------------------------------------------------------------- command line
@@ -318,11 +349,15 @@ def parameters_and_flops(config, seq_len: int) -> tuple[int, int]:
     return params, flops_per_sequence(config, seq_len, n_predictions=0) // seq_len
 
 
-def show(path: str, model_dir: str | None = None, seq_len: int = 128, plot: str | None = None) -> str:
-    """What a ticket keeps, per layer and in total; given the model's folder, what that saves."""
-    if seq_len < 1:
+def show(path: str, model_dir: str | None = None, seq_len: int | None = None, plot: str | None = None) -> str:
+    """What a ticket keeps, per layer and in total; given the model's folder, what that saves, in
+    FLOPs at seq_len: by default the length the run beside the ticket trained at, else 128."""
+    if seq_len is not None and seq_len < 1:
         raise ValueError(f"--seq-len {seq_len}: a sequence length is at least 1")
     t = Ticket.load(path)
+    if seq_len is None:
+        beside = os.path.join(os.path.dirname(path), "train_config.json")
+        seq_len = read_json(beside, "train config").get("max_len", 128) if os.path.isfile(beside) else 128
     config = read_config(model_dir) if model_dir else None
     if config is not None:
         check_ticket_fits(t, config, path, os.path.join(model_dir, "config.json"))
@@ -421,12 +456,14 @@ def compare(a_path: str, b_path: str) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="ticket.py", description="Look at, apply and compare EarlyBERT tickets.")
+    parser = argparse.ArgumentParser(prog="ticket.py", description="Look at, apply and compare EarlyBERT tickets, "
+                                     "and draw a search's mask distances.")
     sub = parser.add_subparsers(required=True)
     p = sub.add_parser("show", help="what a ticket keeps, per layer and in total")
     p.add_argument("ticket")
     p.add_argument("--model", help="the checkpoint folder it fits: adds parameters and FLOPs")
-    p.add_argument("--seq-len", type=int, default=128, help="sequence length for the FLOPs (default 128)")
+    p.add_argument("--seq-len", type=int, help="sequence length for the FLOPs (default: the --max-len of the "
+                   "run beside the ticket, else 128)")
     p.add_argument("--plot", help="also draw the kept units into this PNG (needs matplotlib)")
     p.set_defaults(run=lambda a: show(a.ticket, a.model, a.seq_len, a.plot))
     p = sub.add_parser("apply", help="rebuild a checkpoint folder into the smaller model of the ticket")
@@ -439,6 +476,10 @@ def main(argv=None):
     p.add_argument("a")
     p.add_argument("b")
     p.set_defaults(run=lambda a: compare(a.a, a.b))
+    p = sub.add_parser("distances", help="draw a finished search's mask_distances.png from its mask_distances.json")
+    p.add_argument("folder", help="the search's folder, e.g. out/search")
+    p.add_argument("--out", help="the PNG to write (default: FOLDER/mask_distances.png)")
+    p.set_defaults(run=lambda a: draw_distances(a.folder, a.out))
     args = parser.parse_args(argv)
     print(args.run(args))
 

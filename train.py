@@ -13,15 +13,19 @@ One config (`Config`), overridden from the command line (`--max-steps 500`); one
 in `run()`. Each phase writes OUT_DIR/PHASE/: `log.jsonl`, `ckpt.pt` (for `--resume`), `model/`,
 `summary.json`, `train_config.json`; the search adds `ticket.json`, `mask_distances.json`, `start/`.
 A fresh run never replaces another's results (`--resume` continues it, `--force` replaces it).
+
+Every flag is either part of the recipe (what is computed) or of the presentation (where and how
+often things are written or shown: experiment.PRESENTATION). The efficient phase takes the
+search's recipe and `--resume` the checkpoint's; a flag given with another value is refused.
 """
 import json
 import math
 import os
-import shlex
+import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -34,9 +38,12 @@ import slim
 import ticket as tickets
 from checkpoint import (load_checkpoint, load_pretrained, read_json, resume, save_pretrained, save_training_state,
                         write_json)
+from experiment import (check_run_dir, command, finished, report, resumed_settings, run_name, search_dir,
+                        search_settings, train_on)
 from model import BertConfig, BertMLM, configure_optimizers, count_parameters, lr_lambda
-from runtime import (any_rank, broadcast, ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock,
-                     setup_distributed, sum_ranks, to_device)
+from runtime import (ABOVE_0, AT_LEAST_1, FRACTION, NOT_NEGATIVE, any_rank, broadcast, check_limits, deferred_interrupt,
+                     ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock, setup_distributed, sum_ranks,
+                     to_device)
 
 
 @dataclass
@@ -89,59 +96,36 @@ class Config:
 
 CHOICES = {"phase": ("full", "search", "efficient"), "init": ("continue", "rewind"),
            "ticket": ("earlybird", "random"), "device": ("auto", "cpu", "cuda")}
+# the values that cannot work, refused before anything else (check_config)
+
+LIMITS = {name: AT_LEAST_1 for name in ("layers", "hidden", "heads", "ffn", "batch_size", "grad_accum", "max_steps",
+                                        "log_every", "eval_every", "eval_batches", "ckpt_every", "ticket_every")}
+LIMITS.update({name: ABOVE_0 for name in ("lr", "clip")}, **{name: FRACTION for name in (
+    "dropout", "warmup", "head_ratio", "ffn_ratio")}, **{name: NOT_NEGATIVE for name in (
+    "weight_decay", "max_minutes", "seed", "lambda_head", "lambda_ffn", "ffn_multiple", "eb_epsilon", "draw_step")},
+    max_len=(lambda v: v >= 3, "a sequence holds [CLS], [SEP] and a token at least: give 3 or more"),
+    vocab_size=(lambda v: v > len(data.SPECIALS), f"must be more than the {len(data.SPECIALS)} special tokens"),
+    mask_prob=(lambda v: 0 < v < 1, "give the fraction of tokens to mask, in (0, 1)"),
+    eb_k=(lambda v: v >= 2, "the early-bird rule compares the newest mask with the k - 1 before it: give at least 2"))
 
 
 def parse_args(argv=None) -> Config:
-    return parse_config(Config, argv, CHOICES, description=__doc__.split("\n\n")[0])
+    cfg = parse_config(Config, argv, CHOICES, description=__doc__.split("\n\n")[0])
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: Config):
+    """The settings that cannot work, as one line before anything else is looked at or written."""
+    check_limits(cfg, LIMITS)
+    if cfg.hidden % cfg.heads:
+        raise ValueError(f"--hidden {cfg.hidden} --heads {cfg.heads}: the hidden size must divide into the heads")
+    if cfg.draw_step > cfg.max_steps:
+        raise ValueError(f"--draw-step {cfg.draw_step}: beyond --max-steps {cfg.max_steps}; give a step the search "
+                         f"reaches, or 0 for the early-bird rule")
 
 
 # ----------------------------------------------------------------------------- set-up
-
-def search_dir(cfg: Config) -> str:
-    return cfg.search_dir or os.path.join(cfg.out_dir, "search")
-
-
-def run_name(cfg: Config) -> str:
-    """OUT_DIR/NAME of a run: the phase, and for efficient training which ticket and init,
-    so the control runs sit beside the EarlyBERT one instead of overwriting it."""
-    if cfg.phase != "efficient":
-        return cfg.phase
-    return "efficient" + ("-random" if cfg.ticket == "random" else "") + ("-rewind" if cfg.init == "rewind" else "")
-
-
-def check_run_dir(cfg: Config, run_dir: str):
-    """Before anything is written: never replace another run's results unasked; a finished run resumed is done."""
-    ckpt, summary = os.path.join(run_dir, "ckpt.pt"), os.path.join(run_dir, "summary.json")
-    if cfg.resume:
-        if not os.path.exists(ckpt):
-            raise ValueError(f"{ckpt}: no checkpoint to resume from (drop --resume to start afresh)")
-        if os.path.exists(summary):
-            done = read_json(summary, "run summary")
-            if cfg.phase == "search" or done.get("steps", 0) >= cfg.max_steps:
-                return done  # finished: nothing to do
-    elif not cfg.force and (os.path.exists(ckpt) or os.path.exists(summary)):
-        raise ValueError(f"{run_dir}: holds an earlier run's results; --resume continues it, --force replaces "
-                         f"it, or choose another --out-dir")
-    return None
-
-
-def search_settings(cfg: Config) -> Config:
-    """The efficient phase trains on the search's corpus, vocabulary and sequence length (its train_config.json)."""
-    search = search_dir(cfg)
-    for need in ("ticket.json", "start", "ckpt.pt", "train_config.json"):
-        if not os.path.exists(os.path.join(search, need)):
-            raise ValueError(f"{os.path.join(search, need)}: missing; run `python train.py --phase search` "
-                             f"first (or point --search-dir at its output)")
-    path = os.path.join(search, "train_config.json")
-    found = read_json(path, "train config")
-    for key in ("data", "vocab", "max_len"):
-        default = getattr(Config, key)
-        if getattr(cfg, key) not in (default, found.get(key)):
-            raise ValueError(f"{path}: the search used --{key.replace('_', '-')} {found.get(key)!r}; the efficient "
-                             f"phase continues that experiment (use a new --out-dir for another)")
-    return replace(cfg, data=found.get("data", ""), vocab=found.get("vocab", ""),
-                   vocab_size=found.get("vocab_size", cfg.vocab_size), max_len=found.get("max_len", cfg.max_len))
-
 
 def prepare_data(cfg: Config, rank: int, world: int):
     """Tokenize the corpus once into OUT_DIR/data/KEY (rank 0; the others wait and reuse it).
@@ -158,8 +142,14 @@ def prepare_data(cfg: Config, rank: int, world: int):
         if not vocab and source:
             _, vocab, lowercase = data.checkpoint_tokenizer(source)
         cache = os.path.join(cfg.out_dir, "data")
-        files = corpus.resolve_files(cfg.data, cache)
-        data_dir, meta = data.prepare_corpus(files, cache, vocab, cfg.vocab_size, lowercase)
+        new = not os.path.exists(cache)
+        try:
+            files = corpus.resolve_files(cfg.data, cache)
+            data_dir, meta = data.prepare_corpus(files, cache, vocab, cfg.vocab_size, lowercase)
+        except BaseException:  # input refused (or Ctrl-C): no empty cache folder is left behind
+            if new and os.path.isdir(cache) and not os.listdir(cache):
+                os.rmdir(cache)
+            raise
         meta = dict(meta, data_dir=data_dir)
     meta = broadcast(meta, rank, world)
     return meta["data_dir"], meta
@@ -203,8 +193,8 @@ def efficient_model(cfg: Config):
         return prune.rebuild(model, ticket), ticket, None
     state = load_checkpoint(os.path.join(search, "ckpt.pt"))
     if state["step"] >= cfg.max_steps:
-        raise ValueError(f"{ticket_path}: drawn at step {state['step']}, but --max-steps is {cfg.max_steps}: "
-                         f"nothing left to train with --init continue; raise --max-steps or use --init rewind")
+        raise ValueError(f"{ticket_path}: drawn at step {state['step']}, the search's last: nothing is left to train "
+                         f"with --init continue; {command(cfg, init='rewind')} trains the ticket from the start")
     model = slim.add_coefficients(BertMLM(BertConfig.from_dict(state["model_config"])))
     model.load_state_dict(state["model"])
     prune.check_ticket_fits(ticket, model.config, ticket_path)
@@ -242,27 +232,33 @@ def check_finite(loss: float, step: int):
 
 def train(cfg: Config, stop_after: int | None = None):
     """Runs one phase. `stop_after` stops early as an interruption would (tests use it)."""
-    if not 0 < cfg.mask_prob < 1:
-        raise ValueError(f"--mask-prob {cfg.mask_prob}: give the fraction of tokens to mask, in (0, 1)")
+    check_config(cfg)
+    given = cfg  # the user's own flags, for the commands a run prints
+    run_dir = os.path.join(cfg.out_dir, run_name(cfg))
+    check_run_dir(cfg, run_dir)
+    state = None
+    if cfg.resume:
+        cfg, state = resumed_settings(cfg, run_dir)
+    if cfg.phase == "efficient":
+        cfg = search_settings(cfg)
     rank, world, local_rank = setup_distributed(cfg.device)
     device, autocast, dtype = pick_device(cfg.device, local_rank)
     torch.manual_seed(cfg.seed + rank)
-    if cfg.phase == "efficient":
-        cfg = search_settings(cfg)
-    run_dir = os.path.join(cfg.out_dir, run_name(cfg))
-    done = check_run_dir(cfg, run_dir)
+    done = finished(cfg, run_dir) if state else None
     if done:
         if rank == 0:
-            print(f"{run_dir}: finished already at step {done['steps']}; nothing to do", file=sys.stderr)
+            more = f" (a finished run is not extended; {train_on(given, run_dir)})" if cfg.phase != "search" else ""
+            print(f"{run_dir}: finished already at step {done['steps']}; nothing to do{more}", file=sys.stderr)
         finish_distributed(world)
         return done
     with run_lock(run_dir) if rank == 0 else nullcontext():
-        summary = run(cfg, run_dir, rank, world, local_rank, device, autocast, dtype, stop_after)
+        summary = run(cfg, run_dir, rank, world, local_rank, device, autocast, dtype, stop_after, state, given)
     finish_distributed(world)  # every rank waits for rank 0's last files
     return summary
 
 
-def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, device, autocast, dtype, stop_after):
+def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, device, autocast, dtype, stop_after,
+        state: dict | None, given: Config):
     data_dir, meta = prepare_data(cfg, rank, world)
     tokenizer = data.load_tokenizer(meta["vocab_path"], meta["lowercase"])
     n_vocab = tokenizer.get_vocab_size()
@@ -288,20 +284,28 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
     val_batches = data.MLMBatches(data_dir, "val", cfg.batch_size, cfg.max_len, n_vocab, special,
                                   seed=cfg.seed).eval_batches(cfg.eval_batches)
 
-    step, elapsed, first_step = 0, 0.0, start["step"] if start else 0
+    step, elapsed, first_step, drawn = 0, 0.0, start["step"] if start else 0, None
     if start:  # go on where the search drew the ticket: same schedule, next batches
         step = start["step"]
         train_batches.load_state_dict(start["loader"])
-    if cfg.resume:
-        step, elapsed = resume(os.path.join(run_dir, "ckpt.pt"), asdict(cfg), world, rank, model, optimizer,
-                               scheduler, scaler, train_batches, early_bird)
+    ckpt_path, log_path = os.path.join(run_dir, "ckpt.pt"), os.path.join(run_dir, "log.jsonl")
+    if state:
+        step, elapsed = resume(state, ckpt_path, world, rank, model, optimizer, scheduler, scaler, train_batches,
+                               early_bird)
+        # a search stopped between its draw's checkpoint and its summary finishes the draw, training no further
+        drawn = tickets.Ticket(**state["drawn"]) if state.get("drawn") else None
+        if rank == 0:
+            print(f"{run_dir}: resuming from step {step} ({ckpt_path})"
+                  + (f"; the ticket was drawn there: finishing the draw" if drawn else ""), file=sys.stderr)
     raw_model = model
     if cfg.compile:
         model = torch.compile(model)
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
 
-    log = open(os.path.join(run_dir, "log.jsonl"), "a" if cfg.resume else "w") if rank == 0 else None
+    log = open(log_path, "a" if state else "w") if rank == 0 else None
+    if log and state and state.get("log_bytes") is not None and os.path.getsize(log_path) > state["log_bytes"]:
+        log.truncate(state["log_bytes"])  # the records after the checkpoint are made again: each step once
     if rank == 0:
         write_json(asdict(cfg), os.path.join(run_dir, "train_config.json"))
         print(f"{cfg.phase}: {count_parameters(raw_model) / 1e6:.2f}M parameters on {device} ({dtype}), "
@@ -313,78 +317,96 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
             log.flush()
 
     def checkpoint():
-        save_training_state(os.path.join(run_dir, "ckpt.pt"), world, rank, device, step=step, elapsed=elapsed,
+        save_training_state(ckpt_path, world, rank, device, step=step, elapsed=elapsed,
                             model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
                             loader=train_batches.state_dict(), model_config=raw_model.config.to_dict(),
                             early_bird=early_bird.state_dict() if early_bird else None, config=asdict(cfg),
-                            ticket=asdict(ticket) if ticket else None)
+                            ticket=asdict(ticket) if ticket else None, drawn=asdict(drawn) if drawn else None,
+                            log_bytes=os.path.getsize(log_path) if log else None)
 
-    if not cfg.resume and rank == 0:
+    if not state and rank == 0:
         val_loss, val_acc = evaluate(raw_model, val_batches, device, autocast)
         write({"step": step, "val_loss": val_loss, "val_acc": val_acc})
     bar = tqdm(total=cfg.max_steps, initial=step, desc=cfg.phase, disable=rank != 0, dynamic_ncols=True)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * world * cfg.max_len
-    drawn, loss_sum, count_sum, t_log, steps_since_log = None, torch.zeros((), device=device), 0, time.time(), 0
-    while step < cfg.max_steps:
-        t0 = time.time()
-        # The loss is the mean over every masked token of the optimizer step, on all ranks:
-        # weight each micro-batch by its share of them (DDP then averages the gradients over ranks).
-        micro_batches = [next(train_batches) for _ in range(cfg.grad_accum)]
-        counts = [int((b["mlm_labels"] != -100).sum()) for b in micro_batches]  # on the CPU: no device sync
-        total = sum_ranks(float(sum(counts)), world, device)
-        for micro, (batch, count) in enumerate(zip(micro_batches, counts)):
-            batch = to_device(batch, device)
-            sync = nullcontext() if world == 1 or micro == cfg.grad_accum - 1 else model.no_sync()
-            with sync:
-                with autocast:
-                    _, loss = model(**batch)
-                loss_sum += loss.detach() * count
-                loss = loss * (count * world / total)
-                if searching:  # the L1 of network slimming (sec. 3.1), once per optimizer step
-                    loss = loss + slim.l1_penalty(raw_model, cfg.lambda_head, cfg.lambda_ffn) / cfg.grad_accum
-                scaler.scale(loss).backward()
-        count_sum += sum(counts)
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        step += 1
-        steps_since_log += 1
-        elapsed += time.time() - t0
+    out_of_time = interrupted = False
+    loss_sum, count_sum, t_log, steps_since_log = torch.zeros((), device=device), 0, time.time(), 0
+    with deferred_interrupt() as pressed:  # Ctrl-C: the step ends, a checkpoint is saved, then the run stops
+        while step < cfg.max_steps and not drawn:
+            t0 = time.time()
+            # The loss is the mean over every masked token of the optimizer step, on all ranks:
+            # weight each micro-batch by its share of them (DDP then averages the gradients over ranks).
+            micro_batches = [next(train_batches) for _ in range(cfg.grad_accum)]
+            counts = [int((b["mlm_labels"] != -100).sum()) for b in micro_batches]  # on the CPU: no device sync
+            total = sum_ranks(float(sum(counts)), world, device)
+            for micro, (batch, count) in enumerate(zip(micro_batches, counts)):
+                batch = to_device(batch, device)
+                sync = nullcontext() if world == 1 or micro == cfg.grad_accum - 1 else model.no_sync()
+                with sync:
+                    with autocast:
+                        _, loss = model(**batch)
+                    loss_sum += loss.detach() * count
+                    loss = loss * (count * world / total)
+                    if searching:  # the L1 of network slimming (sec. 3.1), once per optimizer step
+                        loss = loss + slim.l1_penalty(raw_model, cfg.lambda_head, cfg.lambda_ffn) / cfg.grad_accum
+                    scaler.scale(loss).backward()
+            count_sum += sum(counts)
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            steps_since_log += 1
+            elapsed += time.time() - t0
 
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            now = time.time()  # .item() only here: it waits for the GPU
-            record = {"step": step, "loss": loss_sum.item() / count_sum, "lr": scheduler.get_last_lr()[0],
-                      "step_ms": 1000 * (now - t_log) / steps_since_log,
-                      "tokens_per_s": tokens_per_step * steps_since_log / (now - t_log), "elapsed_s": elapsed}
-            check_finite(record["loss"], step)
-            write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            loss_sum.zero_()
-            t_log, steps_since_log, count_sum = now, 0, 0
-        if searching and (step % cfg.ticket_every == 0 or step == cfg.draw_step):
-            drawn = tickets.observe(early_bird, raw_model, step, cfg.head_ratio, cfg.ffn_ratio, cfg.draw_step, multiple)
-            write({"step": step, **{k: v for k, v in early_bird.history[-1].items() if k != "step"}})
-        if step % cfg.eval_every == 0 and step < cfg.max_steps and rank == 0:
-            val_loss, val_acc = evaluate(raw_model, val_batches, device, autocast)
-            write({"step": step, "val_loss": val_loss, "val_acc": val_acc})
-        # at log steps only (with several ranks, a collective); every rank stops at the same step
-        out_of_time = (cfg.max_minutes > 0 and step % cfg.log_every == 0
-                       and any_rank(elapsed > 60 * cfg.max_minutes, world, device))
-        if step % cfg.ckpt_every == 0 or drawn or out_of_time or step == cfg.max_steps or step == stop_after:
-            checkpoint()
-        bar.update(1)
-        if drawn or out_of_time or step == stop_after:
-            break
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                now = time.time()  # .item() only here: it waits for the GPU
+                record = {"step": step, "loss": loss_sum.item() / count_sum, "lr": scheduler.get_last_lr()[0],
+                          "step_ms": 1000 * (now - t_log) / steps_since_log,
+                          "tokens_per_s": tokens_per_step * steps_since_log / (now - t_log), "elapsed_s": elapsed}
+                check_finite(record["loss"], step)
+                write(record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                loss_sum.zero_()
+                t_log, steps_since_log, count_sum = now, 0, 0
+            if searching and (step % cfg.ticket_every == 0 or step == cfg.draw_step):
+                drawn = tickets.observe(early_bird, raw_model, step, cfg.head_ratio, cfg.ffn_ratio, cfg.draw_step,
+                                        multiple)
+                write({"step": step, **{k: v for k, v in early_bird.history[-1].items() if k != "step"}})
+            if step % cfg.eval_every == 0 and step < cfg.max_steps and rank == 0:
+                val_loss, val_acc = evaluate(raw_model, val_batches, device, autocast)
+                write({"step": step, "val_loss": val_loss, "val_acc": val_acc})
+            out_of_time = cfg.max_minutes > 0 and step % cfg.log_every == 0 and elapsed > 60 * cfg.max_minutes
+            interrupted = bool(pressed)
+            if world > 1:  # every rank stops at the same step: they agree at log steps (a collective)
+                out_of_time, interrupted = (step % cfg.log_every == 0 and any_rank(flag, world, device)
+                                            for flag in (out_of_time, interrupted))
+            if step % cfg.ckpt_every == 0 or drawn or out_of_time or interrupted or step in (cfg.max_steps, stop_after):
+                checkpoint()
+            bar.update(1)
+            if out_of_time or interrupted or step == stop_after:
+                break
     bar.close()
     del model  # the DDP wrapper: nothing of the process group may outlive finish_distributed
-    if stop_after is not None and step == stop_after and not drawn:
+    stopped = (interrupted and "Ctrl-C") or (searching and out_of_time and not drawn and f"--max-minutes {cfg.max_minutes:g}")
+    if stopped or (stop_after is not None and step == stop_after and not drawn):
+        if log:
+            log.close()
+        if not stopped:
+            return None
+        message = (f"{run_dir}: stopped at step {step} of {cfg.max_steps} ({stopped}"
+                   + (", before the early-bird rule fired: no ticket drawn yet" if searching and not drawn else "")
+                   + f"); {ckpt_path} saved; go on with: {command(given, resume=True, max_minutes=0)}")
+        if interrupted:
+            raise KeyboardInterrupt(message)
+        if rank == 0:
+            print(message, file=sys.stderr)
         return None
 
-    if searching and not drawn:  # the rule never fired: draw from the last coefficients
+    if searching and not drawn:  # the rule never fired by --max-steps: draw from the last coefficients
         drawn = tickets.draw_now(early_bird, raw_model, step, cfg.head_ratio, cfg.ffn_ratio, ffn_multiple=multiple)
     if rank == 0:
         val_loss, val_acc = evaluate(raw_model, val_batches, device, autocast)
@@ -393,7 +415,8 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
         summary = {"phase": cfg.phase, "steps": step, "train_seconds": elapsed, "val_loss": val_loss,
                    "val_acc": val_acc, "parameters": count_parameters(raw_model), "first_step": first_step,
                    "tokens": (step - first_step) * tokens_per_step,
-                   "mean_step_ms": 1000 * elapsed / max(step - first_step, 1), "data_dir": data_dir}
+                   "mean_step_ms": 1000 * elapsed / max(step - first_step, 1), "data_dir": data_dir,
+                   "vocab": meta["vocab_path"]}
         final = raw_model
         if drawn:
             drawn.save(os.path.join(run_dir, "ticket.json"))
@@ -405,44 +428,20 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
                            ticket=cfg.ticket, init=cfg.init)
         save_pretrained(final, os.path.join(run_dir, "model"), meta["vocab_path"], meta["lowercase"])
         write_json(summary, os.path.join(run_dir, "summary.json"))
-        print(report(cfg, summary, run_dir), file=sys.stderr)
+        print(report(cfg, given, summary, run_dir), file=sys.stderr)
     if log:
         log.close()
     return summary if rank == 0 else None
 
 
-def next_command(cfg: Config, **change) -> str:
-    """The command that continues this experiment: every flag the user set, and the changes."""
-    skip = ("phase", "resume", "force", "draw_step", "init", "ticket", "search_dir")
-    flag = lambda name, v: (f"--{'' if v else 'no-'}{name}" if isinstance(v, bool) else f"--{name} {shlex.quote(str(v))}")
-    flags = [flag(f.name.replace("_", "-"), getattr(cfg, f.name)) for f in fields(Config)
-             if f.name not in skip and getattr(cfg, f.name) != f.default]
-    flags += [f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in change.items()]  # a path may hold spaces
-    return " ".join(["python train.py --phase efficient"] + flags)
-
-
-def report(cfg: Config, s: dict, run_dir: str) -> str:
-    lines = [f"{cfg.phase}: steps {s['first_step']}-{s['steps']} in {s['train_seconds']:.0f} s ({s['mean_step_ms']:.0f} ms/step), "
-             f"held-out MLM loss {s['val_loss']:.3f}, accuracy {s['val_acc']:.3f}"]
-    if cfg.phase == "search":
-        fired = s["rule"] == "earlybird"
-        how = "the early-bird rule fired" if fired else "at a fixed step (the rule did not fire)"
-        lines += [f"ticket drawn at step {s['drawn_at']} of {cfg.max_steps} ({how}): keeps {s['kept_heads']}/{s['total_heads']} "
-                  f"heads and {s['kept_ffn']}/{s['total_ffn']} FFN neurons -> {run_dir}/ticket.json",
-                  f"mask distances -> {run_dir}/mask_distances.json"
-                  + (f" and {s['plot']}" if s["plot"] else " (pip install matplotlib for a plot)")]
-        if s["drawn_at"] < cfg.max_steps:
-            lines.append(f"next: {next_command(cfg)}   (the controls: add --ticket random; the baseline: "
-                         f"--phase full with the same flags)")
-        else:  # drawn at the last step: nothing is left to continue, so train the ticket from the start
-            lines.append(f"next: {next_command(cfg, init='rewind')}   (the ticket was drawn at the last step, so "
-                         f"there is nothing left to continue; or search again with a larger --max-steps)")
-    lines.append(f"model -> {run_dir}/model (load with checkpoint.load_pretrained or finetune.py --model)")
-    return "\n".join(lines)
-
-
 if __name__ == "__main__":
+    cfg = None
     try:
-        train(parse_args())
+        cfg = parse_args()
+        train(cfg)
     except ValueError as e:  # bad input: one clear line, no traceback
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt as e:  # Ctrl-C: the loop saved a checkpoint and says how to go on; elsewhere, one line too
+        print(str(e) or "stopped (Ctrl-C)" + (f"; the last checkpoint, if any, goes on with: {command(cfg, resume=True)}"
+                                              if cfg else ""), file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)

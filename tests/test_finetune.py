@@ -213,9 +213,10 @@ def no_plot(monkeypatch):
 
 def test_the_early_bird_rule_fires_before_the_longest_search_with_masks_spaced_to_fit_it(tmp_path, tiny_model,
                                                                                         rte_100, capsys):
-    # A longest search of 0.4 epoch is 10 steps: masks every 10 // (2 k) = 1 step. At search lr 0
-    # the coefficients stay at 1, the masks agree, and the rule fires at its k = 5th mask.
-    results, out = search(tmp_path, tiny_model, capsys, search_lr=0.0, search_fraction=0.4)
+    # A longest search of 0.4 epoch is 10 steps: masks every 10 // (2 k) = 1 step. At search lr 1e-10
+    # (a step too small to move a float32 1.0) the coefficients stay at 1, the masks agree, and the
+    # rule fires at its k = 5th mask.
+    results, out = search(tmp_path, tiny_model, capsys, search_lr=1e-10, search_fraction=0.4)
     s, t = results["search"], results["ticket"]
     assert (s["longest"], s["every"], s["fired"], s["steps"]) == (10, 1, True, 5)
     assert (t["rule"], t["drawn_at"], results["search_steps"]) == ("earlybird", 5, 5)
@@ -232,9 +233,9 @@ def test_the_early_bird_rule_fires_before_the_longest_search_with_masks_spaced_t
 
 def test_a_search_the_rule_cannot_finish_draws_at_the_longest_and_says_so(tmp_path, tiny_model, rte_100, capsys,
                                                                            no_plot):
-    results, out = search(tmp_path, tiny_model, capsys, search_lr=0.0, search_fraction=0.4, ticket_every=3)
+    results, out = search(tmp_path, tiny_model, capsys, search_lr=1e-10, search_fraction=0.4, ticket_every=3)
     assert (results["search"]["every"], results["search"]["fired"]) == (3, False)
-    assert (results["ticket"]["rule"], results["ticket"]["drawn_at"]) == ("fixed-step", 10)
+    assert (results["ticket"]["rule"], results["ticket"]["drawn_at"]) == ("last-step", 10)
     assert "the early-bird rule did not fire by step 10, the longest search: ticket drawn there" in out
     assert "too short for the rule: its 5 masks take 15 steps" in out
     steps = json.loads((tmp_path / "out" / "rte-earlybert" / "mask_distances.json").read_text())["steps"]
@@ -247,7 +248,7 @@ def test_the_search_has_no_warm_up_and_decays_over_three_epochs_of_its_own(tmp_p
     # at (75 - 9) / 75 of the search lr, where the whole run's warm-up would have it still rising.
     results, _ = search(tmp_path, tiny_model, capsys, search_lr=1e-3, search_fraction=0.4, eb_epsilon=0.0)
     (record,) = results["search"]["history"]
-    assert (record["step"], results["ticket"]["rule"]) == (10, "fixed-step")  # epsilon 0: the rule never fires
+    assert (record["step"], results["ticket"]["rule"]) == (10, "last-step")  # epsilon 0: the rule never fires
     assert record["lr"] == pytest.approx(1e-3 * 66 / 75)
 
 
@@ -355,7 +356,7 @@ def test_minilm_learns_it_the_earlybert_way_with_fewer_heads_and_neurons(tmp_pat
                   epochs=2, max_steps=0, earlybert=True, search_lr=1e-4, ticket_every=2, search_fraction=0.5,
                   ffn_multiple=1)  # unrounded: the paper's 40% exactly
     t = results["ticket"]
-    assert (t["drawn_at"], t["rule"]) == (4, "fixed-step")  # half an epoch: too short for 5 masks 2 steps apart
+    assert (t["drawn_at"], t["rule"]) == (4, "last-step")  # half an epoch: too short for 5 masks 2 steps apart
     assert (t["kept_heads"], t["total_heads"]) == (48, 72)  # 8 of 12 heads in each of 6 layers
     assert (t["kept_ffn"], t["total_ffn"]) == (5530, 9216)  # 40% of all FFN neurons pruned
     assert results["parameters"] < t["parameters_before"]

@@ -206,8 +206,9 @@ def test_observe_draws_when_the_rule_fires_or_at_the_fixed_step(reference_distan
     assert [observe(fixed, model, s, 0.25, 0.5, draw_step=30) for s in (10, 20)] == [None, None]  # rule ignored
     t = observe(fixed, model, 30, 0.25, 0.5, draw_step=30)
     assert (t.kind, t.step) == ("fixed-step", 30) and fixed.history[-1]["head_distance"] == 0.0
+    # the fallback when a search ends before the rule fires: labelled for what it is
     assert draw_now(fixed, model, 35, 0.25, 0.5) == Ticket(t.heads, t.ffn, t.full_heads, t.full_ffn, 0.25, 0.5,
-                                                           "fixed-step", 35, fixed.history)
+                                                           "last-step", 35, fixed.history)
 
 
 def test_summary_counts_the_kept_units():
@@ -234,6 +235,7 @@ def test_save_mask_distances_without_matplotlib(tmp_path, monkeypatch, reference
     assert saved["steps"] == [0, 10, 20, 30] and os.listdir(tmp_path) == ["mask_distances.json"]
     assert saved["head_distance"][0][1] == 3 / 8  # {0, 2, 4, 6} vs {0, 3, 6}
     assert saved["ffn_distance"][0][1] == 15 / 30  # the evens vs the multiples of 3, below 30
+    assert (saved["k"], saved["epsilon"], saved["drawn_at"]) == (2, 0.1, 30)  # all the figure needs, drawn later
 
 
 def test_mask_distance_figures_are_written(tmp_path, reference_distance):
@@ -241,8 +243,36 @@ def test_mask_distance_figures_are_written(tmp_path, reference_distance):
     assert save_mask_distances(recorded(), str(tmp_path), draw_step=30) == str(tmp_path / "mask_distances.png")
     assert (tmp_path / "mask_distances.png").stat().st_size > 1000
     never = recorded(steps=(3, 5, 12), k=5, fired=False)  # steps not evenly spaced
-    assert plot_distances(never, str(tmp_path / "never.png")) == str(tmp_path / "never.png")
+    d = distance_matrix(never.masks)
+    distances = {"steps": [3, 5, 12], "head_distance": d[0].tolist(), "ffn_distance": d[1].tolist(), "k": 5,
+                 "epsilon": 0.1, "drawn_at": None}
+    assert plot_distances(distances, str(tmp_path / "never.png")) == str(tmp_path / "never.png")
     assert sorted(os.listdir(tmp_path)) == ["mask_distances.json", "mask_distances.png", "never.png"]
+
+
+def test_distances_draws_a_finished_searchs_figure_from_its_json(tmp_path, monkeypatch, capsys, reference_distance):
+    """`python ticket.py distances FOLDER`: the figure of a search that ran without matplotlib, from its
+    mask_distances.json; one written before the file held k, epsilon and the draw step takes them from
+    the train_config.json and ticket.json beside it. Without matplotlib: one line saying what to install."""
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "matplotlib", None)
+        m.setitem(sys.modules, "matplotlib.figure", None)
+        save_mask_distances(recorded(), str(tmp_path), draw_step=30)
+        one_line_value_error(lambda: main(["distances", str(tmp_path)]), "mask_distances.png", "pip install matplotlib")
+    assert os.listdir(tmp_path) == ["mask_distances.json"]
+    pytest.importorskip("matplotlib")
+    main(["distances", str(tmp_path)])
+    assert capsys.readouterr().out.strip() == f"mask distances -> {tmp_path / 'mask_distances.png'}"
+    assert (tmp_path / "mask_distances.png").read_bytes()[:4] == b"\x89PNG"
+
+    old = json.loads((tmp_path / "mask_distances.json").read_text())
+    for key in ("k", "epsilon", "drawn_at"):
+        del old[key]
+    (tmp_path / "mask_distances.json").write_text(json.dumps(old))
+    (tmp_path / "train_config.json").write_text(json.dumps({"eb_k": 2, "eb_epsilon": 0.1}))
+    literal([[0]], [[0]], [1], [8], step=30).save(str(tmp_path / "ticket.json"))
+    main(["distances", str(tmp_path), "--out", str(tmp_path / "old.png")])
+    assert (tmp_path / "old.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -303,6 +333,16 @@ def test_show_prints_kept_units_and_what_they_cost(folders, capsys):
     small = tiny_config(heads_per_layer=[3, 1, 4], ffn_per_layer=[3, 6, 1])
     params = [sum(p.numel() for p in Bert(c).parameters()) for c in (small, tiny_config())]
     assert f"{params[0] / 1e6:.2f}M of {params[1] / 1e6:.2f}M" in last and "length 16" in last
+
+
+def test_show_counts_flops_at_the_length_the_run_trained_at(folders, capsys):
+    """A ticket in a run's folder: the FLOPs at that run's --max-len (its train_config.json), not 128."""
+    (folders / "train_config.json").write_text(json.dumps({"max_len": 64}))
+    main(["show", str(folders / "a.json"), "--model", str(folders / "full")])
+    assert "at length 64:" in capsys.readouterr().out.splitlines()[-1]
+    os.remove(folders / "train_config.json")
+    main(["show", str(folders / "a.json"), "--model", str(folders / "full")])
+    assert "at length 128:" in capsys.readouterr().out.splitlines()[-1]
 
 
 def test_parameters_and_flops_count_every_weight_and_the_attention():

@@ -133,34 +133,36 @@ def test_search_draws_a_ticket_when_the_early_bird_rule_fires(searched):
     assert os.path.exists(out / "search" / "start" / "config.json")
 
 
-def efficient(corpus, searched, **kw) -> train.Config:
-    """The efficient phase after `searched`, given no --data, --vocab or --max-len: it takes the search's."""
-    return tiny(corpus, searched.out, **{"phase": "efficient", "data": "", "vocab": "",
-                                         "max_len": train.Config.max_len, **kw})
+def efficient(searched, **kw) -> train.Config:
+    """The efficient phase after `searched` as the README types it: no recipe flag (it takes the
+    search's), only where and how often to write."""
+    return train.Config(**{"phase": "efficient", "out_dir": str(searched.out), "device": "cpu", "log_every": 2,
+                           "eval_every": 1000, "ckpt_every": 1000, **kw})
 
 
 @pytest.fixture(scope="module")
-def continued(corpus, searched):
-    """The efficient phase with --init continue and the early-bird ticket, 4 steps on from the
-    draw. `cache_before`: the search's prepared corpus (files_under) and the data cache's
-    folders, from before the run."""
-    cfg = efficient(corpus, searched, max_steps=searched.summary["drawn_at"] + 4)
+def continued(searched):
+    """The efficient phase with --init continue and the early-bird ticket, on from the draw to the
+    search's --max-steps. `cache_before`: the search's prepared corpus (files_under) and the data
+    cache's folders, from before the run."""
+    cfg = efficient(searched)
     cache_before = files_under(searched.summary["data_dir"]), sorted(os.listdir(searched.out / "data"))
-    return SimpleNamespace(cfg=cfg, summary=train.train(cfg), steps=4, cache_before=cache_before)
+    return SimpleNamespace(cfg=cfg, summary=train.train(cfg), steps=searched.cfg.max_steps - searched.summary["drawn_at"],
+                           cache_before=cache_before)
 
 
 @pytest.mark.parametrize("init,kind", [("rewind", "earlybird"), ("continue", "earlybird"), ("continue", "random")])
 def test_efficient_phase_trains_the_rebuilt_ticket(corpus, searched, init, kind, request):
     out = searched.out
     drawn = json.load(open(out / "search" / "summary.json"))["drawn_at"]
-    max_steps = drawn + 4 if init == "continue" else 4
-    cfg = efficient(corpus, searched, init=init, ticket=kind, max_steps=max_steps)
+    max_steps = searched.cfg.max_steps  # the search's schedule: continued from the draw, or anew (rewind)
+    cfg = efficient(searched, init=init, ticket=kind)
     ticket = tickets.Ticket.load(str(out / "search" / "ticket.json"))
     if kind == "random":
         ticket = tickets.random_ticket(ticket.full_heads, ticket.full_ffn, ticket.head_ratio, ticket.ffn_ratio, 0,
                                        ffn_multiple=ticket.ffn_multiple)
     # what the phase starts from: the ticket rebuilt from the search's start (rewind) or its last weights
-    model, used, start = train.efficient_model(cfg)
+    model, used, start = train.efficient_model(train.search_settings(cfg))
     assert (start is None) == (init == "rewind")
     if init == "rewind":
         source = load_pretrained(BertMLM, str(out / "search" / "start"), verbose=False)
@@ -184,14 +186,19 @@ def test_efficient_phase_trains_the_rebuilt_ticket(corpus, searched, init, kind,
     trained = load_pretrained(BertMLM, str(out / name / "model"), verbose=False)
     assert trained.config.heads_per_layer == [len(h) for h in ticket.heads]
     assert trained.config.ffn_per_layer == [len(f) for f in ticket.ffn]
-    assert summary["steps"] == max_steps and summary["first_step"] == max_steps - 4
+    assert summary["steps"] == max_steps and summary["first_step"] == (drawn if init == "continue" else 0)
     if init == "continue":  # on from the draw: the search's schedule and its next batches
         search_ckpt = torch.load(out / "search" / "ckpt.pt", weights_only=False)
         ckpt = torch.load(out / name / "ckpt.pt", weights_only=False)
-        assert ckpt["loader"]["index"] == search_ckpt["loader"]["index"] + 4
+        tokenizer = train.data.load_tokenizer(corpus[1])
+        special = {t: tokenizer.token_to_id(t) for t in train.data.SPECIALS}
+        per_epoch = train.data.MLMBatches(searched.summary["data_dir"], "train", 8, 32, 1500, special).batches_per_epoch
+        read = lambda loader: loader["epoch"] * per_epoch + loader["index"]  # batches drawn so far
+        assert read(ckpt["loader"]) == read(search_ckpt["loader"]) + max_steps - drawn
         logged = [(r["step"], r["lr"]) for r in log(out, name) if "lr" in r]
-        schedule = lr_lambda(max(1, int(cfg.warmup * cfg.max_steps)), cfg.max_steps)
-        assert logged and all(lr == pytest.approx(3e-3 * schedule(s)) for s, lr in logged)
+        s = searched.cfg
+        schedule = lr_lambda(max(1, int(s.warmup * s.max_steps)), s.max_steps)
+        assert logged and all(lr == pytest.approx(s.lr * schedule(step)) for step, lr in logged)
     assert summary["parameters"] < json.load(open(out / "search" / "summary.json"))["parameters"]
 
 
@@ -208,8 +215,8 @@ def test_efficient_phase_trains_on_the_search_data(corpus, searched, continued, 
     assert (files_under(searched.summary["data_dir"]), sorted(os.listdir(out / "data"))) == continued.cache_before
     other = tmp_path / "other.txt"
     other.write_text("Another corpus. It was not searched on.\n")
-    message = error_of(efficient(corpus, searched, data=str(other), max_steps=continued.cfg.max_steps))
-    assert str(out / "search" / "train_config.json") in message and "--data" in message
+    message = error_of(efficient(searched, data=str(other), force=True))  # found before anything is replaced
+    assert str(out / "search" / "train_config.json") in message and f"--data {corpus[0]}" in message
 
 
 def searched_optimizer_state(path) -> dict:
@@ -229,7 +236,7 @@ def test_adamw_moments_are_carried_over_sliced_like_the_weights(corpus, searched
     which the rebuild multiplies each kept unit's coefficient c, get gradients divided by c:
     their exp_avg is divided by c and their exp_avg_sq by c^2."""
     out = searched.out
-    model, ticket, start = train.efficient_model(continued.cfg)
+    model, ticket, start = train.efficient_model(train.search_settings(continued.cfg))
     full = searched_optimizer_state(out / "search" / "ckpt.pt")
     coef = torch.load(out / "search" / "ckpt.pt", weights_only=False)["model"]
     head_dim = 32 // 4
@@ -333,9 +340,10 @@ def test_compile_trains_a_pruned_model_as_eager_does(corpus, searched, tmp_path)
     as eager after two steps (the searched model has no dropout, whose random numbers a
     compiled graph draws differently)."""
     out, summary = searched.out, searched.summary
-    kw = dict(phase="efficient", search_dir=str(out / "search"), max_steps=summary["drawn_at"] + 2)
-    train.train(tiny(corpus, tmp_path / "eager", **kw))
-    train.train(tiny(corpus, tmp_path / "compiled", compile=True, **kw))
+    kw = dict(search_dir=str(out / "search"))
+    train.train(efficient(searched, out_dir=str(tmp_path / "eager"), **kw), stop_after=summary["drawn_at"] + 2)
+    train.train(efficient(searched, out_dir=str(tmp_path / "compiled"), compile=True, **kw),
+                stop_after=summary["drawn_at"] + 2)
     a = torch.load(tmp_path / "eager/efficient/ckpt.pt", weights_only=False)
     b = torch.load(tmp_path / "compiled/efficient/ckpt.pt", weights_only=False)
     assert a["model_config"]["heads_per_layer"] is not None  # really a pruned model

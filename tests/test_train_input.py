@@ -48,20 +48,25 @@ def test_a_fresh_run_into_an_earlier_runs_folder_stops_and_writes_nothing(corpus
     assert [r["step"] for r in log(out, "full") if "loss" in r] == [2, 3]  # a new log, not appended to the old
 
 
-def test_resume_of_a_finished_run(corpus, searched, finished, tmp_path):
+def test_resume_of_a_finished_run(corpus, searched, finished, tmp_path, capsys):
     """A finished search resumed is done already: its summary back, nothing touched. A finished
-    full run resumed with a larger --max-steps trains on to it."""
+    full run is not extended: a larger --max-steps would stretch its schedule, whose learning rate
+    decayed to 0; the one line says to start a new run from its model instead, and changes nothing."""
     before = files_under(searched.out / "search")
     assert {"ticket.json", "ckpt.pt", "summary.json", "log.jsonl"} <= set(before)
     summary = train.train(replace(searched.cfg, resume=True))
     assert summary == json.load(open(searched.out / "search" / "summary.json"))
     assert files_under(searched.out / "search") == before
 
-    shutil.copytree(finished, tmp_path / "out")
-    assert train.train(tiny(corpus, tmp_path / "out", max_steps=2, resume=True))["steps"] == 2  # done: a no-op
-    summary = train.train(tiny(corpus, tmp_path / "out", max_steps=4, resume=True))
-    assert summary["steps"] == 4 and torch.load(tmp_path / "out/full/ckpt.pt", weights_only=False)["step"] == 4
-    assert [r["step"] for r in log(tmp_path / "out", "full") if "loss" in r] == [2, 4]
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    before = files_under(out)
+    assert train.train(tiny(corpus, out, max_steps=2, resume=True))["steps"] == 2  # done: a no-op
+    assert "finished already at step 2" in capsys.readouterr().err
+    message = error_of(tiny(corpus, out, max_steps=4, resume=True))
+    assert str(out / "full" / "ckpt.pt") in message and "--max-steps 4" in message and "schedule of 2 steps" in message
+    assert f"--init-from {out / 'full' / 'model'}" in message and f"--out-dir {out}-more" in message
+    assert files_under(out) == before
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="runs are not locked on Windows (no flock)")
@@ -120,8 +125,8 @@ def test_resume_from_another_config_or_a_corrupt_checkpoint_names_the_checkpoint
     ckpt = str(tmp_path / "full" / "ckpt.pt")
     assert "no checkpoint" in error_of(tiny(corpus, tmp_path, resume=True))
     train.train(tiny(corpus, tmp_path, max_steps=2))
-    assert ckpt in error_of(tiny(corpus, tmp_path, resume=True, hidden=64))
-    assert "--batch-size 8" in error_of(tiny(corpus, tmp_path, resume=True, batch_size=4))
+    assert ckpt in error_of(tiny(corpus, tmp_path, resume=True, hidden=64, max_steps=2))
+    assert "--batch-size 8" in error_of(tiny(corpus, tmp_path, resume=True, batch_size=4, max_steps=2))
     with open(ckpt, "r+b") as f:
         f.truncate(1000)
     assert "corrupt" in error_of(tiny(corpus, tmp_path, resume=True))
@@ -140,7 +145,7 @@ def test_efficient_without_search_output_or_with_a_misfit_ticket(corpus, searche
     ticket["full_heads"].append(4)
     ticket["full_ffn"].append(64)
     json.dump(ticket, open(bad / "ticket.json", "w"))
-    message = error_of(tiny(corpus, tmp_path, phase="efficient", search_dir=str(bad)))
+    message = error_of(train.Config(phase="efficient", out_dir=str(tmp_path), search_dir=str(bad), device="cpu"))
     assert str(bad / "ticket.json") in message
 
 
@@ -150,13 +155,14 @@ def test_the_command_line_prints_one_line_for_bad_input(tmp_path):
                           "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [f"error: {tmp_path}/search/ticket.json: missing; run `python train.py "
-                                               f"--phase search` first (or point --search-dir at its output)"]
+                                               f"--phase search --out-dir {tmp_path}` first (or point --search-dir at "
+                                               f"its output)"]  # the user's --out-dir in the suggested command
 
 
 @pytest.mark.slow  # a fresh Python process importing torch
 def test_help_lists_every_flag_with_its_help_default_and_choices():
     """`python train.py --help`: one flag per Config field, with the field's # comment, its
-    default, and the allowed values where there is a choice."""
+    default (a float as written: 1 / 3 as 0.3333), and the allowed values where there is a choice."""
     env = {**os.environ, "COLUMNS": "10000"}  # one line per option: no wrapping to match across
     run = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--help"], capture_output=True, text=True,
                          env=env, timeout=120)
@@ -175,7 +181,9 @@ def test_help_lists_every_flag_with_its_help_default_and_choices():
     assert set(options) == {"--" + f.name.replace("_", "-") for f in fields(train.Config)}
     for f in fields(train.Config):
         text = options["--" + f.name.replace("_", "-")]
-        assert " ".join(comments[f.name].split()) in text and f"[default: {f.default}]" in text, text
+        default = f"{f.default:.4g}" if isinstance(f.default, float) else f.default
+        assert " ".join(comments[f.name].split()) in text and f"[default: {default}]" in text, text
         if f.name in train.CHOICES:
             assert "{" + ",".join(train.CHOICES[f.name]) + "}" in text, text
     assert set(train.CHOICES) == {"phase", "init", "ticket", "device"}
+    assert "[default: 0.3333]" in options["--head-ratio"]
