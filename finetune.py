@@ -15,7 +15,8 @@ Plain fine-tuning: AdamW, linear warm-up over --warmup of the steps, then linear
      code's checkpoint-0), rebuilt smaller, trained without L1 for --epochs at --lr.
 --ticket random is the control: as many units pruned, chosen at random, no search.
 Writes OUT_DIR/TASK-{full,earlybert,random}/: model/, results.json (dev scores, steps, seconds,
-FLOPs per example, the ticket), predictions.json; EarlyBERT adds ticket.json, mask_distances.json.
+FLOPs per example, the ticket), predictions.json; EarlyBERT and the random ticket add ticket.json,
+EarlyBERT also mask_distances.json.
 """
 import json
 import math

@@ -336,9 +336,9 @@ def reading(per_seed: dict, downstream: dict) -> str:
             f"with all its time and {mlm('full_equal_time')} at EarlyBERT's time (step "
             f"{pm(col('full_equal_time', 'steps'), 0)}); the random ticket, in {ratio('random'):.2f} of the time, "
             f"{mlm('random')}. Fine-tuned on the library task, dev accuracy: untrained {acc('none')}, full {acc('full')}, "
-            f"EarlyBERT {acc('earlybert')}, random ticket {acc('random')}. Paired per seed ({', '.join(per_seed)}; each "
-            f"seed holds out its own documents), accuracy: EarlyBERT minus full {paired('earlybert', 'full')}, minus "
-            f"the full model at its time {paired('earlybert', 'full_equal_time')}; random minus EarlyBERT "
+            f"EarlyBERT {acc('earlybert')}, random ticket {acc('random')}. Paired per seed ({', '.join(per_seed)}; a "
+            f"seed sets the initialisation, data order, masking and held-out sample), accuracy: EarlyBERT minus full "
+            f"{paired('earlybert', 'full')}, minus the full model at its time {paired('earlybert', 'full_equal_time')}; random minus EarlyBERT "
             f"{paired('random', 'earlybert')}; fine-tuned, EarlyBERT minus full {paired('earlybert', 'full', tuned)}, "
             f"random minus EarlyBERT {paired('random', 'earlybert', tuned)}. A difference whose sign changes from seed "
             "to seed is not shown to be one.")

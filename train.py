@@ -41,9 +41,9 @@ from checkpoint import (load_checkpoint, load_pretrained, read_json, resume, sav
 from experiment import (check_run_dir, command, finished, report, resumed_settings, run_name, search_dir,
                         search_settings, train_on)
 from model import BertConfig, BertMLM, configure_optimizers, count_parameters, lr_lambda
-from runtime import (ABOVE_0, AT_LEAST_1, FRACTION, NOT_NEGATIVE, any_rank, broadcast, check_limits, deferred_interrupt,
-                     ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock, setup_distributed, sum_ranks,
-                     to_device)
+from runtime import (ABOVE_0, AT_LEAST_1, FRACTION, NOT_NEGATIVE, any_rank, broadcast, check_limits,
+                     deferred_interrupt, ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock,
+                     setup_distributed, sum_ranks, to_device)
 
 
 @dataclass
@@ -96,17 +96,19 @@ class Config:
 
 CHOICES = {"phase": ("full", "search", "efficient"), "init": ("continue", "rewind"),
            "ticket": ("earlybird", "random"), "device": ("auto", "cpu", "cuda")}
-# the values that cannot work, refused before anything else (check_config)
 
-LIMITS = {name: AT_LEAST_1 for name in ("layers", "hidden", "heads", "ffn", "batch_size", "grad_accum", "max_steps",
-                                        "log_every", "eval_every", "eval_batches", "ckpt_every", "ticket_every")}
-LIMITS.update({name: ABOVE_0 for name in ("lr", "clip")}, **{name: FRACTION for name in (
-    "dropout", "warmup", "head_ratio", "ffn_ratio")}, **{name: NOT_NEGATIVE for name in (
-    "weight_decay", "max_minutes", "seed", "lambda_head", "lambda_ffn", "ffn_multiple", "eb_epsilon", "draw_step")},
-    max_len=(lambda v: v >= 3, "a sequence holds [CLS], [SEP] and a token at least: give 3 or more"),
-    vocab_size=(lambda v: v > len(data.SPECIALS), f"must be more than the {len(data.SPECIALS)} special tokens"),
-    mask_prob=(lambda v: 0 < v < 1, "give the fraction of tokens to mask, in (0, 1)"),
-    eb_k=(lambda v: v >= 2, "the early-bird rule compares the newest mask with the k - 1 before it: give at least 2"))
+# The values that cannot work, refused before anything else is looked at (check_config).
+LIMITS = {**{name: AT_LEAST_1 for name in ("layers", "hidden", "heads", "ffn", "batch_size", "grad_accum", "max_steps",
+                                           "log_every", "eval_every", "eval_batches", "ckpt_every", "ticket_every")},
+          **{name: ABOVE_0 for name in ("lr", "clip")},
+          **{name: FRACTION for name in ("dropout", "warmup", "head_ratio", "ffn_ratio")},
+          **{name: NOT_NEGATIVE for name in ("weight_decay", "max_minutes", "seed", "lambda_head", "lambda_ffn",
+                                             "ffn_multiple", "eb_epsilon", "draw_step")},
+          "max_len": (lambda v: v >= 3, "a sequence holds [CLS], [SEP] and a token at least: give 3 or more"),
+          "vocab_size": (lambda v: v > len(data.SPECIALS), f"must be more than the {len(data.SPECIALS)} special tokens"),
+          "mask_prob": (lambda v: 0 < v < 1, "give the fraction of tokens to mask, in (0, 1)"),
+          "eb_k": (lambda v: v >= 2, "the early-bird rule compares the newest mask with the k - 1 before it: give "
+                                     "at least 2")}
 
 
 def parse_args(argv=None) -> Config:
@@ -391,19 +393,21 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
                 break
     bar.close()
     del model  # the DDP wrapper: nothing of the process group may outlive finish_distributed
-    stopped = (interrupted and "Ctrl-C") or (searching and out_of_time and not drawn and f"--max-minutes {cfg.max_minutes:g}")
-    if stopped or (stop_after is not None and step == stop_after and not drawn):
+    if interrupted or (searching and out_of_time and not drawn):  # resumable; a time budget is no draw step
         if log:
             log.close()
-        if not stopped:
-            return None
-        message = (f"{run_dir}: stopped at step {step} of {cfg.max_steps} ({stopped}"
+        why = "Ctrl-C" if interrupted else f"--max-minutes {cfg.max_minutes:g}"
+        message = (f"{run_dir}: stopped at step {step} of {cfg.max_steps} ({why}"
                    + (", before the early-bird rule fired: no ticket drawn yet" if searching and not drawn else "")
                    + f"); {ckpt_path} saved; go on with: {command(given, resume=True, max_minutes=0)}")
         if interrupted:
             raise KeyboardInterrupt(message)
         if rank == 0:
             print(message, file=sys.stderr)
+        return None
+    if stop_after is not None and step == stop_after and not drawn:
+        if log:
+            log.close()
         return None
 
     if searching and not drawn:  # the rule never fired by --max-steps: draw from the last coefficients

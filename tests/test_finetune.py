@@ -112,8 +112,24 @@ def test_bad_input_on_the_command_line_is_one_line(tmp_path, tiny_model):
         finetune(parse_args(["--ticket", "random"]))
     with pytest.raises(ValueError, match=r"^--model: no such checkpoint folder; give one with --model$"):
         finetune(Config(task="rte", data=str(tmp_path), out_dir=str(tmp_path / "out")))
-    with pytest.raises(ValueError, match=r"early-bird k=1"):
+    with pytest.raises(ValueError, match=r"^--eb-k 1: the early-bird rule compares"):
         finetune(Config(task="rte", earlybert=True, eb_k=1, out_dir=str(tmp_path / "out")))
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(lr=0.0), "--lr 0.0: "), (dict(search_lr=-1e-5), "--search-lr -1e-05: "), (dict(epochs=0), "--epochs 0: "),
+    (dict(batch_size=-1), "--batch-size -1: "), (dict(max_steps=-1), "--max-steps -1: "), (dict(eb_k=1), "--eb-k 1: "),
+    (dict(head_ratio=1.0), "--head-ratio 1.0: "), (dict(ffn_ratio=-0.1), "--ffn-ratio -0.1: "),
+    (dict(warmup=1.5), "--warmup 1.5: "), (dict(ticket_every=-2), "--ticket-every -2: ")])
+def test_settings_that_cannot_work_are_refused_before_anything_else(tmp_path, tiny_model, change, named):
+    """One line naming the flag, before the data, the model or an earlier run's results are looked at."""
+    (tmp_path / "out" / "rte-earlybert").mkdir(parents=True)
+    (tmp_path / "out" / "rte-earlybert" / "results.json").write_text("{}")  # a finished run: not what is reported
+    cfg = Config(task="rte", data=str(tmp_path / "missing"), model=tiny_model, out_dir=str(tmp_path / "out"),
+                 earlybert=True, **change)
+    with pytest.raises(ValueError) as e:
+        finetune(cfg)
+    assert str(e.value).startswith(named) and "\n" not in str(e.value), str(e.value)
 
 
 def test_help_gives_every_flag_its_meaning_and_default(capsys):

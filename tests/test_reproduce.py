@@ -64,14 +64,16 @@ def test_pretrain_table_gives_mean_and_sample_std_over_seeds():
 
 
 def test_the_reading_gives_paired_differences_per_seed():
-    """Seeds hold out different documents, so runs are compared within a seed: EarlyBERT is behind
-    the full model on seed 0 and ahead on seed 1 (no difference shown), ahead of random on both."""
+    """A seed sets the initialisation, data order, masking and held-out sample (the held-out documents
+    are the same), so runs are compared within a seed: EarlyBERT is behind the full model on seed 0
+    and ahead on seed 1 (no difference shown), ahead of random on both."""
     downstream = {"none": [{"accuracy": 0.5}, {"accuracy": 0.6}], "full": [{"accuracy": 0.75}, {"accuracy": 0.78}],
                   "earlybert": [{"accuracy": 0.76}, {"accuracy": 0.77}], "random": [{"accuracy": 0.70}, {"accuracy": 0.79}]}
     text = reproduce.reading(PER_SEED, downstream)
     assert "EarlyBERT minus full -0.010 / +0.010, minus the full model at its time +0.020 / +0.040;" in text
     assert "random minus EarlyBERT -0.040 / -0.060;" in text
     assert "fine-tuned, EarlyBERT minus full +0.010 / -0.010, random minus EarlyBERT -0.060 / +0.020." in text
+    assert "a seed sets the initialisation, data order, masking and held-out sample" in text
 
 
 # ----------------------------------------------------------------------------- the library task

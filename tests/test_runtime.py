@@ -4,20 +4,23 @@ import ctypes
 import multiprocessing
 import os
 import platform
+import signal
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from runtime import (broadcast, ffn_multiple_for, finish_distributed, keep_freed_memory, parse_config, pick_device,
-                     run_lock, setup_distributed, to_device)
+from runtime import (AT_LEAST_1, FRACTION, NOT_NEGATIVE, broadcast, check_limits, deferred_interrupt, ffn_multiple_for,
+                     finish_distributed, keep_freed_memory, parse_config, pick_device, run_lock, setup_distributed,
+                     to_device)
 
 
 @dataclass
 class Demo:
     steps: int = 10  # optimizer steps to run
     lr: float = 3e-4  # peak learning rate
+    ratio: float = 1 / 3  # a fraction written as a fraction
     phase: str = "search"  # which stage of EarlyBERT
     compile: bool = False  # torch.compile the model
     resume: bool = True  # go on from ckpt.pt
@@ -58,6 +61,30 @@ def test_parse_config_help_shows_comments_defaults_and_choices(capsys):
     assert "which stage of EarlyBERT (one of: full, search, efficient) [default: search]" in out
     assert "--phase {full,search,efficient}" in out
     assert "--out-dir OUT_DIR [default: out]" in out  # no comment: the default alone
+    assert "--ratio RATIO a fraction written as a fraction [default: 0.3333]" in out  # not 0.3333333333333333
+
+
+def test_check_limits_names_the_first_flag_that_cannot_work():
+    limits = {"steps": AT_LEAST_1, "lr": NOT_NEGATIVE, "ratio": FRACTION}
+    check_limits(Demo(), limits)
+    check_limits(Demo(lr=float("nan")), limits)  # NaN is not below 0 (a test makes a NaN loss with it)
+    for bad, message in ((Demo(steps=0), "--steps 0: must be at least 1"), (Demo(lr=-1.0), "--lr -1.0: must be 0 or more"),
+                         (Demo(ratio=1.0), "--ratio 1.0: must be a fraction in [0, 1)")):
+        with pytest.raises(ValueError) as e:
+            check_limits(bad, limits)
+        assert str(e.value) == message
+
+
+def test_ctrl_c_is_deferred_to_the_end_of_the_step():
+    """The first Ctrl-C only marks the flag the loop reads; a second interrupts at once; afterwards
+    Ctrl-C is Python's KeyboardInterrupt again."""
+    with deferred_interrupt() as pressed:
+        assert not pressed
+        signal.raise_signal(signal.SIGINT)
+        assert pressed
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_parse_config_bools_are_flag_pairs(capsys):

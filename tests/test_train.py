@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -54,6 +55,88 @@ def test_max_minutes_stops_at_the_first_log_step_past_the_budget(corpus, tmp_pat
     summary = train.train(tiny(corpus, tmp_path, max_minutes=1e-6, log_every=3))  # 60 microseconds
     assert summary["steps"] == 3
     assert torch.load(tmp_path / "full" / "ckpt.pt", weights_only=False)["step"] == 3  # resumable from there
+
+
+def test_max_minutes_stops_a_search_resumably_without_drawing(corpus, tmp_path, capsys):
+    """A time budget is no draw step: the search stops, saves, says so and how to go on; no ticket."""
+    cfg = tiny(corpus, tmp_path, phase="search", eb_epsilon=0.0, max_minutes=1e-6, log_every=3)
+    assert train.train(cfg) is None
+    printed = capsys.readouterr().err
+    assert ("stopped at step 3 of 12 (--max-minutes 1e-06, before the early-bird rule fired: no ticket drawn yet); "
+            f"{tmp_path / 'search' / 'ckpt.pt'} saved; go on with: ") in printed
+    assert train.parse_args(shlex.split(printed.split("go on with: ")[1].splitlines()[0])[2:]) == replace(
+        cfg, resume=True, max_minutes=0.0)
+    written = sorted(set(os.listdir(tmp_path / "search")) - {".lock"})
+    assert written == ["ckpt.pt", "log.jsonl", "start", "train_config.json"]  # no ticket, no summary
+    summary = train.train(replace(cfg, resume=True, max_minutes=0.0))
+    assert (summary["steps"], summary["drawn_at"], summary["rule"]) == (12, 12, "last-step")
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(corpus, tmp_path, monkeypatch, capsys):
+    """Ctrl-C ends the step, saves ckpt.pt and stops with one line: the step, the checkpoint and the
+    exact --resume command (the user's flags); the resumed run says where it resumes."""
+    cfg = tiny(corpus, tmp_path, log_every=1)
+    real = train.check_finite  # called at every log step: here, every step
+
+    def press_ctrl_c(loss, step):
+        if step == 5:
+            signal.raise_signal(signal.SIGINT)
+        real(loss, step)
+    monkeypatch.setattr(train, "check_finite", press_ctrl_c)
+    with pytest.raises(KeyboardInterrupt) as e:
+        train.train(cfg)
+    message, ckpt = str(e.value), tmp_path / "full" / "ckpt.pt"
+    assert message.startswith(f"{tmp_path / 'full'}: stopped at step 5 of 12 (Ctrl-C); {ckpt} saved; go on with: ")
+    assert "\n" not in message and torch.load(ckpt, weights_only=False)["step"] == 5
+    assert train.parse_args(shlex.split(message.split("go on with: ")[1])[2:]) == replace(cfg, resume=True)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before again
+    monkeypatch.setattr(train, "check_finite", real)
+    assert train.train(replace(cfg, resume=True))["steps"] == 12
+    assert "full: resuming from step 5" in capsys.readouterr().err
+    assert [r["step"] for r in log(tmp_path, "full") if "loss" in r] == list(range(1, 13))
+
+
+def test_a_resumed_run_logs_each_step_once(corpus, tmp_path, monkeypatch):
+    """Killed after step 6, with its last checkpoint at step 4: the resumed run makes steps 5 and 6
+    again, and log.jsonl holds them once (the records after the checkpoint are cut off)."""
+    cfg = tiny(corpus, tmp_path, ckpt_every=4, eval_every=3)
+    calls, real = [], train.evaluate
+
+    def killed_at_step_6(*args):  # evaluations at steps 0, 3, then 6: the process dies there
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return real(*args)
+    monkeypatch.setattr(train, "evaluate", killed_at_step_6)
+    with pytest.raises(RuntimeError):
+        train.train(cfg)
+    assert torch.load(tmp_path / "full" / "ckpt.pt", weights_only=False)["step"] == 4
+    assert [r["step"] for r in log(tmp_path, "full") if "loss" in r] == [2, 4, 6]
+    monkeypatch.setattr(train, "evaluate", real)
+    train.train(replace(cfg, resume=True))
+    records = log(tmp_path, "full")
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8, 10, 12]
+    assert [r["step"] for r in records if "val_loss" in r] == [0, 3, 6, 9, 12]
+
+
+def test_a_search_killed_after_its_draw_finishes_the_draw_on_resume(corpus, tmp_path, monkeypatch):
+    """Killed between the draw's checkpoint and summary.json: --resume writes the ticket, the model
+    and the summary of that step, and trains no further."""
+    cfg = tiny(corpus, tmp_path, phase="search", draw_step=4, max_steps=8)
+
+    def killed(ticket, path):
+        raise RuntimeError("killed")
+    with monkeypatch.context() as m:
+        m.setattr(tickets.Ticket, "save", killed)
+        with pytest.raises(RuntimeError):
+            train.train(cfg)
+    ckpt = tmp_path / "search" / "ckpt.pt"
+    assert torch.load(ckpt, weights_only=False)["step"] == 4 and not (tmp_path / "search" / "summary.json").exists()
+    summary = train.train(replace(cfg, resume=True))
+    assert (summary["steps"], summary["drawn_at"], summary["rule"]) == (4, 4, "fixed-step")
+    assert torch.load(ckpt, weights_only=False)["step"] == 4 and tickets.Ticket.load(
+        str(tmp_path / "search" / "ticket.json")).step == 4
+    assert max(r["step"] for r in log(tmp_path, "search")) == 4
 
 
 @pytest.mark.parametrize("phase", ["full", "search"])
@@ -301,8 +384,10 @@ def printed_next_command(printed: str) -> list[str]:
 
 def test_the_report_prints_the_command_that_continues_the_search(searched):
     """The rule fired before --max-steps: the efficient phase with every flag the search set
-    (quoted: the out dir has a space), and nothing else."""
+    (quoted: the out dir has a space), and nothing else; and the vocabulary, to pin in other runs."""
     assert f"ticket drawn at step {searched.summary['drawn_at']} " in searched.printed
+    vocab = os.path.abspath(searched.cfg.vocab)
+    assert f"vocabulary -> {vocab} (--vocab {shlex.quote(vocab)} pins it for other runs)" in searched.printed
     argv = printed_next_command(searched.printed)
     assert argv[:2] == ["--phase", "efficient"] and "--init" not in argv
     cfg = train.parse_args(argv)
@@ -312,9 +397,14 @@ def test_the_report_prints_the_command_that_continues_the_search(searched):
 
 
 def test_a_ticket_drawn_at_the_last_step_points_to_rewind(corpus, tmp_path, capsys):
-    """Nothing is left to continue after the last step: the next command rewinds, and it trains."""
-    train.train(tiny(corpus, tmp_path, phase="search", max_steps=4, eb_epsilon=0.0))  # epsilon 0: never fires
-    cfg = train.parse_args(printed_next_command(capsys.readouterr().err))
+    """The rule did not fire by --max-steps: a "last-step" ticket, so named everywhere; nothing is left
+    to continue after the last step: the next command rewinds, and it trains."""
+    searched = train.train(tiny(corpus, tmp_path, phase="search", max_steps=4, eb_epsilon=0.0))  # never fires
+    printed = capsys.readouterr().err
+    assert "ticket drawn at step 4 of 4 (at the last step: the early-bird rule did not fire by --max-steps)" in printed
+    assert searched["rule"] == json.load(open(tmp_path / "search" / "ticket.json"))["kind"] == "last-step"
+    assert "last-step ticket, drawn at step 4" in tickets.show(str(tmp_path / "search" / "ticket.json"))
+    cfg = train.parse_args(printed_next_command(printed))
     assert (cfg.phase, cfg.init, cfg.out_dir, cfg.max_steps) == ("efficient", "rewind", str(tmp_path), 4)
     summary = train.train(cfg)
     assert summary["init"] == "rewind" and summary["steps"] == 4

@@ -187,3 +187,34 @@ def test_help_lists_every_flag_with_its_help_default_and_choices():
             assert "{" + ",".join(train.CHOICES[f.name]) + "}" in text, text
     assert set(train.CHOICES) == {"phase", "init", "ticket", "device"}
     assert "[default: 0.3333]" in options["--head-ratio"]
+
+
+# ----------------------------------------------------------------------------- settings that cannot work
+
+@pytest.mark.parametrize("change, named", [
+    (dict(max_steps=-5), "--max-steps -5: "), (dict(lr=0.0), "--lr 0.0: "), (dict(batch_size=0), "--batch-size 0: "),
+    (dict(grad_accum=0), "--grad-accum 0: "), (dict(eval_batches=0), "--eval-batches 0: "),
+    (dict(ticket_every=0), "--ticket-every 0: "), (dict(eb_k=1), "--eb-k 1: "),
+    (dict(head_ratio=1.0), "--head-ratio 1.0: "), (dict(ffn_ratio=-0.1), "--ffn-ratio -0.1: "),
+    (dict(warmup=1.5), "--warmup 1.5: "), (dict(log_every=0), "--log-every 0: "),
+    (dict(draw_step=201), "--draw-step 201: beyond --max-steps 200"), (dict(hidden=30), "--hidden 30 --heads 4: ")])
+def test_settings_that_cannot_work_are_refused_before_anything_else(searched, change, named):
+    """One line naming the flag, before the out dir is looked at: into a finished search's folder,
+    neither "holds an earlier run's results" nor a run, and nothing of it changes."""
+    before = files_under(searched.out)
+    assert error_of(replace(searched.cfg, **change)).startswith(named)
+    assert files_under(searched.out) == before
+
+
+def test_the_command_line_refuses_them_as_it_parses():
+    for argv, named in ((["--max-steps", "-5"], "--max-steps -5: "), (["--eval-batches", "0"], "--eval-batches 0: "),
+                        (["--draw-step", "300", "--max-steps", "200"], "--draw-step 300: beyond --max-steps 200")):
+        with pytest.raises(ValueError, match="^" + re.escape(named)):
+            train.parse_args(argv)
+
+
+def test_a_run_refused_for_bad_data_leaves_nothing_behind(corpus, tmp_path):
+    """Too little text to train a vocabulary, into a new out dir: no empty data/ (or out dir) is left."""
+    (tmp_path / "short.txt").write_text("Too short.\n")
+    message = error_of(tiny(corpus, tmp_path / "new" / "out", data=str(tmp_path / "short.txt"), vocab=""))
+    assert "too little text" in message and os.listdir(tmp_path) == ["short.txt"]
