@@ -313,7 +313,8 @@ def save_training_state(path: str, world: int, rank: int, device, **state):
 
 
 # Settings that a resumed run must share with its checkpoint to continue exactly (max_steps may grow).
-RESUME_KEYS = ("phase", "data", "vocab", "init_from", "batch_size", "grad_accum", "max_len", "seed", "ticket", "init")
+RESUME_KEYS = ("phase", "data", "vocab", "init_from", "batch_size", "grad_accum", "max_len", "seed", "ticket", "init",
+               "precision")
 
 
 def resume(path: str, config: dict, world: int, rank: int, model, optimizer, scheduler, scaler, loader,
@@ -324,6 +325,11 @@ def resume(path: str, config: dict, world: int, rank: int, model, optimizer, sch
     if state.get("model_config") != model.config.to_dict():
         raise ValueError(f"{path}: checkpoint of another model configuration; resume with the settings it was "
                          f"trained with (see train_config.json beside it)")
+    state["config"].setdefault("precision", "fp32")  # written before bf16 on CPUs: every CPU run was fp32
+    was, now = state["config"]["precision"], config.get("precision")
+    if was != now:  # --precision auto may choose differently on another machine
+        raise ValueError(f"{path}: trained in {was}, but this run would compute in {now}; resume with "
+                         f"--precision {was} (a run does not change precision midway)")
     changed = [k for k in RESUME_KEYS if state["config"].get(k) != config.get(k)]
     if changed or len(state["rng"]) != world:
         what = ", ".join(f"--{k.replace('_', '-')} {state['config'].get(k)!r}" for k in changed) or \

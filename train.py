@@ -34,9 +34,9 @@ import slim
 import ticket as tickets
 from checkpoint import (load_checkpoint, load_pretrained, read_json, resume, save_pretrained, save_training_state,
                         write_json)
-from model import BertConfig, BertMLM, configure_optimizers, count_parameters, lr_lambda
-from runtime import (any_rank, broadcast, ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock,
-                     setup_distributed, sum_ranks, to_device)
+from model import BertConfig, BertMLM, configure_optimizers, count_parameters, lr_lambda, set_attention
+from runtime import (any_rank, broadcast, choose_precision, ffn_multiple_for, finish_distributed, parse_config,
+                     pick_device, run_lock, setup_distributed, sum_ranks, to_device)
 
 
 @dataclass
@@ -65,6 +65,7 @@ class Config:
     seed: int = 0  # model init, masking and data order
     device: str = "auto"  # auto: CUDA when present | cpu | cuda
     compile: bool = False  # torch.compile the model (helps on GPUs; slower on CPUs)
+    precision: str = "auto"  # auto: bf16 autocast on GPUs, and on CPUs where a probe finds it clearly faster | fp32 | bf16
     log_every: int = 10  # steps between log.jsonl records
     eval_every: int = 200  # steps between held-out evaluations
     eval_batches: int = 50  # held-out batches per evaluation (fixed samples and masking)
@@ -88,7 +89,8 @@ class Config:
 
 
 CHOICES = {"phase": ("full", "search", "efficient"), "init": ("continue", "rewind"),
-           "ticket": ("earlybird", "random"), "device": ("auto", "cpu", "cuda")}
+           "ticket": ("earlybird", "random"), "device": ("auto", "cpu", "cuda"),
+           "precision": ("auto", "fp32", "bf16")}
 
 
 def parse_args(argv=None) -> Config:
@@ -245,7 +247,7 @@ def train(cfg: Config, stop_after: int | None = None):
     if not 0 < cfg.mask_prob < 1:
         raise ValueError(f"--mask-prob {cfg.mask_prob}: give the fraction of tokens to mask, in (0, 1)")
     rank, world, local_rank = setup_distributed(cfg.device)
-    device, autocast, dtype = pick_device(cfg.device, local_rank)
+    device = pick_device(cfg.device, local_rank)
     torch.manual_seed(cfg.seed + rank)
     if cfg.phase == "efficient":
         cfg = search_settings(cfg)
@@ -257,18 +259,24 @@ def train(cfg: Config, stop_after: int | None = None):
         finish_distributed(world)
         return done
     with run_lock(run_dir) if rank == 0 else nullcontext():
-        summary = run(cfg, run_dir, rank, world, local_rank, device, autocast, dtype, stop_after)
+        summary = run(cfg, run_dir, rank, world, local_rank, device, stop_after)
     finish_distributed(world)  # every rank waits for rank 0's last files
     return summary
 
 
-def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, device, autocast, dtype, stop_after):
+def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, device, stop_after):
     data_dir, meta = prepare_data(cfg, rank, world)
     tokenizer = data.load_tokenizer(meta["vocab_path"], meta["lowercase"])
     n_vocab = tokenizer.get_vocab_size()
     special = {t: tokenizer.token_to_id(t) for t in data.SPECIALS}
 
     model, ticket, start = build_model(cfg, meta["vocab_path"], n_vocab)
+    # bf16 or fp32: rank 0 decides (on a CPU by a probe at the model's shapes), every rank follows
+    precision = broadcast(choose_precision(cfg.precision, device, model.config, cfg.batch_size, cfg.max_len)
+                          if rank == 0 else None, rank, world)
+    set_attention(model, precision.plain_attention)
+    autocast, dtype = precision.autocast(device), precision.dtype
+    recipe = dict(asdict(cfg), precision=precision.name)  # what a resumed run must share: the precision as used
     searching = cfg.phase == "search"
     if searching and rank == 0:
         save_pretrained(model, os.path.join(run_dir, "start"), meta["vocab_path"], meta["lowercase"])  # for --init rewind
@@ -293,7 +301,7 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
         step = start["step"]
         train_batches.load_state_dict(start["loader"])
     if cfg.resume:
-        step, elapsed = resume(os.path.join(run_dir, "ckpt.pt"), asdict(cfg), world, rank, model, optimizer,
+        step, elapsed = resume(os.path.join(run_dir, "ckpt.pt"), recipe, world, rank, model, optimizer,
                                scheduler, scaler, train_batches, early_bird)
     raw_model = model
     if cfg.compile:
@@ -303,9 +311,10 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
 
     log = open(os.path.join(run_dir, "log.jsonl"), "a" if cfg.resume else "w") if rank == 0 else None
     if rank == 0:
-        write_json(asdict(cfg), os.path.join(run_dir, "train_config.json"))
-        print(f"{cfg.phase}: {count_parameters(raw_model) / 1e6:.2f}M parameters on {device} ({dtype}), "
-              f"{world} process(es), {meta['train_tokens'] / 1e6:.1f}M training tokens", file=sys.stderr)
+        write_json(dict(asdict(cfg), precision_used=precision.name, bf16_speedup=precision.speedup),
+                   os.path.join(run_dir, "train_config.json"))
+        print(f"{cfg.phase}: {count_parameters(raw_model) / 1e6:.2f}M parameters on {device}, {world} process(es), "
+              f"{meta['train_tokens'] / 1e6:.1f}M training tokens; {precision.describe(cfg.precision)}", file=sys.stderr)
 
     def write(record):
         if log:
@@ -317,7 +326,7 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
                             model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
                             loader=train_batches.state_dict(), model_config=raw_model.config.to_dict(),
-                            early_bird=early_bird.state_dict() if early_bird else None, config=asdict(cfg),
+                            early_bird=early_bird.state_dict() if early_bird else None, config=recipe,
                             ticket=asdict(ticket) if ticket else None)
 
     if not cfg.resume and rank == 0:
@@ -393,7 +402,8 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
         summary = {"phase": cfg.phase, "steps": step, "train_seconds": elapsed, "val_loss": val_loss,
                    "val_acc": val_acc, "parameters": count_parameters(raw_model), "first_step": first_step,
                    "tokens": (step - first_step) * tokens_per_step,
-                   "mean_step_ms": 1000 * elapsed / max(step - first_step, 1), "data_dir": data_dir}
+                   "mean_step_ms": 1000 * elapsed / max(step - first_step, 1), "data_dir": data_dir,
+                   "precision": precision.name, "bf16_speedup": precision.speedup}
         final = raw_model
         if drawn:
             drawn.save(os.path.join(run_dir, "ticket.json"))
