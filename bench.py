@@ -1,6 +1,6 @@
 """Training speed: MLM steps/s, tokens/s and MFU, and what each speed choice is worth.
 
-    python bench.py                                         # CPU: a small BERT, fp32
+    python bench.py                                         # CPU: a small BERT, fp32 and bf16 in turn
     python bench.py --size base --batch 128 --seq 128 512 --compile   # GPU: BERT-base, bf16
     python bench.py --loader                                # also time the data loader
 
@@ -11,9 +11,11 @@ For every sequence length it times full training steps (forward, backward, AdamW
   as the original BERT code and transformers' BertForMaskedLM compute them;
 - efficient (pruned): the shapes of a default EarlyBERT ticket (1/3 of the heads, 40% of
   the FFN neurons), against the full model in time and in FLOPs.
-The variants take turns, one step each, round after round, and each one's median step
-counts: a CPU's speed drifts within minutes, and the ratios should not. On a CPU an n x n
-matmul takes its turn too, as the peak the achieved FLOP/s are measured against.
+On a CPU each variant runs in fp32 and in bf16 autocast (--precision auto; fp32 or bf16
+times one), and an n x n matmul in each precision is the peak its achieved FLOP/s are
+measured against; on a GPU, in the precision train.py uses there. The variants take turns,
+one step each, round after round, and each one's median step counts: a CPU's speed drifts
+within minutes, and the ratios should not.
 Inputs are random tokens without padding, so these figures measure compute alone;
 `--loader` times the data pipeline (data.py) against them.
 """
@@ -25,7 +27,6 @@ import re
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 from tqdm import tqdm
@@ -34,7 +35,8 @@ import corpus
 import data
 import ticket
 from model import BertConfig, BertMLM, configure_optimizers, flops_per_sequence
-from runtime import ffn_multiple_for, pick_device
+from model import set_attention
+from runtime import BF16_MIN_SPEEDUP, Precision, choose_precision, ffn_multiple_for, pick_device
 
 SIZES = {"small": dict(layers=4, hidden=256, heads=4, ffn=1024),  # runs on a laptop CPU
          "base": dict(layers=12, hidden=768, heads=12, ffn=3072)}  # BERT-base, for a GPU
@@ -78,10 +80,11 @@ def random_batch(config: BertConfig, batch_size: int, seq_len: int, sparse: bool
     return {"input_ids": ids, "mlm_labels": torch.full_like(ids, -100).scatter_(1, positions, labels)}
 
 
-def training_step(model, batch: dict, device, dtype, compile: bool = False):
+def training_step(model, batch: dict, device, precision: Precision, compile: bool = False):
     """One training step as train.py takes it, as a function: forward under autocast, backward,
     fused AdamW, zero_grad(set_to_none). Nothing in it waits for the GPU (no .item())."""
-    model.to(device).train()
+    dtype = precision.dtype
+    set_attention(model, precision.plain_attention).to(device).train()
     optimizer = configure_optimizers(model, 1e-4, 0.01, device_type=device.type)
     # fp16 needs loss scaling; with a fused optimizer the scaler checks for inf on the GPU, without a sync.
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
@@ -89,7 +92,7 @@ def training_step(model, batch: dict, device, dtype, compile: bool = False):
     if compile:
         torch.compiler.reset()  # compile each variant afresh, with static shapes, as its own run would
         run = torch.compile(model)
-    autocast = torch.autocast("cuda", dtype=dtype) if device.type == "cuda" else nullcontext()
+    autocast = precision.autocast(device)
     batch = {k: v.to(device) for k, v in batch.items()}
 
     def step():
@@ -186,17 +189,20 @@ def square_matmul(device, dtype, n: int = MATMUL_N):
 # Where a CPU training step's time goes, by torch profiler op name (self time).
 OP_GROUPS = [("matmuls", ("mm", "addmm", "bmm", "baddbmm", "linear", "matmul")),
              ("optimizer (AdamW)", ("_fused_adamw", "_foreach", "lerp", "addcdiv", "addcmul", "sqrt")),
-             ("softmax and attention", ("softmax", "_scaled_dot_product", "isneginf", "where", "all")),
+             ("softmax and attention", ("softmax", "_softmax", "_scaled_dot_product", "isneginf", "where", "all",
+                                        "masked_fill")),
+             ("cross-entropy over the vocabulary", ("_log_softmax", "nll_loss", "logsumexp", "amax", "exp_", "sub",
+                                                    "scatter_add")),
              ("dropout", ("bernoulli", "native_dropout", "dropout")),
              ("LayerNorm", ("layer_norm",)), ("GELU", ("gelu",)),
              ("embedding and its gradient", ("embedding", "index", "scatter", "gather")),
              ("copies, sums, elementwise", ("copy_", "sum", "mul", "add", "div", "fill_", "zero_", "clone", "cat"))]
 
 
-def profile_step(model, batch: dict, device, dtype) -> dict:
+def profile_step(model, batch: dict, device, precision: Precision) -> dict:
     """Seconds of a few training steps by OP_GROUPS, from torch's profiler (CPU self time)."""
     from torch.profiler import ProfilerActivity, profile
-    step = training_step(model, batch, device, dtype)
+    step = training_step(model, batch, device, precision)
     for _ in range(WARMUP_STEPS):
         step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -221,29 +227,29 @@ def machine(device) -> str:
         return platform.processor() or platform.machine()
 
 
-def warm_step(model, batch: dict, args, device, dtype):
+def warm_step(model, batch: dict, args, device, precision: Precision):
     """A variant's training step, warmed up (WARMUP_STEPS), and on CUDA the memory it added
     (weights, optimizer state, activations) in GiB."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     torch.manual_seed(0)
-    step = training_step(model, batch, device, dtype, args.compile)
+    step = training_step(model, batch, device, precision, args.compile)
     for _ in range(WARMUP_STEPS):
         step()
     synchronize(device)
     return step, (torch.cuda.max_memory_allocated(device) - base) / 2**30 if device.type == "cuda" else None
 
 
-def report(name: str, s: float, T: int, flops: int, memory_gib, args, device) -> dict:
+def report(name: str, s: float, T: int, flops: int, memory_gib, args, device, matmul_peak: float = 0.0) -> dict:
     """One variant's line: step time, steps/s, tokens/s; on a CPU its GFLOP/s against the
     matmul peak timed beside it; on CUDA the memory it adds and, for a GPU in PEAK_FLOPS,
     MFU (the FLOPs this variant does, so all T positions for the reference, over the peak)."""
     r = {"variant": name, "seq": T, "ms_per_step": 1e3 * s, "steps_per_s": 1 / s,
          "tokens_per_s": args.batch * T / s, "flops": flops, "gflops": flops * args.batch / s / 1e9}
-    line = f"  {name:<40} {1e3 * s:9.1f} ms/step {1 / s:8.2f} steps/s {args.batch * T / s:11,.0f} tokens/s"
+    line = f"  {name:<46} {1e3 * s:9.1f} ms/step {1 / s:8.2f} steps/s {args.batch * T / s:11,.0f} tokens/s"
     if device.type == "cpu":
-        r["of_matmul_peak"] = r["gflops"] * 1e9 / args.matmul_peak
+        r["of_matmul_peak"] = r["gflops"] * 1e9 / matmul_peak
         line += f" {r['gflops']:7.1f} GFLOP/s = {100 * r['of_matmul_peak']:3.0f}% of matmul peak"
     if memory_gib is not None:
         r["memory_gib"] = memory_gib
@@ -256,8 +262,8 @@ def report(name: str, s: float, T: int, flops: int, memory_gib, args, device) ->
     return r
 
 
-def bench_length(T: int, config: BertConfig, args, device, dtype) -> list[dict]:
-    """All variants at one sequence length, timed in turn, with the ratios the README quotes."""
+def bench_length(T: int, config: BertConfig, args, device, precisions: list[Precision]) -> list[dict]:
+    """All variants at one sequence length, in every precision, timed in turn, with the ratios the README quotes."""
     P = data.n_predictions(T, args.mask_prob)
     small = pruned_config(config, ffn_multiple=ffn_multiple_for(device, args.ffn_multiple))
     print(f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads, "
@@ -265,43 +271,55 @@ def bench_length(T: int, config: BertConfig, args, device, dtype) -> list[dict]:
           f"{P} predicted positions per sequence | {args.steps} steps of each, in turn")
     def batch(c, sparse):
         return random_batch(c, args.batch, T, sparse, args.mask_prob)
-    variants = {  # name: (model, batch, FLOPs per sequence)
-        "ours (sparse MLM head)": (BertMLM(config), batch(config, True), flops_per_sequence(config, T, P)),
-        "reference (decoder over every position)": (BertMLM(config), batch(config, False),
-                                                    flops_per_sequence(config, T, T)),
-        "efficient (pruned)": (BertMLM(small), batch(small, True), flops_per_sequence(small, T, P))}
+    shapes = {  # name: (config, sparse batch, FLOPs per sequence)
+        "ours (sparse MLM head)": (config, True, flops_per_sequence(config, T, P)),
+        "reference (decoder over every position)": (config, False, flops_per_sequence(config, T, T)),
+        "efficient (pruned)": (small, True, flops_per_sequence(small, T, P))}
+    variants = {(name, p.name): (shape, p) for p in precisions for name, shape in shapes.items()}
     steps, memory = {}, {}
-    for name, (model, batch, _) in variants.items():
-        steps[name], memory[name] = warm_step(model, batch, args, device, dtype)
+    for key, ((c, sparse, _), p) in variants.items():
+        steps[key], memory[key] = warm_step(BertMLM(c), batch(c, sparse), args, device, p)
+    peaks = {}
     if device.type == "cpu":
-        steps["matmul"] = square_matmul(device, dtype)
+        for p in precisions:
+            steps[("matmul", p.name)] = square_matmul(device, p.dtype)
     seconds = seconds_in_turn(steps, args.steps, device)
-    if device.type == "cpu":
-        args.matmul_peak = 2 * MATMUL_N ** 3 / seconds["matmul"]
-        print(f"  matmul peak: {args.matmul_peak / 1e9:.0f} GFLOP/s ({MATMUL_N} x {MATMUL_N}, "
-              f"{str(dtype).removeprefix('torch.')}, timed in turn with the steps)")
-    ours, ref, eff = (report(name, seconds[name], T, flops, memory[name], args, device)
-                      for name, (_, _, flops) in variants.items())
-    print(f"  ours / reference: time {ours['ms_per_step'] / ref['ms_per_step']:.2f}, "
-          f"FLOPs {ours['flops'] / ref['flops']:.2f}")
-    print(f"  efficient / ours: time {eff['ms_per_step'] / ours['ms_per_step']:.2f}, "
-          f"FLOPs {eff['flops'] / ours['flops']:.2f} (heads {sum(small.heads_per_layer)}/"
-          f"{config.num_attention_heads * config.num_hidden_layers}, FFN widths {small.ffn_per_layer} of "
-          f"{config.intermediate_size})")
-    results = [ours, ref, eff]
-    del steps, variants  # free the three models before profiling
+    results = []
+    for p in precisions:
+        if device.type == "cpu":
+            peaks[p.name] = 2 * MATMUL_N ** 3 / seconds[("matmul", p.name)]
+            print(f"  {p.name}: matmul peak {peaks[p.name] / 1e9:.0f} GFLOP/s ({MATMUL_N} x {MATMUL_N}, timed in turn "
+                  f"with the steps){'; attention written out' if p.plain_attention else ''}")
+        ours, ref, eff = (report(f"{name}, {p.name}", seconds[(name, p.name)], T, flops, memory[(name, p.name)], args,
+                                 device, peaks.get(p.name, 0.0)) for name, (_, _, flops) in shapes.items())
+        for r, name in zip((ours, ref, eff), shapes):
+            r.update(variant=name, precision=p.name)
+        print(f"  {p.name}: ours / reference: time {ours['ms_per_step'] / ref['ms_per_step']:.2f}, "
+              f"FLOPs {ours['flops'] / ref['flops']:.2f}; efficient / ours: time "
+              f"{eff['ms_per_step'] / ours['ms_per_step']:.2f}, FLOPs {eff['flops'] / ours['flops']:.2f}")
+        results += [ours, ref, eff]
+    print(f"  heads kept {sum(small.heads_per_layer)}/{config.num_attention_heads * config.num_hidden_layers}, "
+          f"FFN widths {small.ffn_per_layer} of {config.intermediate_size}")
+    if len(precisions) > 1:
+        first = precisions[0].name
+        for p in precisions[1:]:
+            print(f"  {p.name} / {first} step time: " + ", ".join(
+                f"{name.split(' (')[0]} {seconds[(name, p.name)] / seconds[(name, first)]:.2f}" for name in shapes) +
+                (f"; matmul {seconds[('matmul', p.name)] / seconds[('matmul', first)]:.2f}" if device.type == "cpu" else ""))
+    del steps, variants  # free the models before profiling
     if args.profile:
-        groups = profile_step(BertMLM(config), batch(config, True), device, dtype)
-        total = sum(groups.values())
-        print("  where a step of ours goes (profiler self time): " + ", ".join(
-            f"{name} {100 * t / total:.0f}%" for name, t in sorted(groups.items(), key=lambda kv: -kv[1]) if t > 0))
-        results.append({"variant": "profile", "seq": T, "seconds": groups})
+        for p in precisions:
+            groups = profile_step(BertMLM(config), batch(config, True), device, p)
+            total = sum(groups.values())
+            print(f"  where a step of ours goes in {p.name} (profiler self time): " + ", ".join(
+                f"{name} {100 * t / total:.0f}%" for name, t in sorted(groups.items(), key=lambda kv: -kv[1]) if t > 0))
+            results.append({"variant": "profile", "seq": T, "precision": p.name, "seconds": groups})
 
     if args.loader:
         cache = os.path.join("out", "data")  # train.py's default data cache: tokenized once, shared
         per_s = loader_batches_per_s(corpus.builtin_corpus(cache), cache, args.batch, T, LOADER_BATCHES,
                                      pin_memory=device.type == "cuda")
-        print(f"  loader: {per_s:.1f} batches/s = {per_s / ours['steps_per_s']:.1f}x the training steps/s "
+        print(f"  loader: {per_s:.1f} batches/s = {per_s / results[0]['steps_per_s']:.1f}x the training steps/s "
               f"of ours (aim: >= 10x, so the loader never stalls a step)")
         results.append({"variant": "loader", "seq": T, "batches_per_s": per_s})
         memory = loader_peak_memory(cache)
@@ -310,6 +328,18 @@ def bench_length(T: int, config: BertConfig, args, device, dtype) -> list[dict]:
             f"({memory['anon_rss_mib'][k]:.0f} MiB not file-backed)" for k in memory["corpus_mb"]))
         results.append({"variant": "loader memory", **memory})
     return results
+
+
+def precisions(asked: str, device, config: BertConfig, batch: int, T: int) -> list[Precision]:
+    """What to time: on a CPU with --precision auto, fp32 and bf16 (and what train.py's auto
+    would choose there, from its probe); else the one precision asked, as train.py resolves it."""
+    if asked == "auto" and device.type == "cpu":
+        bf16 = choose_precision("bf16", device, config, batch, T)
+        auto = "bf16" if bf16.speedup >= BF16_MIN_SPEEDUP else "fp32"
+        print(f"  --precision auto in train.py would compute in {auto} here: its probe ran a layer's bf16 step "
+              f"{bf16.speedup:.2f}x as fast as fp32's")
+        return [Precision(torch.float32), bf16]
+    return [choose_precision(asked, device, config, batch, T)]
 
 
 def main(argv=None) -> list[dict]:
@@ -327,6 +357,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--steps", type=int, default=10, help="timed steps of each variant, taken in turn (the median counts)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: fp32 and bf16 in turn on a CPU, the GPU's autocast precision on a GPU")
     p.add_argument("--loader", action="store_true", help="also time data.MLMBatches against the training step")
     p.add_argument("--profile", action="store_true", help="where a step of ours spends its time (torch profiler)")
     p.add_argument("--ffn-multiple", type=int, default=0,
@@ -340,16 +372,16 @@ def main(argv=None) -> list[dict]:
             sys.exit(f"error: {name} {value}: must be at least {least}")
     shape = {k: getattr(args, k) or v for k, v in SIZES[args.size].items()}
 
-    device, _, dtype = pick_device(args.device)  # as train.py: bf16 / fp16 + GradScaler on GPUs, fp32 on the CPU
-    print(f"torch {torch.__version__} | {device.type}: {machine(device)} | {torch.get_num_threads()} threads | "
-          f"{str(dtype).removeprefix('torch.')}{' | compiled' if args.compile else ''}")
+    device = pick_device(args.device)
+    print(f"torch {torch.__version__} | {device.type}: {machine(device)} | {torch.get_num_threads()} threads"
+          f"{' | compiled' if args.compile else ''}")
     results = []
     for T in args.seq or [128]:
         config = BertConfig(vocab_size=args.vocab, hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
                             num_attention_heads=shape["heads"], intermediate_size=shape["ffn"],
                             max_position_embeddings=max(512, T), hidden_dropout_prob=args.dropout,
                             attention_probs_dropout_prob=args.dropout)
-        results += bench_length(T, config, args, device, dtype)
+        results += bench_length(T, config, args, device, precisions(args.precision, device, config, args.batch, T))
     return results
 
 

@@ -312,7 +312,7 @@ def save_training_state(path: str, world: int, rank: int, device, **state):
         save_checkpoint(dict(state, rng=rngs), path)
 
 
-def resume(state: dict, path: str, world: int, rank: int, model, optimizer, scheduler, scaler, loader,
+def resume(state: dict, path: str, precision: str, world: int, rank: int, model, optimizer, scheduler, scaler, loader,
            early_bird=None) -> tuple[int, float]:
     """Continue exactly from `state` (load_checkpoint(path); the caller has checked its recipe):
     weights, optimizer, schedule, scaler, RNG states, data position. Returns (step, training seconds so far)."""
@@ -322,6 +322,10 @@ def resume(state: dict, path: str, world: int, rank: int, model, optimizer, sche
     if len(state["rng"]) != world:
         raise ValueError(f"{path}: checkpoint written by {len(state['rng'])} process(es), not {world}; resume with "
                          f"as many")
+    was = state["config"].get("precision", "fp32")  # written before bf16 on CPUs: every CPU run was fp32
+    if was != precision:  # --precision auto may choose differently on another machine
+        raise ValueError(f"{path}: trained in {was}, but this run would compute in {precision}; resume with "
+                         f"--precision {was} (a run does not change precision midway)")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -38,9 +38,11 @@ import slim
 import ticket as tickets
 from checkpoint import load_pretrained, read_json, save_pretrained, write_json
 from data import checkpoint_tokenizer
-from model import BertClassifier, BertQA, configure_optimizers, count_parameters, flops_per_sequence, lr_lambda
-from runtime import (ABOVE_0, AT_LEAST_1, FRACTION, NOT_NEGATIVE, check_limits, ffn_multiple_for, finish_distributed,
-                     parse_config, pick_device, run_lock, setup_distributed, to_device)
+from model import (BertClassifier, BertQA, configure_optimizers, count_parameters, flops_per_sequence, lr_lambda,
+                   set_attention)
+from runtime import (ABOVE_0, AT_LEAST_1, FRACTION, NOT_NEGATIVE, broadcast, check_limits, choose_precision,
+                     ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock, setup_distributed,
+                     to_device)
 from tasks import (GLUE, TASKS, GlueTask, glue_features, glue_scores, read_glue, read_squad, squad_answers,
                    squad_features, squad_scores, text_task)
 
@@ -65,6 +67,7 @@ class Config:
     weight_decay: float = 0.01  # AdamW's, on matrices only
     seed: int = 42  # shuffling, fresh task heads, random tickets
     device: str = "auto"  # auto: a GPU when there is one
+    precision: str = "auto"  # auto: bf16 autocast on GPUs, and on CPUs where a probe finds it clearly faster | fp32 | bf16
     # EarlyBERT (sec. 3); the defaults are the official fine-tuning scripts'
     earlybert: bool = False  # search, draw the ticket, train the smaller model
     ticket: str = "earlybird"  # earlybird: searched | random: the control, same sizes, units at random
@@ -80,7 +83,8 @@ class Config:
 
 
 def parse_args(argv=None) -> Config:
-    return parse_config(Config, argv, {"ticket": ("earlybird", "random"), "device": ("auto", "cpu", "cuda")},
+    return parse_config(Config, argv, {"ticket": ("earlybird", "random"), "device": ("auto", "cpu", "cuda"),
+                                         "precision": ("auto", "fp32", "bf16")},
                         description=__doc__)
 
 
@@ -211,7 +215,7 @@ def fit(model, task: Task, cfg: Config, rt, lr: float, warmup_steps: int, total_
     penalty on the slimming coefficients, every `every` steps the masks they give go to the
     early-bird rule, and training stops when it fires (run["ticket"]) or at stop_at, where the
     ticket is drawn as the official code draws it; there is no dev evaluation."""
-    model.to(rt.device).train()
+    set_attention(model, rt.precision.plain_attention).to(rt.device).train()
     net = DistributedDataParallel(model) if rt.world > 1 else model
     optimizer = configure_optimizers(model, lr, cfg.weight_decay, (0.9, 0.999), rt.device.type)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup_steps, total_steps))
@@ -303,9 +307,8 @@ def finetune(cfg: Config) -> dict:
     if not os.path.isdir(cfg.model):
         raise ValueError(f"{cfg.model or '--model'}: no such checkpoint folder; give one with --model")
     rank, world, local_rank = setup_distributed(cfg.device)
-    device, autocast, dtype = pick_device(cfg.device, local_rank)
-    rt = SimpleNamespace(device=device, autocast=autocast, dtype=dtype, rank=rank, world=world,
-                         ffn_multiple=ffn_multiple_for(device, cfg.ffn_multiple))
+    device = pick_device(cfg.device, local_rank)
+    rt = SimpleNamespace(device=device, rank=rank, world=world, ffn_multiple=ffn_multiple_for(device, cfg.ffn_multiple))
     with run_lock(run_dir) if rank == 0 else nullcontext():
         results = run_stages(cfg, rt, kind, run_dir, early_bird)
     finish_distributed(world)
@@ -328,6 +331,13 @@ def run_stages(cfg: Config, rt, kind: str, run_dir: str, early_bird) -> dict:
 
     model = pretrained()
     full_parameters = count_parameters(model)
+    # bf16 or fp32: rank 0 decides (on a CPU by a probe at the model's shapes and the longest example)
+    longest = max(len(f["input_ids"]) for f in task.train)
+    rt.precision = broadcast(choose_precision(cfg.precision, rt.device, model.config, cfg.batch_size, longest)
+                             if rt.rank == 0 else None, rt.rank, rt.world)
+    rt.autocast, rt.dtype = rt.precision.autocast(rt.device), rt.precision.dtype
+    if rt.rank == 0:
+        print(f"{task.name}: {rt.precision.describe(cfg.precision)}", file=sys.stderr)
     # search_seconds: the search's steps (with the draw) and the rebuild, not a process's one-time costs
     ticket, searched, search_seconds = None, None, 0.0
     if kind == "random":  # the control: no search, the same numbers pruned at random
@@ -353,7 +363,8 @@ def run_stages(cfg: Config, rt, kind: str, run_dir: str, early_bird) -> dict:
                "flops_per_example": float(np.mean([flops_per_sequence(model.config, len(f["input_ids"]), 0)
                                                    for f in task.train])),
                "ticket": {**tickets.summary(ticket), "parameters_before": full_parameters} if ticket else None,
-               "search": searched, "history": run["history"], "config": asdict(cfg)}
+               "search": searched, "history": run["history"], "config": asdict(cfg),
+               "precision": rt.precision.name, "bf16_speedup": rt.precision.speedup}
     if rt.rank == 0:
         save_pretrained(model, os.path.join(run_dir, "model"), vocab, lowercase=lowercase)
         plot = None

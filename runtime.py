@@ -4,7 +4,8 @@ of a distributed run, Ctrl-C at a step's end, and a lock on the output folder.
 
     cfg = parse_config(Config)                       # every field is a --flag
     rank, world, local_rank = setup_distributed(cfg.device)  # torchrun sets the environment
-    device, autocast, dtype = pick_device(cfg.device, local_rank)
+    device = pick_device(cfg.device, local_rank)
+    precision = choose_precision(cfg.precision, device, model.config, cfg.batch_size, cfg.max_len)
     with run_lock(run_dir):                          # one process per output folder
         ...
     finish_distributed(world)
@@ -16,8 +17,9 @@ import os
 import re
 import signal
 import threading
+import time
 from contextlib import contextmanager, nullcontext, suppress
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, dataclass, fields
 
 import torch
 import torch.distributed as dist
@@ -85,21 +87,100 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-def pick_device(device: str = "auto", local_rank: int = 0):
-    """Returns the device, the autocast context and the dtype it computes in.
-    bf16 where the GPU supports it, fp16 (+ GradScaler) on older GPUs, fp32 on the CPU,
-    where bf16 matmuls run several times slower than fp32."""
+def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """CUDA when asked or (auto) present, else the CPU."""
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if not use_cuda:
         keep_freed_memory()
-        return torch.device("cpu"), nullcontext(), torch.float32
+        return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ValueError("--device cuda: this torch sees no CUDA GPU")
     torch.cuda.set_device(local_rank)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.device("cuda", local_rank), torch.autocast("cuda", dtype=dtype), dtype
+    return torch.device("cuda", local_rank)
+
+
+# ----------------------------------------------------------------------------- precision
+
+BF16_MIN_SPEEDUP = 1.2  # --precision auto takes bf16 on a CPU only when the probe finds it this much faster
+PROBE_SECONDS = 0.5  # the probe's timing rounds stop after this long (at least the warm-up round runs)
+
+
+@dataclass
+class Precision:
+    """What a run computes in: fp32, or autocast to bf16 / fp16 (fp16 needs a GradScaler).
+    Weights, AdamW's state, the loss and the slimming coefficients stay fp32 either way:
+    autocast only runs the matmuls (and what follows them) in the lower precision."""
+    dtype: torch.dtype
+    plain_attention: bool = False  # model.set_attention's choice
+    speedup: float | None = None  # on a CPU: an fp32 step's time over a bf16 one's, as probed
+
+    @property
+    def name(self) -> str:
+        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def autocast(self, device: torch.device):
+        return nullcontext() if self.dtype == torch.float32 else torch.autocast(device.type, dtype=self.dtype)
+
+    def describe(self, asked: str) -> str:
+        line = f"precision {self.name}" + (" autocast" if self.dtype != torch.float32 else "")
+        if self.speedup is not None:
+            line += (f" ({asked}: bf16 ran one layer's training step {self.speedup:.2f}x as fast as fp32 at this "
+                     f"run's shapes{'; attention written out' if self.plain_attention else ''})")
+        return line
+
+
+def probe_bf16(config, batch_size: int, seq_len: int) -> dict:
+    """Milliseconds of a training step (forward and backward) of one encoder layer of `config`
+    at (batch, seq_len), in fp32 and in bf16 autocast with SDPA and with attention written out.
+    Takes turns, round after round, and keeps each one's fastest: the first round warms up,
+    and later rounds run while the whole has taken under PROBE_SECONDS. A CPU without bf16
+    instructions emulates them, many times slower: then one round says enough."""
+    from model import Layer, set_attention
+    layer = Layer(config, 0).train()
+    x = torch.randn(min(batch_size, 16), seq_len, config.hidden_size)  # (B, T, hidden); 16 keep it quick
+
+    def step(dtype, plain):
+        set_attention(layer, plain)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            y = layer(x, None)
+        y.float().square().mean().backward()
+    variants = {"fp32": (torch.float32, False), "bf16": (torch.bfloat16, False), "bf16 plain": (torch.bfloat16, True)}
+    times = {name: [] for name in variants}
+    start = time.perf_counter()
+    for _ in range(4):
+        for name, args in variants.items():
+            t = time.perf_counter()
+            step(*args)
+            times[name].append(time.perf_counter() - t)
+        if time.perf_counter() - start > PROBE_SECONDS:
+            break
+    return {name: 1e3 * min(t[1:] or t) for name, t in times.items()}
+
+
+def choose_precision(precision: str, device: torch.device, config, batch_size: int, seq_len: int,
+                     probe=None) -> Precision:
+    """--precision auto | fp32 | bf16 for a model of `config` trained at (batch, seq_len).
+    On a GPU, auto is bf16 where it has it, else fp16 (with a GradScaler). On a CPU, auto is
+    bf16 only where a probe (probe_bf16, well under a second) finds a bf16 step at least
+    BF16_MIN_SPEEDUP times faster than an fp32 one: CPUs with AMX or AVX512-BF16 multiply bf16
+    several times faster than fp32, those without emulate it many times slower, and some report
+    the instructions yet gain little, so the flags alone cannot say. `probe` stands in for
+    probe_bf16 (tests give its answer)."""
+    if device.type == "cuda":
+        if precision in ("fp32", "fp16"):  # fp16: a run recorded on an older GPU, resumed
+            return Precision(torch.float32 if precision == "fp32" else torch.float16)
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise ValueError("--precision bf16: this GPU has no bf16; use --precision auto (fp16) or fp32")
+        return Precision(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    if precision == "fp32":
+        return Precision(torch.float32)
+    ms = (probe or probe_bf16)(config, batch_size, seq_len)
+    plain = ms["bf16 plain"] < ms["bf16"]
+    speedup = ms["fp32"] / min(ms["bf16"], ms["bf16 plain"])
+    use_bf16 = precision == "bf16" or speedup >= BF16_MIN_SPEEDUP
+    return Precision(torch.bfloat16 if use_bf16 else torch.float32, plain and use_bf16, speedup)
 
 
 AUTO_FFN_MULTIPLE = {"cuda": 64, "cpu": 8}  # what --ffn-multiple 0 rounds to, by device type

@@ -40,8 +40,8 @@ from checkpoint import (load_checkpoint, load_pretrained, read_json, resume, sav
                         write_json)
 from experiment import (check_run_dir, command, finished, report, resumed_settings, run_name, search_dir,
                         search_settings, train_on)
-from model import BertConfig, BertMLM, configure_optimizers, count_parameters, lr_lambda
-from runtime import (ABOVE_0, AT_LEAST_1, FRACTION, NOT_NEGATIVE, any_rank, broadcast, check_limits,
+from model import BertConfig, BertMLM, configure_optimizers, count_parameters, lr_lambda, set_attention
+from runtime import (ABOVE_0, AT_LEAST_1, FRACTION, NOT_NEGATIVE, any_rank, broadcast, check_limits, choose_precision,
                      deferred_interrupt, ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock,
                      setup_distributed, sum_ranks, to_device)
 
@@ -72,6 +72,7 @@ class Config:
     seed: int = 0  # model init, masking and data order
     device: str = "auto"  # auto: CUDA when present | cpu | cuda
     compile: bool = False  # torch.compile the model (helps on GPUs; slower on CPUs)
+    precision: str = "auto"  # auto: bf16 autocast on GPUs, and on CPUs where a probe finds it clearly faster | fp32 | bf16
     log_every: int = 10  # steps between log.jsonl records
     eval_every: int = 200  # steps between held-out evaluations
     eval_batches: int = 50  # held-out batches per evaluation (fixed samples and masking)
@@ -95,7 +96,8 @@ class Config:
 
 
 CHOICES = {"phase": ("full", "search", "efficient"), "init": ("continue", "rewind"),
-           "ticket": ("earlybird", "random"), "device": ("auto", "cpu", "cuda")}
+           "ticket": ("earlybird", "random"), "device": ("auto", "cpu", "cuda"),
+           "precision": ("auto", "fp32", "bf16")}
 
 # The values that cannot work, refused before anything else is looked at (check_config).
 LIMITS = {**{name: AT_LEAST_1 for name in ("layers", "hidden", "heads", "ffn", "batch_size", "grad_accum", "max_steps",
@@ -244,7 +246,7 @@ def train(cfg: Config, stop_after: int | None = None):
     if cfg.phase == "efficient":
         cfg = search_settings(cfg)
     rank, world, local_rank = setup_distributed(cfg.device)
-    device, autocast, dtype = pick_device(cfg.device, local_rank)
+    device = pick_device(cfg.device, local_rank)
     torch.manual_seed(cfg.seed + rank)
     done = finished(cfg, run_dir) if state else None
     if done:
@@ -254,12 +256,12 @@ def train(cfg: Config, stop_after: int | None = None):
         finish_distributed(world)
         return done
     with run_lock(run_dir) if rank == 0 else nullcontext():
-        summary = run(cfg, run_dir, rank, world, local_rank, device, autocast, dtype, stop_after, state, given)
+        summary = run(cfg, run_dir, rank, world, local_rank, device, stop_after, state, given)
     finish_distributed(world)  # every rank waits for rank 0's last files
     return summary
 
 
-def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, device, autocast, dtype, stop_after,
+def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, device, stop_after,
         state: dict | None, given: Config):
     data_dir, meta = prepare_data(cfg, rank, world)
     tokenizer = data.load_tokenizer(meta["vocab_path"], meta["lowercase"])
@@ -267,6 +269,12 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
     special = {t: tokenizer.token_to_id(t) for t in data.SPECIALS}
 
     model, ticket, start = build_model(cfg, meta["vocab_path"], n_vocab)
+    # bf16 or fp32: rank 0 decides (on a CPU by a probe at the model's shapes), every rank follows
+    precision = broadcast(choose_precision(cfg.precision, device, model.config, cfg.batch_size, cfg.max_len)
+                          if rank == 0 else None, rank, world)
+    set_attention(model, precision.plain_attention)
+    autocast, dtype = precision.autocast(device), precision.dtype
+    recorded = dict(asdict(cfg), precision=precision.name)  # the recipe as run: what --precision auto chose
     searching = cfg.phase == "search"
     if searching and rank == 0:
         save_pretrained(model, os.path.join(run_dir, "start"), meta["vocab_path"], meta["lowercase"])  # for --init rewind
@@ -292,8 +300,8 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
         train_batches.load_state_dict(start["loader"])
     ckpt_path, log_path = os.path.join(run_dir, "ckpt.pt"), os.path.join(run_dir, "log.jsonl")
     if state:
-        step, elapsed = resume(state, ckpt_path, world, rank, model, optimizer, scheduler, scaler, train_batches,
-                               early_bird)
+        step, elapsed = resume(state, ckpt_path, precision.name, world, rank, model, optimizer, scheduler, scaler,
+                               train_batches, early_bird)
         # a search stopped between its draw's checkpoint and its summary finishes the draw, training no further
         drawn = tickets.Ticket(**state["drawn"]) if state.get("drawn") else None
         if rank == 0:
@@ -309,9 +317,10 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
     if log and state and state.get("log_bytes") is not None and os.path.getsize(log_path) > state["log_bytes"]:
         log.truncate(state["log_bytes"])  # the records after the checkpoint are made again: each step once
     if rank == 0:
-        write_json(asdict(cfg), os.path.join(run_dir, "train_config.json"))
-        print(f"{cfg.phase}: {count_parameters(raw_model) / 1e6:.2f}M parameters on {device} ({dtype}), "
-              f"{world} process(es), {meta['train_tokens'] / 1e6:.1f}M training tokens", file=sys.stderr)
+        write_json(dict(recorded, precision_asked=cfg.precision, bf16_speedup=precision.speedup),
+                   os.path.join(run_dir, "train_config.json"))
+        print(f"{cfg.phase}: {count_parameters(raw_model) / 1e6:.2f}M parameters on {device}, {world} process(es), "
+              f"{meta['train_tokens'] / 1e6:.1f}M training tokens; {precision.describe(cfg.precision)}", file=sys.stderr)
 
     def write(record):
         if log:
@@ -323,7 +332,7 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
                             model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
                             loader=train_batches.state_dict(), model_config=raw_model.config.to_dict(),
-                            early_bird=early_bird.state_dict() if early_bird else None, config=asdict(cfg),
+                            early_bird=early_bird.state_dict() if early_bird else None, config=recorded,
                             ticket=asdict(ticket) if ticket else None, drawn=asdict(drawn) if drawn else None,
                             log_bytes=os.path.getsize(log_path) if log else None)
 
@@ -420,7 +429,7 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
                    "val_acc": val_acc, "parameters": count_parameters(raw_model), "first_step": first_step,
                    "tokens": (step - first_step) * tokens_per_step,
                    "mean_step_ms": 1000 * elapsed / max(step - first_step, 1), "data_dir": data_dir,
-                   "vocab": meta["vocab_path"]}
+                   "vocab": meta["vocab_path"], "precision": precision.name, "bf16_speedup": precision.speedup}
         final = raw_model
         if drawn:
             drawn.save(os.path.join(run_dir, "ticket.json"))

@@ -31,6 +31,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def fp32_unless_asked(monkeypatch):
+    """Tests compute in fp32 on every machine: --precision auto's probe is answered "bf16 is no
+    faster" (runtime.probe_bf16), so auto picks fp32 wherever it runs. A test about bf16 asks
+    for it with precision="bf16" (the probe then only chooses the attention form), or gives
+    choose_precision a probe of its own."""
+    import runtime
+    monkeypatch.setattr(runtime, "probe_bf16", lambda config, batch, seq: {"fp32": 1.0, "bf16": 1.0, "bf16 plain": 1.0})
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
 

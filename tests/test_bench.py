@@ -8,6 +8,7 @@ import bench
 from bench import peak_flops, pruned_config, random_batch
 from data import n_predictions
 from model import BertConfig, BertMLM, flops_per_sequence
+from runtime import Precision
 
 
 def small_config(**kw):
@@ -105,18 +106,25 @@ def test_peak_flops_by_gpu_name():
 
 @pytest.mark.slow
 def test_benchmark_runs_end_to_end_on_cpu(capsys):
+    """On a CPU, --precision auto times every variant in fp32 and in bf16, in turn, each against its own matmul peak."""
     results = bench.main(["--device", "cpu", "--layers", "1", "--hidden", "32", "--heads", "2", "--ffn", "64",
                           "--vocab", "100", "--batch", "2", "--seq", "16", "--seq", "24", "--steps", "2",
                           "--mask-prob", "0.4"])
     out = capsys.readouterr().out
     assert "seq 16, 6 predicted positions" in out and "seq 24, 9 predicted positions" in out  # 40% of 14, of 22
     assert out.startswith(f"torch {torch.__version__} | cpu:")
-    assert out.count("tokens/s") == 6 and "MFU" not in out  # 3 variants x 2 lengths; no MFU on a CPU
-    assert out.count("matmul peak:") == 2 and out.count("% of matmul peak") == 6
+    assert out.count("tokens/s") == 12 and "MFU" not in out  # 3 variants x 2 precisions x 2 lengths; no MFU on a CPU
+    assert out.count("fp32: matmul peak") == 2 and out.count("bf16: matmul peak") == 2
+    assert out.count("% of matmul peak") == 12 and out.count("bf16 / fp32 step time: ours") == 2
     assert "ours / reference: time" in out and "efficient / ours: time" in out
+    assert out.count("would compute in fp32 here") == 2  # the tests' probe finds bf16 no faster (conftest)
     names = {r["variant"] for r in results}
     assert {"ours (sparse MLM head)", "reference (decoder over every position)", "efficient (pruned)"} <= names
+    assert {r["precision"] for r in results} == {"fp32", "bf16"}
     assert {r["seq"] for r in results} == {16, 24} and all(r["tokens_per_s"] > 0 for r in results)
+    one = bench.main(["--device", "cpu", "--layers", "1", "--hidden", "32", "--heads", "2", "--ffn", "64",
+                      "--vocab", "100", "--batch", "2", "--seq", "16", "--steps", "1", "--precision", "fp32"])
+    assert {r["precision"] for r in one} == {"fp32"} and len(one) == 3
 
 
 @pytest.mark.parametrize("flags", [["--mask-prob", "2"], ["--mask-prob", "0"], ["--batch", "0"], ["--seq", "2"]])
@@ -137,7 +145,7 @@ def test_loader_speed_on_a_small_corpus(tmp_path, small_corpus, fixed_vocab):
 def test_profile_groups_a_steps_time_by_kind_of_op():
     config = small_config(vocab_size=50, hidden_size=16, num_attention_heads=4, intermediate_size=24)
     groups = bench.profile_step(BertMLM(config), random_batch(config, 2, 12, True), torch.device("cpu"),
-                                torch.float32)
+                                Precision(torch.float32))
     assert set(groups) == {name for name, _ in bench.OP_GROUPS} | {"other"}
     assert groups["matmuls"] > 0 and groups["optimizer (AdamW)"] > 0 and groups["LayerNorm"] > 0
 

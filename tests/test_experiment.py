@@ -33,7 +33,9 @@ def test_the_efficient_phase_takes_every_recipe_flag_from_the_search(searched):
     """`python train.py --phase efficient` after `--phase search --max-steps 300 --lr ...`: the search's
     schedule, learning rate, batch, masking, ... (not its own defaults); its presentation stays its own."""
     cfg = experiment.search_settings(efficient(searched, ticket="random", log_every=5))
-    assert experiment.recipe(cfg) == {**experiment.recipe(searched.cfg), "phase": "efficient", "ticket": "random"}
+    assert searched.cfg.precision == "auto"  # recorded as what it chose: fp32 in the tests (conftest's probe)
+    assert experiment.recipe(cfg) == {**experiment.recipe(searched.cfg), "phase": "efficient", "ticket": "random",
+                                      "precision": "fp32"}
     assert (cfg.max_steps, cfg.lr, cfg.log_every) == (searched.cfg.max_steps, searched.cfg.lr, 5)
 
 
@@ -82,8 +84,9 @@ def test_resume_without_flags_goes_on_with_the_checkpoints_recipe(stopped, tmp_p
                        ckpt_every=1000)
     resumed = train.train(cfg)
     assert (resumed["steps"], resumed["val_loss"]) == (12, stopped.straight["val_loss"])
-    assert json.load(open(out / "full" / "train_config.json")) == asdict(replace(stopped.cfg, out_dir=str(out),
-                                                                               resume=True))
+    # --precision auto went on as the precision it chose (fp32 here: the probe is not run again)
+    assert json.load(open(out / "full" / "train_config.json")) == dict(asdict(replace(
+        stopped.cfg, out_dir=str(out), resume=True, precision="fp32")), precision_asked="fp32", bf16_speedup=None)
     assert "full: resuming from step 6" in capsys.readouterr().err
 
 

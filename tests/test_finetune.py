@@ -23,11 +23,12 @@ from checkpoint import load_pretrained, save_pretrained
 from data import checkpoint_tokenizer
 from finetune import Config, compare, finetune, load_task, main, parse_args, squad_evaluate, underfit_hint
 from model import BertClassifier, BertConfig, BertMLM, flops_per_sequence
-from runtime import field_help
+from runtime import Precision, field_help
 from tasks import GLUE, read_squad, squad_features
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CPU = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext(), dtype=torch.float32, rank=0, world=1)
+CPU = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext(), dtype=torch.float32, rank=0, world=1,
+                      precision=Precision(torch.float32))
 
 
 @pytest.fixture(scope="module")

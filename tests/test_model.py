@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import (Bert, BertClassifier, BertConfig, BertMLM, BertQA, Embeddings, FeedForward, Layer, SelfAttention,
-                   configure_optimizers, init_weights, lr_lambda)
+from model import (Bert, BertClassifier, BertConfig, BertMLM, BertQA, ChunkedCrossEntropy, Embeddings, FeedForward,
+                   Layer, SelfAttention, configure_optimizers, init_weights, lr_lambda, mlm_loss, set_attention)
 
 ATOL = 1e-5
 
@@ -158,6 +158,48 @@ def test_attention_coefficient_gets_a_gradient():
     x, keep = inputs()
     attn(x, mask_of(keep)).pow(2).sum().backward()
     assert attn.head_coef.grad.shape == (4,) and (attn.head_coef.grad != 0).all()
+
+
+def test_attention_written_out_gives_sdpas_outputs_and_gradients():
+    """set_attention(plain=True), the form bf16 on a CPU runs fastest: with padding, a head
+    coefficient and query rows, the same outputs and gradients as SDPA; in bf16 close to them."""
+    x, keep = inputs()
+    outputs, grads = {}, {}
+    for plain in (False, True):
+        attn = randomize(SelfAttention(tiny_config(), n_heads=4))
+        attn.head_coef = nn.Parameter(torch.tensor([1.5, 0.3, -0.7, 0.2]))
+        set_attention(attn, plain)
+        assert attn.plain == plain
+        outputs[plain] = attn(x, mask_of(keep), x[:, [2, 0, 5]])
+        outputs[plain].pow(2).sum().backward()
+        grads[plain] = [p.grad for p in attn.parameters()]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs[plain, "bf16"] = attn(x, mask_of(keep)).float()
+    expected = attention_by_hand(attn, x, keep, attn.head_coef.detach())[:, [2, 0, 5]]
+    assert torch.allclose(outputs[True], expected, atol=ATOL) and torch.allclose(outputs[False], expected, atol=ATOL)
+    for a, b in zip(grads[False], grads[True]):
+        assert torch.allclose(a, b, atol=1e-4)
+    assert torch.allclose(outputs[True, "bf16"], outputs[False, "bf16"], atol=0.1)
+
+
+@pytest.mark.parametrize("upstream", [1.0, 0.3])
+def test_chunked_cross_entropy_is_cross_entropy_in_fp32(upstream):
+    """bf16 logits on a CPU: the loss in fp32 and the logits' gradient as F.cross_entropy over the
+    fp32 logits gives them (rounded to bf16), over several row blocks, -100 rows counting nothing."""
+    g = torch.Generator().manual_seed(0)
+    rows = 2 * ChunkedCrossEntropy.ROWS + 5  # two whole blocks and a part
+    logits = (3 * torch.randn(rows, 97, generator=g)).bfloat16().requires_grad_()
+    labels = torch.randint(0, 97, (rows,), generator=g)
+    labels[::4] = -100
+    loss = mlm_loss(logits, labels)
+    (upstream * loss).backward()
+    reference = logits.detach().float().requires_grad_()
+    expected = F.cross_entropy(reference, labels, ignore_index=-100)
+    (upstream * expected).backward()
+    assert loss.dtype == torch.float32 and abs(loss.item() - expected.item()) < 1e-5
+    assert logits.grad.dtype == torch.bfloat16
+    assert torch.allclose(logits.grad.float(), reference.grad, rtol=1e-2, atol=1e-6)
+    assert (logits.grad[::4] == 0).all()
 
 
 # ----------------------------------------------------------------------------- feed-forward

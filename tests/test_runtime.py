@@ -11,9 +11,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from runtime import (AT_LEAST_1, FRACTION, NOT_NEGATIVE, broadcast, check_limits, deferred_interrupt, ffn_multiple_for,
-                     finish_distributed, keep_freed_memory, parse_config, pick_device, run_lock, setup_distributed,
-                     to_device)
+from model import BertConfig
+from runtime import (AT_LEAST_1, FRACTION, NOT_NEGATIVE, broadcast, check_limits, choose_precision, deferred_interrupt,
+                     ffn_multiple_for, finish_distributed, keep_freed_memory, parse_config, pick_device, run_lock,
+                     setup_distributed, to_device)
+from runtime import probe_bf16 as real_probe_bf16  # conftest answers runtime.probe_bf16 for every test
 
 
 @dataclass
@@ -195,9 +197,40 @@ def test_a_run_that_writes_nothing_leaves_no_folder_behind(tmp_path):
 
 # ----------------------------------------------------------------------------- device and processes
 
-def test_pick_device_cpu_is_fp32_without_autocast():
-    device, autocast, dtype = pick_device("cpu")
-    assert device == torch.device("cpu") and isinstance(autocast, nullcontext) and dtype == torch.float32
+def test_pick_device_cpu():
+    assert pick_device("cpu") == torch.device("cpu")
+
+
+CPU = torch.device("cpu")
+SHAPES = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
+
+
+def probed(fp32, bf16, plain):
+    return lambda config, batch, seq: {"fp32": fp32, "bf16": bf16, "bf16 plain": plain}
+
+
+def test_auto_takes_bf16_on_a_cpu_only_where_the_probe_finds_it_clearly_faster():
+    amx = choose_precision("auto", CPU, SHAPES, 8, 16, probe=probed(10.0, 9.0, 5.0))
+    assert amx.dtype == torch.bfloat16 and amx.plain_attention and amx.speedup == 2.0
+    assert isinstance(amx.autocast(CPU), torch.autocast)
+    sdpa = choose_precision("auto", CPU, SHAPES, 8, 16, probe=probed(10.0, 4.0, 5.0))
+    assert sdpa.dtype == torch.bfloat16 and not sdpa.plain_attention and sdpa.speedup == 2.5
+    little = choose_precision("auto", CPU, SHAPES, 8, 16, probe=probed(10.0, 9.5, 9.0))  # 1.11x: not clearly faster
+    assert little.dtype == torch.float32 and not little.plain_attention and isinstance(little.autocast(CPU), nullcontext)
+    emulated = choose_precision("auto", CPU, SHAPES, 8, 16, probe=probed(10.0, 80.0, 70.0))  # no bf16 instructions
+    assert emulated.dtype == torch.float32 and emulated.speedup == 10 / 70
+    assert "fp32" in emulated.describe("auto") and "0.14x" in emulated.describe("auto")
+    asked = choose_precision("bf16", CPU, SHAPES, 8, 16, probe=probed(10.0, 80.0, 70.0))  # asked for: given
+    assert asked.dtype == torch.bfloat16 and asked.plain_attention
+
+    def never(*args):
+        raise AssertionError("fp32 needs no probe")
+    assert choose_precision("fp32", CPU, SHAPES, 8, 16, probe=never).dtype == torch.float32
+
+
+def test_the_probe_times_one_layer_in_fp32_and_in_both_bf16_attentions():
+    ms = real_probe_bf16(SHAPES, 4, 16)
+    assert set(ms) == {"fp32", "bf16", "bf16 plain"} and all(t > 0 for t in ms.values())
 
 
 class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2, every field a size_t
@@ -224,15 +257,19 @@ def test_large_blocks_come_from_the_heap_and_stay_there_when_freed():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
 def test_pick_device_without_gpu():
-    assert pick_device("auto")[0] == torch.device("cpu")
+    assert pick_device("auto") == torch.device("cpu")
     with pytest.raises(ValueError, match="no CUDA GPU"):
         pick_device("cuda")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_pick_device_gpu_autocasts_matmuls():
-    device, autocast, dtype = pick_device("auto")
+    device = pick_device("auto")
+    precision = choose_precision("auto", device, SHAPES, 8, 16)
+    autocast, dtype = precision.autocast(device), precision.dtype
     assert device == torch.device("cuda", 0) and dtype in (torch.bfloat16, torch.float16)
+    assert not precision.plain_attention and precision.speedup is None  # no probe on a GPU
+    assert choose_precision("fp32", device, SHAPES, 8, 16).dtype == torch.float32
     assert dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     a = torch.randn(8, 8, device=device)
     with autocast:

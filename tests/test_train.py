@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import prune
+import runtime
 import slim
 import ticket as tickets
 import train
@@ -139,11 +140,11 @@ def test_a_search_killed_after_its_draw_finishes_the_draw_on_resume(corpus, tmp_
     assert max(r["step"] for r in log(tmp_path, "search")) == 4
 
 
-@pytest.mark.parametrize("phase", ["full", "search"])
-def test_resume_continues_exactly(corpus, tmp_path, phase):
+@pytest.mark.parametrize("phase, precision", [("full", "fp32"), ("search", "fp32"), ("full", "bf16")])
+def test_resume_continues_exactly(corpus, tmp_path, phase, precision):
     """k steps, stop, --resume to N == N steps straight: weights, optimizer, schedule, dropout
-    RNG, data position and (search) the coefficients and the early-bird queue."""
-    kw = dict(phase=phase, eb_epsilon=0.0, grad_accum=2)  # epsilon 0: the rule never fires, the search runs on
+    RNG, data position and (search) the coefficients and the early-bird queue; in bf16 too."""
+    kw = dict(phase=phase, eb_epsilon=0.0, grad_accum=2, precision=precision)  # epsilon 0: the search runs on
     straight = train.train(tiny(corpus, tmp_path / "a", **kw))
     assert train.train(tiny(corpus, tmp_path / "b", **kw), stop_after=6) is None
     resumed = train.train(tiny(corpus, tmp_path / "b", resume=True, **kw))
@@ -160,8 +161,9 @@ def test_resume_continues_exactly(corpus, tmp_path, phase):
         assert json.load(open(tmp_path / "a/search/ticket.json")) == json.load(open(tmp_path / "b/search/ticket.json"))
 
 
-# max_minutes: a budget far off, so the ranks agree at every log step that time is left (runtime.any_rank)
-DDP_ONE = dict(phase="search", dropout=0.0, max_steps=6, eb_epsilon=0.0, max_minutes=60.0, log_every=2)
+# max_minutes: a budget far off, so the ranks agree at every log step that time is left (runtime.any_rank);
+# fp32 pinned: the torchrun processes run the real --precision auto probe, the fixture cannot reach them
+DDP_ONE = dict(phase="search", precision="fp32", dropout=0.0, max_steps=6, eb_epsilon=0.0, max_minutes=60.0, log_every=2)
 DDP_TWO = dict(DDP_ONE, batch_size=4, eval_batches=8)  # batch 4 x 2 processes; the same 32 held-out sequences
 
 
@@ -185,6 +187,42 @@ def torchrun_two_processes(cfg: train.Config, timeout: float = 240) -> subproces
                 proc.kill()
             raise
     return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def test_bf16_training_follows_fp32_closely(corpus, tmp_path):
+    """bf16 autocast (fp32 weights, AdamW state and loss) learns as fp32 does: the same tiny run's
+    losses agree to a few hundredths, and each run records the precision it computed in."""
+    runs = {p: train.train(tiny(corpus, tmp_path / p, precision=p, max_steps=40)) for p in ("fp32", "bf16")}
+    losses = {p: [r["loss"] for r in log(tmp_path / p, "full") if "loss" in r] for p in runs}
+    assert len(losses["bf16"]) == 20 and losses["bf16"][-1] < losses["bf16"][0] - 1  # it learns
+    assert max(abs(a - b) for a, b in zip(losses["fp32"], losses["bf16"])) < 0.05
+    assert abs(runs["fp32"]["val_loss"] - runs["bf16"]["val_loss"]) < 0.05
+    assert runs["bf16"]["precision"] == "bf16" and runs["fp32"]["precision"] == "fp32"
+    recorded = json.load(open(tmp_path / "bf16" / "full" / "train_config.json"))
+    assert recorded["precision"] == "bf16" and recorded["precision_asked"] == "bf16" and recorded["bf16_speedup"] > 0
+    assert json.load(open(tmp_path / "fp32" / "full" / "train_config.json"))["bf16_speedup"] is None  # no probe
+
+
+def test_resume_in_another_precision_is_refused(corpus, tmp_path):
+    """A run trained in fp32 is not continued in bf16 (nor the other way): one line, nothing changed."""
+    assert train.train(tiny(corpus, tmp_path, precision="fp32"), stop_after=4) is None
+    before = files_under(tmp_path / "full")
+    message = error_of(tiny(corpus, tmp_path, precision="bf16", resume=True))
+    assert "ran with --precision fp32, this command gives --precision bf16" in message
+    assert files_under(tmp_path / "full") == before
+    # a checkpoint written before --precision: taken as fp32, and --precision auto choosing bf16 is refused
+    state = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=False)
+    del state["config"]["precision"]
+    torch.save(state, tmp_path / "old.pt")
+    os.replace(tmp_path / "old.pt", tmp_path / "full" / "ckpt.pt")
+    before = files_under(tmp_path / "full")
+    bf16 = lambda config, batch, seq: {"fp32": 10.0, "bf16": 4.0, "bf16 plain": 5.0}  # a probe that finds bf16 faster
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(runtime, "probe_bf16", bf16)
+        message = error_of(tiny(corpus, tmp_path, resume=True))
+    assert "trained in fp32, but this run would compute in bf16; resume with --precision fp32" in message
+    assert files_under(tmp_path / "full") == before
+    assert train.train(tiny(corpus, tmp_path, resume=True))["steps"] == 12  # auto: fp32 here (conftest's probe)
 
 
 @pytest.mark.slow  # about 20 s: torchrun starts two processes that import torch

@@ -185,7 +185,7 @@ def test_help_lists_every_flag_with_its_help_default_and_choices():
         assert " ".join(comments[f.name].split()) in text and f"[default: {default}]" in text, text
         if f.name in train.CHOICES:
             assert "{" + ",".join(train.CHOICES[f.name]) + "}" in text, text
-    assert set(train.CHOICES) == {"phase", "init", "ticket", "device"}
+    assert set(train.CHOICES) == {"phase", "init", "ticket", "device", "precision"}
     assert "[default: 0.3333]" in options["--head-ratio"]
 
 
