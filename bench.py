@@ -20,7 +20,6 @@ Inputs are random tokens without padding, so these figures measure compute alone
 `--loader` times the data pipeline (data.py) against them.
 """
 import argparse
-import dataclasses
 import os
 import platform
 import re
@@ -33,10 +32,9 @@ from tqdm import tqdm
 
 import corpus
 import data
-import ticket
-from model import BertConfig, BertMLM, configure_optimizers, flops_per_sequence
-from model import set_attention
+from model import BertConfig, BertMLM, configure_optimizers, flops_per_sequence, set_attention
 from runtime import BF16_MIN_SPEEDUP, Precision, choose_precision, ffn_multiple_for, pick_device
+from ticket import full_ticket, random_ticket
 
 SIZES = {"small": dict(layers=4, hidden=256, heads=4, ffn=1024),  # runs on a laptop CPU
          "base": dict(layers=12, hidden=768, heads=12, ffn=3072)}  # BERT-base, for a GPU
@@ -54,17 +52,6 @@ PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H
 
 def peak_flops(gpu_name: str) -> float | None:
     return next((peak for key, peak in PEAK_FLOPS if re.search(rf"\b{key}\b", gpu_name)), None)
-
-
-def pruned_config(config: BertConfig, head_ratio: float = 1 / 3, ffn_ratio: float = 0.4,
-                  ffn_multiple: int = 1) -> BertConfig:
-    """The shapes of an EarlyBERT ticket of the default ratios: a seeded random ticket, which
-    prunes heads per layer and FFN neurons globally exactly as a drawn one does (so layers
-    differ in width); ffn_multiple rounds each layer's kept width (draw_ticket's GPU option)."""
-    L = config.num_hidden_layers
-    t = ticket.random_ticket([config.heads(l) for l in range(L)], [config.ffn(l) for l in range(L)],
-                             head_ratio, ffn_ratio, seed=0, ffn_multiple=ffn_multiple)
-    return dataclasses.replace(config, heads_per_layer=[len(h) for h in t.heads], ffn_per_layer=[len(f) for f in t.ffn])
 
 
 def random_batch(config: BertConfig, batch_size: int, seq_len: int, sparse: bool, mask_prob: float = 0.15) -> dict:
@@ -265,7 +252,10 @@ def report(name: str, s: float, T: int, flops: int, memory_gib, args, device, ma
 def bench_length(T: int, config: BertConfig, args, device, precisions: list[Precision]) -> list[dict]:
     """All variants at one sequence length, in every precision, timed in turn, with the ratios the README quotes."""
     P = data.n_predictions(T, args.mask_prob)
-    small = pruned_config(config, ffn_multiple=ffn_multiple_for(device, args.ffn_multiple))
+    # a default EarlyBERT ticket's shapes: a random one prunes by draw_ticket's rules (FFN widths differ by layer)
+    full = full_ticket(config)
+    multiple = ffn_multiple_for(device, args.ffn_multiple)
+    small = config.pruned(random_ticket(full.full_heads, full.full_ffn, ffn_multiple=multiple))
     print(f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads, "
           f"FFN {config.intermediate_size}, vocab {config.vocab_size} | batch {args.batch} x seq {T}, "
           f"{P} predicted positions per sequence | {args.steps} steps of each, in turn")

@@ -32,12 +32,14 @@ from model import BertConfig, BertPreTrainedBase
 def temporary(path: str) -> str:
     """The name `path` is written under before it is renamed into place: this host's and this
     process's own, so two writers never share one, and one that a killed process left is known."""
+    # one shared name would let two runs writing one file (the built-in corpus, say) write into each other's
     return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
 
 
 def remove_stale(path: str):
     """Removes the temporaries of `path` (files or folders) left by processes of this host that no
     longer run: killed in the middle of a write (SIGKILL, out of memory), they never cleaned up."""
+    # without it, every killed run's temporary stays for good: for prepare_corpus a folder the corpus's size
     prefix = f"{path}.tmp-{socket.gethostname()}-"
     for tmp in glob.glob(glob.escape(prefix) + "*"):
         pid = tmp[len(prefix):]

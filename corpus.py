@@ -9,6 +9,8 @@ Where the text comes from: the built-in corpus, and a user's text files read as 
 - `check_text_file`: a file is checked before anything is made from it (UTF-8 text, not
   binary, not empty), so bad input is one line naming the file, never a traceback later.
 - `read_documents`: a text file -> documents (separated by blank lines, or one per line).
+- `library_rows`, `wordnet_task`: the fine-tuning tasks reproduce.py builds without the network,
+  which library a sentence is from and WordNet's noun classes (`finetune.py --task text`).
 
 EarlyBERT pre-trains on English Wikipedia + BookCorpus, as BERT does; the built-in corpus
 stands in for them at laptop scale, and `--data` takes the real thing.
@@ -17,9 +19,12 @@ import ast
 import importlib.util
 import os
 import platform
+import random
+import re
 import sys
 import sysconfig
 import warnings
+from collections import Counter
 
 from tqdm import tqdm
 
@@ -211,3 +216,79 @@ def read_documents(path: str):
                 lines, n_bytes = [], 0
     if lines:
         yield "\n".join(lines), n_bytes
+
+
+# ----------------------------------------------------------------------------- tasks built without the network
+# reproduce.py's downstream tasks (finetune.py --task text), from text every machine has (or a Debian package).
+
+WORDNET = "/usr/share/wordnet/data.noun"
+# WordNet's lexicographer files (lexnames(5WN)): the classes of the WordNet task.
+CLASSES = {5: "animal", 6: "artifact", 8: "body", 13: "food", 15: "location", 18: "person", 20: "plant",
+           27: "substance"}
+
+
+def prose_sentences(documents, min_words: int = 6, max_words: int = 24) -> list[str]:
+    """The prose sentences of documents, lower-cased, commas and the final full stop removed,
+    kept only when every word is letters (docstrings hold code and lists too), once each, in order."""
+    found = {}
+    for doc in documents:
+        for s in re.split(r"(?<=[.!?])\s+", doc.replace("\n", " ")):
+            words = s[:-1].replace(",", "").lower().split() if s.endswith(".") else []
+            if min_words <= len(words) <= max_words and all(w.isalpha() and w.isascii() for w in words):
+                found.setdefault(" ".join(words), None)
+    return list(found)
+
+
+def balanced_rows(by_class: dict[str, list[str]], per_class_train: int, per_class_dev: int, seed: int,
+                  source: str) -> dict:
+    """{"train": [(text, class)], "dev": [...]}: per_class_train and per_class_dev texts of each
+    class, drawn at random, each text in one split once; too few texts of a class is an error."""
+    rng, rows = random.Random(seed), {"train": [], "dev": []}
+    for name, texts in by_class.items():
+        if len(texts) < per_class_train + per_class_dev:
+            raise ValueError(f"{source}: {len(texts)} texts of class {name!r}, too few for {per_class_train} "
+                             f"training and {per_class_dev} dev texts of each class")
+        texts = list(texts)
+        rng.shuffle(texts)
+        rows["train"] += [(t, name) for t in texts[:per_class_train]]
+        rows["dev"] += [(t, name) for t in texts[per_class_train:per_class_train + per_class_dev]]
+    for items in rows.values():
+        rng.shuffle(items)
+    return rows
+
+
+def library_rows(documents: dict[str, list[str]], per_class_train: int, per_class_dev: int, seed: int = 0) -> dict:
+    """"Which library's documentation is this sentence from?": the prose sentences of each
+    library's documents (builtin_documents: python, torch, numpy), balanced; a sentence
+    found in two libraries is left out. Words such as "tensor" or "array" give some away; many
+    a sentence could come from any of them, and only how it is put says which."""
+    sentences = {name: prose_sentences(docs) for name, docs in documents.items()}
+    found = Counter(s for group in sentences.values() for s in group)
+    return balanced_rows({name: [s for s in group if found[s] == 1] for name, group in sentences.items()},
+                         per_class_train, per_class_dev, seed, "the built-in corpus's libraries")
+
+
+def write_task(rows: dict, folder: str) -> str:
+    """train.tsv and dev.tsv with a `sentence<TAB>label` header (finetune.py --task text)."""
+    os.makedirs(folder, exist_ok=True)
+    for split, items in rows.items():
+        with atomic(os.path.join(folder, f"{split}.tsv")) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write("sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in items))
+    return folder
+
+
+def wordnet_task(out_dir: str, per_class_train: int, per_class_dev: int, seed: int = 0, source: str = WORDNET) -> str:
+    """Noun glosses labelled with their lexicographer class, balanced, in GLUE's single-sentence
+    layout (train.tsv / dev.tsv with a `sentence<TAB>label` header)."""
+    if not os.path.exists(source):
+        raise ValueError(f"{source}: missing; install WordNet with `apt-get install wordnet-base`")
+    by_class = {name: [] for name in CLASSES.values()}
+    with open(source, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("  ") or " | " not in line:
+                continue  # the licence header
+            fields, gloss = line.split(" | ", 1)
+            lex, definition = int(fields.split()[1]), gloss.split(";")[0].strip().replace("\t", " ")
+            if lex in CLASSES and len(definition.split()) >= 3:
+                by_class[CLASSES[lex]].append(definition)
+    return write_task(balanced_rows(by_class, per_class_train, per_class_dev, seed, source), out_dir)

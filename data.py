@@ -259,7 +259,7 @@ def prepare_corpus(files: list[str], cache_root: str, vocab: str = "", vocab_siz
         meta.update(vocab_path=os.path.abspath(vocab) if vocab else trained, lowercase=lowercase)
         write_json(meta, os.path.join(tmp, "meta.json"))
         os.rename(tmp, data_dir)  # fails if data_dir exists: another process finished first
-    except OSError:
+    except OSError:  # without this, the second of two runs preparing one corpus at once stops with an error
         if not os.path.exists(meta_path):
             raise
         print(f"another process prepared the same corpus: using {data_dir}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""One experiment, several runs of train.py: where each run writes, the recipe they share, when a
+"""One experiment, several runs of train.py: where each run writes, the corpus and the recipe they share, when a
 run has finished, and the commands that go on.
 
 One rule for every flag of train.py's Config. A flag either changes what is computed (the
@@ -17,7 +17,10 @@ import os
 import shlex
 from dataclasses import asdict, fields, replace
 
+import corpus
+import data
 from checkpoint import load_checkpoint, read_json
+from runtime import broadcast
 
 # The flags whose values a run's results do not depend on: they may differ between the search and
 # the efficient phase and on --resume. Every other field of train.py's Config is the recipe.
@@ -46,8 +49,37 @@ def keep_recipe(cfg, recorded: dict, path: str, who: str, advice: str, own=()):
 
 # ----------------------------------------------------------------------------- the runs' folders
 
-def search_dir(cfg) -> str:
+def search_folder(cfg) -> str:
+    """Where the search this run continues wrote its output: --search-dir, by default OUT_DIR/search."""
     return cfg.search_dir or os.path.join(cfg.out_dir, "search")
+
+
+def prepare_data(cfg, rank: int, world: int):
+    """Tokenize the corpus once into OUT_DIR/data/KEY (rank 0; the others wait and reuse it).
+    The vocab: --vocab, else the starting checkpoint's, else one trained on the corpus."""
+    meta = None
+    searched = os.path.join(search_folder(cfg), "summary.json")
+    if rank == 0 and cfg.phase == "efficient" and os.path.exists(searched):  # the search's own prepared corpus
+        data_dir = read_json(searched, "run summary").get("data_dir", "")
+        if os.path.exists(os.path.join(data_dir, "meta.json")):
+            meta = dict(read_json(os.path.join(data_dir, "meta.json"), "corpus meta"), data_dir=data_dir)
+    if rank == 0 and meta is None:
+        source = cfg.init_from or (os.path.join(search_folder(cfg), "start") if cfg.phase == "efficient" else "")
+        vocab, lowercase = cfg.vocab, True
+        if not vocab and source:
+            _, vocab, lowercase = data.checkpoint_tokenizer(source)
+        cache = os.path.join(cfg.out_dir, "data")
+        new = not os.path.exists(cache)
+        try:
+            files = corpus.resolve_files(cfg.data, cache)
+            data_dir, meta = data.prepare_corpus(files, cache, vocab, cfg.vocab_size, lowercase)
+        except BaseException:  # input refused (or Ctrl-C): no empty cache folder is left behind
+            if new and os.path.isdir(cache) and not os.listdir(cache):
+                os.rmdir(cache)
+            raise
+        meta = dict(meta, data_dir=data_dir)
+    meta = broadcast(meta, rank, world)
+    return meta["data_dir"], meta
 
 
 def run_name(cfg) -> str:
@@ -85,7 +117,7 @@ def resumed_settings(cfg, run_dir: str) -> tuple:
 def search_settings(cfg):
     """The efficient phase continues the search's experiment: every recipe flag from its
     train_config.json (keep_recipe), but the phase's own choices (which ticket, which init)."""
-    search = search_dir(cfg)
+    search = search_folder(cfg)
     for need in ("ticket.json", "start", "ckpt.pt", "train_config.json"):
         if not os.path.exists(os.path.join(search, need)):
             first = command(cfg, phase="search", init="continue", ticket="earlybird", search_dir="")
@@ -125,6 +157,13 @@ def train_on(cfg, run_dir: str) -> str:
     more = command(cfg, phase="full", init="continue", ticket="earlybird", search_dir="", init_from=os.path.join(
         run_dir, "model"), out_dir=cfg.out_dir.rstrip("/") + "-more")
     return f"to train on, start a new run from its model: {more}"
+
+
+def stopped(cfg, given, run_dir: str, step: int, why: str, no_ticket: bool) -> str:
+    """What a run that stopped before its end says: where, why, and the command that goes on."""
+    return (f"{run_dir}: stopped at step {step} of {cfg.max_steps} ({why}"
+            + (", before the early-bird rule fired: no ticket drawn yet" if no_ticket else "")
+            + f"); {os.path.join(run_dir, 'ckpt.pt')} saved; go on with: {command(given, resume=True, max_minutes=0)}")
 
 
 DRAWN_HOW = {"earlybird": "the early-bird rule fired", "fixed-step": "at --draw-step, the official code's way",

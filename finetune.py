@@ -4,7 +4,7 @@
     python finetune.py --task squad --data squad/ --model bert-base-uncased/ --batch-size 12 --lr 3e-5
     python finetune.py --compare out/finetune/sst-2-*     # finished runs side by side, a markdown table
 
-The tasks' data, windows and metrics are in tasks.py; this file is the loop and the stages.
+The tasks' data, windows, batches and metrics are in tasks.py; this file is the loop and the stages.
 Plain fine-tuning: AdamW, linear warm-up over --warmup of the steps, then linear decay to 0.
 --earlybert runs the paper's three stages on the task:
   1. searching (sec. 3.1): a slimming coefficient on every head and FFN neuron, trained with
@@ -26,7 +26,6 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from types import SimpleNamespace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -34,17 +33,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import prune
-import slim
-import ticket as tickets
 from checkpoint import load_pretrained, read_json, save_pretrained, write_json
 from data import checkpoint_tokenizer
-from model import (BertClassifier, BertQA, configure_optimizers, count_parameters, flops_per_sequence, lr_lambda,
-                   set_attention)
+from model import configure_optimizers, count_parameters, flops_per_sequence, lr_lambda, set_attention
 from runtime import (ABOVE_0, AT_LEAST_1, FRACTION, NOT_NEGATIVE, broadcast, check_limits, choose_precision,
                      ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock, setup_distributed,
                      to_device)
-from tasks import (GLUE, TASKS, GlueTask, glue_features, glue_scores, read_glue, read_squad, squad_answers,
-                   squad_features, squad_scores, text_task)
+from slim import Search
+from tasks import Task, batches, collate, load_task, task_name
+from ticket import EarlyBird, full_ticket, random_ticket
 
 # The official search is a fine-tuning run of its own, 3 epochs long, cut at the draw step.
 SEARCH_EPOCHS = 3
@@ -105,99 +102,16 @@ def check_config(cfg: Config):
     check_limits(cfg, LIMITS)
 
 
-# ----------------------------------------------------------------------------- the task
-
-@dataclass
-class Task:
-    name: str
-    model_class: type  # BertClassifier or BertQA
-    overrides: dict  # config fields for load_pretrained (num_labels)
-    train: list[dict]  # features: model inputs and targets
-    evaluate: Callable  # (model, cfg, rt) -> (metrics, predictions)
-
-
-def task_name(name: str) -> str:
-    """The task's name as TASKS spell it ('SST2' -> 'sst-2'); an unknown one is a one-line error."""
-    names = {t.replace("-", ""): t for t in TASKS}
-    if name.lower().replace("-", "") not in names:
-        raise ValueError(f"unknown task {name!r}; the tasks are {', '.join(TASKS)}")
-    return names[name.lower().replace("-", "")]
-
-
-def load_task(cfg: Config, tokenizer) -> Task:
-    """The task's training features and dev evaluation (tasks.py reads and scores them)."""
-    name = task_name(cfg.task)
-    if not os.path.isdir(cfg.data):
-        raise ValueError(f"{cfg.data or '--data'}: no such folder; give the task's data folder with --data")
-    if name == "squad":
-        max_len = cfg.max_len or 384
-        if max_len < 8 or cfg.doc_stride < 1:
-            raise ValueError(f"--max-len {max_len} --doc-stride {cfg.doc_stride}: SQuAD windows need a length "
-                             "of at least 8 and a stride of at least 1")
-        paths = [os.path.join(cfg.data, f) for f in ("train-v1.1.json", "dev-v1.1.json")]
-        train_examples, dev_examples = (read_squad(p) for p in paths)  # both read first: errors come early
-        train, _ = squad_features(train_examples, tokenizer, max_len, cfg.doc_stride, paths[0])
-        dev, windows = squad_features([{**e, "answers": []} for e in dev_examples], tokenizer, max_len, cfg.doc_stride)
-        return Task(name, BertQA, {}, train,
-                    lambda model, cfg, rt: squad_evaluate(model, dev_examples, dev, windows, cfg, rt))
-    task = text_task(os.path.join(cfg.data, "train.tsv")) if name == "text" else GLUE[name]
-    max_len = cfg.max_len or 128
-    splits = {os.path.splitext(f)[0]: read_glue(os.path.join(cfg.data, f), task) for f in ("train.tsv",) + task.dev}
-    train = glue_features(tokenizer, *splits.pop("train"), max_len)
-    dev = {split: (glue_features(tokenizer, texts, labels, max_len), labels)
-           for split, (texts, labels) in splits.items()}
-    return Task(name, BertClassifier, {"num_labels": len(task.labels or [0])}, train,
-                lambda model, cfg, rt: glue_evaluate(model, task, dev, cfg, rt))
-
-
-def glue_evaluate(model, task: GlueTask, dev: dict, cfg, rt):
-    metrics, predictions = {}, {}
-    for split, (features, gold) in dev.items():
-        logits = np.stack([o[0] for o in predict(model, features, cfg, rt, split)])  # (N, num_labels)
-        metrics[split], predictions[split] = glue_scores(task, logits, gold)
-    return metrics, predictions
-
-
-def squad_evaluate(model, examples, features, windows, cfg, rt):
-    """Best span over all windows of each question, then the official EM and F1."""
-    predictions = squad_answers(examples, windows, predict(model, features, cfg, rt, "dev"))
-    return {"dev-v1.1": squad_scores(predictions, examples)}, predictions
-
-
 # ----------------------------------------------------------------------------- the loop
 
-def collate(features: list[dict], targets: bool = True) -> dict:
-    """Pad to the batch's longest sequence; attention_mask is None when nothing is padded."""
-    lengths = torch.tensor([len(f["input_ids"]) for f in features])
-    batch = {}
-    for key in ("input_ids", "token_type_ids"):
-        x = np.zeros((len(features), int(lengths.max())), np.int64)
-        for row, f in zip(x, features):
-            row[:len(f[key])] = f[key]
-        batch[key] = torch.from_numpy(x)
-    mask = torch.arange(batch["input_ids"].shape[1])[None, :] < lengths[:, None]  # (B, T)
-    batch["attention_mask"] = None if mask.all() else mask
-    for key in (features[0].keys() - {"input_ids", "token_type_ids"} if targets else ()):
-        batch[key] = torch.tensor([f[key] for f in features])  # labels: int64, or float32 scores
-    return batch
-
-
-def batches(features: list[dict], batch_size: int, seed: int, rank: int = 0, world: int = 1):
-    """One epoch of shuffled batches; each process takes its share, all the same number."""
-    order = np.random.default_rng(seed).permutation(len(features))
-    order = order[:len(order) // world * world][rank::world]
-    for i in range(0, len(order), batch_size):
-        yield collate([features[j] for j in order[i:i + batch_size]])
-
-
 @torch.no_grad()
-def predict(model, features, cfg, rt, desc: str) -> list[tuple]:
+def predict(model, features, cfg, process, desc: str) -> list[tuple]:
     """The model's outputs for each feature, in order: (logits,) or (start, end), float32 numpy."""
     model.eval()
     outputs, size = [], 2 * cfg.batch_size
-    for i in tqdm(range(0, len(features), size), desc=desc, leave=False, disable=rt.rank != 0, dynamic_ncols=True):
-        batch = to_device(collate(features[i:i + size], targets=False), rt.device)
-        with rt.autocast:
+    for i in tqdm(range(0, len(features), size), desc=desc, leave=False, disable=process.rank != 0, dynamic_ncols=True):
+        batch = to_device(collate(features[i:i + size], targets=False), process.device)
+        with process.autocast:
             logits, _ = model(**batch)
         logits = logits if isinstance(logits, tuple) else (logits,)
         outputs += zip(*(x.float().cpu().numpy() for x in logits))
@@ -205,32 +119,37 @@ def predict(model, features, cfg, rt, desc: str) -> list[tuple]:
     return outputs
 
 
-def fit(model, task: Task, cfg: Config, rt, lr: float, warmup_steps: int, total_steps: int, stop_at: int,
-        early_bird=None, every: int = 0, desc: str = "train") -> dict:
+def evaluate(model, task: Task, cfg: Config, process) -> tuple[dict, dict]:
+    """Dev scores: the model's outputs on each dev split, scored as the task's paper scores them (tasks.py)."""
+    return task.score({split: predict(model, features, cfg, process, split) for split, features in task.dev.items()})
+
+
+def fit(model, task: Task, cfg: Config, process, lr: float, warmup_steps: int, total_steps: int, stop_at: int,
+        search: Search | None = None, desc: str = "train") -> dict:
     """The one training loop, for plain fine-tuning, the search and efficient training: AdamW with
     BERT's betas (0.9, 0.999), linear warm-up over warmup_steps then linear decay to 0 at total_steps,
     gradients clipped at 1.0 (BERT's), stopping after stop_at steps; dev scores after every epoch.
 
-    With an early_bird the loop is EarlyBERT's search (sec. 3.1-3.2): the loss gets the L1
-    penalty on the slimming coefficients, every `every` steps the masks they give go to the
-    early-bird rule, and training stops when it fires (run["ticket"]) or at stop_at, where the
-    ticket is drawn as the official code draws it; there is no dev evaluation."""
-    set_attention(model, rt.precision.plain_attention).to(rt.device).train()
-    net = DistributedDataParallel(model) if rt.world > 1 else model
-    optimizer = configure_optimizers(model, lr, cfg.weight_decay, (0.9, 0.999), rt.device.type)
+    With a `search` (slim.Search) the loop is EarlyBERT's (sec. 3.1-3.2): the loss gets the L1
+    penalty on the slimming coefficients, the early-bird rule sees their masks, and training stops
+    when it fires or at stop_at, where the ticket is drawn as the official code draws it
+    (run["ticket"]); there is no dev evaluation."""
+    set_attention(model, process.precision.plain_attention).to(process.device).train()
+    net = DistributedDataParallel(model) if process.world > 1 else model
+    optimizer = configure_optimizers(model, lr, cfg.weight_decay, (0.9, 0.999), process.device.type)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup_steps, total_steps))
-    scaler = torch.amp.GradScaler("cuda", enabled=rt.dtype == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=process.dtype == torch.float16)
     run = {"steps": 0, "seconds": 0.0, "ticket": None, "history": [], "metrics": None, "predictions": None}
-    bar = tqdm(total=stop_at, desc=desc, disable=rt.rank != 0, dynamic_ncols=True)
+    bar = tqdm(total=stop_at, desc=desc, disable=process.rank != 0, dynamic_ncols=True)
     epoch, t0 = 0, time.time()
     while run["steps"] < stop_at and not run["ticket"]:
         losses = []
-        for batch in batches(task.train, cfg.batch_size, cfg.seed + epoch, rt.rank, rt.world):
-            with rt.autocast:
-                _, loss = net(**to_device(batch, rt.device))
+        for batch in batches(task.train, cfg.batch_size, cfg.seed + epoch, process.rank, process.world):
+            with process.autocast:
+                _, loss = net(**to_device(batch, process.device))
             losses.append(loss.detach())  # no .item() per step: it would make the host wait for the GPU
-            if early_bird:  # network slimming's L1, on the coefficients only
-                loss = loss + slim.l1_penalty(model, cfg.l1, cfg.l1)
+            if search:  # network slimming's L1, on the coefficients only
+                loss = loss + search.penalty()
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -244,12 +163,8 @@ def fit(model, task: Task, cfg: Config, rt, lr: float, warmup_steps: int, total_
             step = run["steps"]
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{losses[-1].item():.3f}")
-            if early_bird and step % every == 0:
-                run["ticket"] = tickets.observe(early_bird, model, step, cfg.head_ratio, cfg.ffn_ratio,
-                                                ffn_multiple=rt.ffn_multiple)
-            if early_bird and not run["ticket"] and step == stop_at:  # the rule did not fire in time
-                run["ticket"] = tickets.draw_now(early_bird, model, step, cfg.head_ratio, cfg.ffn_ratio,
-                                                 ffn_multiple=rt.ffn_multiple)
+            if search:  # the masks for the early-bird rule; the ticket once it is time (sec. 3.2)
+                run["ticket"] = search.after_step(step, last=step == stop_at)
             if step >= stop_at or run["ticket"]:
                 break
         if epoch == 0:  # where the loss started, for the underfitting hint
@@ -257,11 +172,11 @@ def fit(model, task: Task, cfg: Config, rt, lr: float, warmup_steps: int, total_
         epoch += 1
         run["seconds"] += time.time() - t0
         record = {"epoch": epoch, "step": run["steps"], "loss": torch.stack(losses).mean().item(), "lr": last_lr}
-        if not early_bird:
-            run["metrics"], run["predictions"] = task.evaluate(model, cfg, rt)
+        if not search:
+            run["metrics"], run["predictions"] = evaluate(model, task, cfg, process)
             record["metrics"] = run["metrics"]
         run["history"].append(record)
-        if rt.rank == 0:
+        if process.rank == 0:
             bar.write(f"{desc} epoch {epoch}: {json.dumps(record)}")
         t0 = time.time()  # evaluation is not training time
     bar.close()
@@ -270,11 +185,11 @@ def fit(model, task: Task, cfg: Config, rt, lr: float, warmup_steps: int, total_
 
 # ----------------------------------------------------------------------------- EarlyBERT
 
-def search(model, task: Task, cfg: Config, rt, early_bird, epoch_steps: int):
+def search(model, task: Task, cfg: Config, process, early_bird: EarlyBird, epoch_steps: int):
     """EarlyBERT's searching and ticket-drawing stages (sec. 3.1 and 3.2) on the task: train with
     slimming coefficients and L1 until the early-bird rule (You et al., ICLR 2020) fires or the
     longest search (--search-fraction of an epoch) has passed, then draw the ticket.
-    Returns the ticket and what the search did (results.json's "search").
+    Returns the Search (with the rule's record), the ticket and what the search did (results.json's "search").
 
     The schedule is the official scripts': the search is a fine-tuning run of its own, SEARCH_EPOCHS
     long, with no warm-up and linear decay, cut at the draw step, so its learning rate stays near
@@ -284,15 +199,16 @@ def search(model, task: Task, cfg: Config, rt, early_bird, epoch_steps: int):
     least 1, so the rule, which needs k masks, can fire halfway through the longest search.
     Departs from the official code, which draws at the fixed fraction (`slimming_coef_step`):
     here that fraction is the longest the search may run, and --eb-epsilon 0 restores it."""
-    slim.add_coefficients(model)  # before fit() makes the optimizer, so they train
     longest = min(max(1, round(cfg.search_fraction * epoch_steps)), SEARCH_EPOCHS * epoch_steps)
     longest = min(longest, cfg.max_steps) if cfg.max_steps > 0 else longest
     every = cfg.ticket_every or max(1, longest // (2 * early_bird.k))
-    run = fit(model, task, cfg, rt, cfg.search_lr, 0, SEARCH_EPOCHS * epoch_steps, longest, early_bird, every,
-              desc="search")
-    return run["ticket"], {"steps": run["steps"], "seconds": run["seconds"], "longest": longest,
-                           "epoch_steps": epoch_steps, "every": every, "k": early_bird.k, "epsilon": early_bird.epsilon,
-                           "fired": run["ticket"].kind == "earlybird", "history": run["history"]}
+    searching = Search(model, early_bird, every, cfg.l1, cfg.l1, cfg.head_ratio, cfg.ffn_ratio,
+                       ffn_multiple=process.ffn_multiple)  # adds the coefficients before fit makes the optimizer
+    run = fit(model, task, cfg, process, cfg.search_lr, 0, SEARCH_EPOCHS * epoch_steps, longest, searching, "search")
+    return searching, run["ticket"], {"steps": run["steps"], "seconds": run["seconds"], "longest": longest,
+                                      "epoch_steps": epoch_steps, "every": every, "k": early_bird.k,
+                                      "epsilon": early_bird.epsilon, "fired": run["ticket"].kind == "earlybird",
+                                      "history": run["history"]}
 
 
 def finetune(cfg: Config) -> dict:
@@ -303,23 +219,24 @@ def finetune(cfg: Config) -> dict:
     if os.path.exists(results_path) and not cfg.force:
         raise ValueError(f"{results_path}: a finished run is there; pass --force to overwrite it, "
                          "or choose another --out-dir")
-    early_bird = tickets.EarlyBird(cfg.eb_k, cfg.eb_epsilon) if kind == "earlybert" else None  # checks k early
+    early_bird = EarlyBird(cfg.eb_k, cfg.eb_epsilon) if kind == "earlybert" else None  # checks k early
     if not os.path.isdir(cfg.model):
         raise ValueError(f"{cfg.model or '--model'}: no such checkpoint folder; give one with --model")
     rank, world, local_rank = setup_distributed(cfg.device)
     device = pick_device(cfg.device, local_rank)
-    rt = SimpleNamespace(device=device, rank=rank, world=world, ffn_multiple=ffn_multiple_for(device, cfg.ffn_multiple))
+    # this process: its device, its rank of `world`, how tickets are rounded, and (run_stages) its precision
+    process = SimpleNamespace(device=device, rank=rank, world=world, ffn_multiple=ffn_multiple_for(device, cfg.ffn_multiple))
     with run_lock(run_dir) if rank == 0 else nullcontext():
-        results = run_stages(cfg, rt, kind, run_dir, early_bird)
+        results = run_stages(cfg, process, kind, run_dir, early_bird)
     finish_distributed(world)
     return results
 
 
-def run_stages(cfg: Config, rt, kind: str, run_dir: str, early_bird) -> dict:
+def run_stages(cfg: Config, process, kind: str, run_dir: str, early_bird) -> dict:
     """Plain fine-tuning, or EarlyBERT's three stages, or the random-ticket control; then the files."""
     tokenizer, vocab, lowercase = checkpoint_tokenizer(cfg.model, pairs=True)  # [CLS] A [SEP] B [SEP]
-    task = load_task(cfg, tokenizer)
-    epoch_steps = math.ceil(len(task.train) // rt.world / cfg.batch_size)  # per process
+    task = load_task(cfg.task, cfg.data, tokenizer, cfg.max_len, cfg.doc_stride)
+    epoch_steps = math.ceil(len(task.train) // process.world / cfg.batch_size)  # per process
     total = cfg.epochs * epoch_steps
     if total == 0:
         raise ValueError(f"{cfg.data}: too few training examples for one batch of {cfg.batch_size}")
@@ -333,20 +250,19 @@ def run_stages(cfg: Config, rt, kind: str, run_dir: str, early_bird) -> dict:
     full_parameters = count_parameters(model)
     # bf16 or fp32: rank 0 decides (on a CPU by a probe at the model's shapes and the longest example)
     longest = max(len(f["input_ids"]) for f in task.train)
-    rt.precision = broadcast(choose_precision(cfg.precision, rt.device, model.config, cfg.batch_size, longest)
-                             if rt.rank == 0 else None, rt.rank, rt.world)
-    rt.autocast, rt.dtype = rt.precision.autocast(rt.device), rt.precision.dtype
-    if rt.rank == 0:
-        print(f"{task.name}: {rt.precision.describe(cfg.precision)}", file=sys.stderr)
+    process.precision = broadcast(choose_precision(cfg.precision, process.device, model.config, cfg.batch_size, longest)
+                             if process.rank == 0 else None, process.rank, process.world)
+    process.autocast, process.dtype = process.precision.autocast(process.device), process.precision.dtype
+    if process.rank == 0:
+        print(f"{task.name}: {process.precision.describe(cfg.precision)}", file=sys.stderr)
     # search_seconds: the search's steps (with the draw) and the rebuild, not a process's one-time costs
-    ticket, searched, search_seconds = None, None, 0.0
+    ticket, searching, searched, search_seconds = None, None, None, 0.0
     if kind == "random":  # the control: no search, the same numbers pruned at random
-        c = model.config
-        ticket = tickets.random_ticket([c.heads(l) for l in range(c.num_hidden_layers)],
-                                       [c.ffn(l) for l in range(c.num_hidden_layers)],
-                                       cfg.head_ratio, cfg.ffn_ratio, cfg.seed, rt.ffn_multiple)
+        full = full_ticket(model.config)
+        ticket = random_ticket(full.full_heads, full.full_ffn, cfg.head_ratio, cfg.ffn_ratio, cfg.seed,
+                               process.ffn_multiple)
     elif kind == "earlybert":
-        ticket, searched = search(model, task, cfg, rt, early_bird, epoch_steps)
+        searching, ticket, searched = search(model, task, cfg, process, early_bird, epoch_steps)
         model = pretrained(verbose=False)  # rewind to the pre-trained weights
         search_seconds = searched["seconds"]
     if ticket:
@@ -354,7 +270,7 @@ def run_stages(cfg: Config, rt, kind: str, run_dir: str, early_bird) -> dict:
         model = prune.rebuild(model, ticket)  # physically smaller; the coefficients are all 1
         search_seconds += time.time() - t0
     torch.manual_seed(cfg.seed)
-    run = fit(model, task, cfg, rt, cfg.lr, int(cfg.warmup * total), total, total)
+    run = fit(model, task, cfg, process, cfg.lr, int(cfg.warmup * total), total, total)
     results = {"task": task.name, "mode": kind, "metrics": run["metrics"],
                "search_steps": searched["steps"] if searched else 0, "search_seconds": search_seconds,
                "steps": run["steps"], "train_seconds": run["seconds"], "total_seconds": search_seconds + run["seconds"],
@@ -362,16 +278,14 @@ def run_stages(cfg: Config, rt, kind: str, run_dir: str, early_bird) -> dict:
                # training FLOPs at each example's own length, averaged (the task head and padding not counted)
                "flops_per_example": float(np.mean([flops_per_sequence(model.config, len(f["input_ids"]), 0)
                                                    for f in task.train])),
-               "ticket": {**tickets.summary(ticket), "parameters_before": full_parameters} if ticket else None,
+               "ticket": {**ticket.summary(), "parameters_before": full_parameters} if ticket else None,
                "search": searched, "history": run["history"], "config": asdict(cfg),
-               "precision": rt.precision.name, "bf16_speedup": rt.precision.speedup}
-    if rt.rank == 0:
+               "precision": process.precision.name, "bf16_speedup": process.precision.speedup}
+    if process.rank == 0:
         save_pretrained(model, os.path.join(run_dir, "model"), vocab, lowercase=lowercase)
-        plot = None
-        if ticket:
+        plot = searching.save(run_dir, ticket) if searching else None  # ticket.json and the mask distances
+        if ticket and not searching:
             ticket.save(os.path.join(run_dir, "ticket.json"))
-        if searched:
-            plot = tickets.save_mask_distances(early_bird, run_dir, ticket.step)
         write_json(run["predictions"], os.path.join(run_dir, "predictions.json"))
         write_json(results, os.path.join(run_dir, "results.json"))  # last: a run with results.json is complete
         print(report(results, run_dir, plot), file=sys.stderr)

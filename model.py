@@ -19,7 +19,7 @@ Parameter names are a contract: checkpoint.py maps them onto the reference
 implementation's, so real BERT checkpoints load. The optimizer set-up and the learning-rate
 schedule that train.py and finetune.py share are at the end (`configure_optimizers`, `lr_lambda`).
 """
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 
 import torch
@@ -72,6 +72,10 @@ class BertConfig:
         if "num_labels" not in d and "id2label" in d:
             d["num_labels"] = len(d["id2label"])
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def pruned(self, ticket) -> "BertConfig":
+        """This config with each layer's heads and FFN width as many as a ticket (ticket.Ticket) keeps."""
+        return replace(self, heads_per_layer=list(map(len, ticket.heads)), ffn_per_layer=list(map(len, ticket.ffn)))
 
     def to_dict(self) -> dict:
         d = {"model_type": "bert", **asdict(self)}

@@ -1,51 +1,26 @@
 """The structured rebuild (EarlyBERT, Chen et al., ACL 2021, sec. 3.3): remove the heads and
-FFN neurons a ticket prunes, physically, so the efficient phase trains a smaller BERT
-instead of a masked one.
+FFN neurons a ticket (ticket.Ticket) prunes, physically, so the efficient phase trains a smaller
+BERT instead of a masked one.
 
-    check_ticket_fits   a ticket drawn from this model's sizes, or a one-line error
     slice_state         the kept units' entries of a state dict (weights, AdamW moments)
     fold_coefficients   the surviving slimming coefficients multiplied into the weights
     rebuild             the smaller model: slice_state, then fold_coefficients
+    apply_ticket        the same for a checkpoint folder on disk (`python ticket.py apply`)
 
 The rebuilt model's outputs equal the full model's with the pruned units' coefficients
 set to zero (tests/test_prune.py checks it), and its config records each layer's heads
-and FFN width, so the checkpoint loads on its own.
+and FFN width (BertConfig.pruned), so the checkpoint loads on its own.
 """
-import dataclasses
+import os
 import re
-from typing import TYPE_CHECKING
+import shutil
 
 import torch
 import torch.nn as nn
 
-if TYPE_CHECKING:  # ticket.py imports this file
-    from ticket import Ticket
-
-
-def check_ticket_fits(ticket: "Ticket", config, ticket_path: str, where: str = "the checkpoint"):
-    """Raise a one-line ValueError naming `ticket_path` unless the ticket's lists are consistent
-    and, given a config, drawn from a model with its per-layer sizes (`where` names that model)."""
-    n_ticket = len(ticket.full_heads)
-    if not len(ticket.heads) == len(ticket.ffn) == len(ticket.full_ffn) == n_ticket:
-        raise ValueError(f"{ticket_path}: its heads, ffn, full_heads and full_ffn lists differ in "
-                         "length (one entry per layer each); the file is damaged, draw it again")
-    if config is not None and n_ticket != config.num_hidden_layers:
-        raise ValueError(f"{ticket_path}: drawn from a model with {n_ticket} layers, "
-                         f"but {where} has {config.num_hidden_layers}")
-    for l in range(n_ticket):
-        sizes = (config.heads(l), config.ffn(l)) if config is not None else (ticket.full_heads[l], ticket.full_ffn[l])
-        for what, full, size, kept in (("heads", ticket.full_heads[l], sizes[0], ticket.heads[l]),
-                                       ("FFN neurons", ticket.full_ffn[l], sizes[1], ticket.ffn[l])):
-            if full != size:
-                raise ValueError(f"{ticket_path}: layer {l} had {full} {what} when the ticket was "
-                                 f"drawn, but {where}'s layer {l} has {size}; use the model it was drawn from")
-            if not kept:
-                raise ValueError(f"{ticket_path}: layer {l} keeps no {what}; every layer must keep one")
-            if len(set(kept)) != len(kept):
-                raise ValueError(f"{ticket_path}: layer {l} lists some {what} twice")
-            if not all(0 <= i < size for i in kept):
-                raise ValueError(f"{ticket_path}: layer {l} keeps {what} {kept}, "
-                                 f"but the layer has only {size} (indices 0..{size - 1})")
+from checkpoint import (atomic, from_reference_name, read_config, read_weights, to_reference_name, write_json,
+                        write_safetensors)
+from model import Bert
 
 
 # layers.L.<producer> weight/bias: kept units' output rows; layers.L.<consumer>.weight: input columns
@@ -53,7 +28,7 @@ _SLICED = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:(attn\.(?:query|key|value)|ffn\
                      r"|(attn\.out|ffn\.down)\.weight)$")
 
 
-def slice_state(tensors: dict, ticket: "Ticket") -> dict:
+def slice_state(tensors: dict, ticket) -> dict:
     """The entries of a state dict (parameter name -> tensor: weights, or AdamW's exp_avg /
     exp_avg_sq per parameter) that the ticket keeps, as EarlyBERT sec. 3.3 removes units:
     per layer, the kept heads' output rows (and bias entries) of query/key/value and their
@@ -79,7 +54,7 @@ def slice_state(tensors: dict, ticket: "Ticket") -> dict:
 
 
 @torch.no_grad()
-def rebuild(model: nn.Module, ticket: "Ticket") -> nn.Module:
+def rebuild(model: nn.Module, ticket) -> nn.Module:
     """A physically smaller copy of `model` (same class) keeping only the ticket's heads and
     neurons (EarlyBERT sec. 3.3, efficient training): the weights sliced by slice_state, then
     each kept unit's input columns of the attention output / FFN down projection multiplied
@@ -90,20 +65,15 @@ def rebuild(model: nn.Module, ticket: "Ticket") -> nn.Module:
     which have no coefficients (here too that is only slicing). Going on from the draw step
     (train.py's --init continue) needs them folded in, so the smaller model computes what
     the searched one did; its AdamW moments go through the same two functions."""
-    check_ticket_fits(ticket, model.config, "ticket")
+    ticket.check_fits(model.config, "ticket")
     weight = next(model.parameters())
-    small = type(model)(pruned_config(model.config, ticket)).to(device=weight.device, dtype=weight.dtype)
+    small = type(model)(model.config.pruned(ticket)).to(device=weight.device, dtype=weight.dtype)
     small.load_state_dict(fold_coefficients(slice_state(model.state_dict(), ticket), model, ticket))  # strict
     return small.train(model.training)
 
 
-def pruned_config(config, ticket: "Ticket"):
-    return dataclasses.replace(config, heads_per_layer=list(map(len, ticket.heads)),
-                               ffn_per_layer=list(map(len, ticket.ffn)))
-
-
 @torch.no_grad()
-def fold_coefficients(state: dict, model: nn.Module, ticket: "Ticket", power: int = 1) -> dict:
+def fold_coefficients(state: dict, model: nn.Module, ticket, power: int = 1) -> dict:
     """A sliced state with each kept unit's input columns of the attention output and FFN down
     projections multiplied by the unit's slimming coefficient (from `model`) to the `power`:
     1 for the weights (rebuild); -1 for AdamW's exp_avg and -2 for exp_avg_sq, which then hold
@@ -120,7 +90,7 @@ def fold_coefficients(state: dict, model: nn.Module, ticket: "Ticket", power: in
     return state
 
 
-def adamw_state(model: nn.Module, optimizer: torch.optim.Optimizer, ticket: "Ticket") -> dict:
+def adamw_state(model: nn.Module, optimizer: torch.optim.Optimizer, ticket) -> dict:
     """`model`'s AdamW state as the rebuilt model's, by parameter name: {"step", "exp_avg",
     "exp_avg_sq"}, the moments sliced like the weights. The attention output and FFN down
     columns are multiplied by c in the rebuild, so their gradients are the old ones over c:
@@ -141,3 +111,32 @@ def load_adamw_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: 
             optimizer.state[p] = {k: v.to(p.device if fused or k != "step" else v.device).clone()
                                   for k, v in state[name].items()}
 
+
+def apply_ticket(ticket, path: str, model_dir: str, out_dir: str, force: bool = False) -> str:
+    """Rebuild a checkpoint folder (ours or a downloaded BERT) into the smaller model the ticket
+    (read from `path`) describes. It slices the weight file itself (slice_state), so every
+    tensor the folder holds is kept: pooler, MLM head, a task head. Everything is checked before
+    anything is written."""
+    config, config_path = read_config(model_dir), os.path.join(model_dir, "config.json")
+    ticket.check_fits(config, path, config_path)
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not force:
+        raise ValueError(f"{out_dir}: already exists and is not empty; choose another --out or add --force")
+    weights, weights_path = read_weights(model_dir)
+    state = {from_reference_name(k): v for k, v in weights.items()}
+    with torch.device("meta"):  # the shapes config.json promises, without allocating anything
+        expected = {"bert." + k: v.shape for k, v in Bert(config).state_dict().items()}
+    for name, v in state.items():
+        if name in expected and v.shape != expected[name]:
+            raise ValueError(f"{weights_path}: weight {to_reference_name(name)} has shape {tuple(v.shape)}, "
+                             f"but {config_path} gives {tuple(expected[name])}")
+    state = slice_state(state, ticket)
+    os.makedirs(out_dir, exist_ok=True)
+    with atomic(os.path.join(out_dir, "model.safetensors")) as tmp:
+        write_safetensors({to_reference_name(k): v for k, v in state.items()}, tmp)
+    write_json(config.pruned(ticket).to_dict(), os.path.join(out_dir, "config.json"))
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+        if os.path.isfile(os.path.join(model_dir, name)) and not os.path.samefile(model_dir, out_dir):
+            with atomic(os.path.join(out_dir, name)) as tmp:
+                shutil.copyfile(os.path.join(model_dir, name), tmp)
+    n, n0 = sum(v.numel() for v in state.values()), sum(v.numel() for v in weights.values())
+    return f"{out_dir}: {n / 1e6:.2f}M of {n0 / 1e6:.2f}M weights (load_pretrained and finetune.py --model load it)"

@@ -37,8 +37,10 @@ import numpy as np
 
 import corpus
 from checkpoint import atomic, load_checkpoint, read_json, write_json
+from corpus import WORDNET, library_rows, wordnet_task, write_task  # built without the network
+from data import n_predictions
+from model import BertConfig, flops_per_sequence
 from runtime import AUTO_FFN_MULTIPLE
-from tasks import WORDNET, library_rows, wordnet_task, write_task  # built without the network
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EVALUATIONS = 20  # held-out evaluations along the full run, for the read-off at EarlyBERT's time
@@ -50,8 +52,6 @@ QUICK_FINETUNE = {"epochs": 1, "max_steps": 3}
 LIBRARY = (700, 300)  # the library task's training and dev sentences per library (numpy's docs have about 1000)
 QUICK_LIBRARY = (12, 6), {"python": "json", "torch": "optim", "numpy": "polynomial"}  # from these folders only
 VOCAB = "SEED0_VOCAB"  # stands for the first seed's vocabulary until its search has trained it
-# train.py's settings newer than a recipe.json, as they were before; --ffn-multiple 0 rounded to 1 on the CPU
-BEFORE_FLAGS = {"mask_prob": 0.15, "ffn_multiple": 0, "auto_ffn_multiple": {"cuda": 64, "cpu": 1}}
 CPU_FLOPS = 80e9  # model FLOP/s of a training step on a 2-core AMD EPYC, fp32 (bench.py): for the estimate
 
 
@@ -149,8 +149,6 @@ def wordnet_jobs(out: str, seeds: list[int], model: str, quick: bool) -> dict:
 def estimate_seconds(recipe: dict, n_seeds: int, eval_every: int, n_downstream: int, n_wordnet: int) -> float:
     """A rough wall-clock estimate at CPU_FLOPS: per seed the full run, the search (a quarter of the
     steps), two efficient runs (a pruned step costs 0.75), the evaluations; then the fine-tuning runs."""
-    from data import n_predictions
-    from model import BertConfig, flops_per_sequence
     r = recipe
     config = BertConfig(vocab_size=r["vocab_size"], hidden_size=r["hidden"], num_hidden_layers=r["layers"],
                         num_attention_heads=r["heads"], intermediate_size=r["ffn"])
@@ -376,10 +374,11 @@ def parse_args(argv=None):
 
 def check_recipe(path: str, recipe: dict, force: bool):
     """Writes the recipe beside the runs, or checks it against the one there: finished runs are read,
-    not run again, so a folder must never mix two recipes (--force reruns them all)."""
+    not run again, so a folder must never mix two recipes (--force reruns them all). A folder from
+    before a setting existed lacks it: another recipe too, made again with --force."""
     if os.path.exists(path) and not force:
-        there = {**BEFORE_FLAGS, **read_json(path, "recipe")}
-        changed = [f"{k} {there.get(k)} there, {v} now" for k, v in recipe.items() if there.get(k) != v]
+        there = read_json(path, "recipe")
+        changed = [f"{k} {there.get(k, 'unset')} there, {v} now" for k, v in recipe.items() if there.get(k) != v]
         if changed:
             raise ValueError(f"{path}: these runs used another recipe ({'; '.join(changed)}); give another --out, "
                              "or --force to run them all again")

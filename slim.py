@@ -10,10 +10,15 @@ and trains them with the rest of the network under an L1 penalty, which pushes t
 coefficients of units the task does not need towards zero (the searching stage's loss:
 task loss + lambda_head * sum |c_head| + lambda_ffn * sum |c_ffn|). ticket.py then prunes
 the units with the smallest |c| (sec. 3.2). model.py multiplies by the coefficients when its
-`head_coef` / `ffn_coef` slots are set; this file fills and empties those slots.
+`head_coef` / `ffn_coef` slots are set; this file fills and empties those slots, and `Search`
+adds the L1 term and the early-bird rule to a training loop's steps.
 """
+import os
+
 import torch
 import torch.nn as nn
+
+from ticket import EarlyBird, Ticket, current_masks, draw_ticket, save_mask_distances
 
 
 def _layers(model: nn.Module):
@@ -73,3 +78,51 @@ def l1_penalty(model: nn.Module, lambda_head: float = 1e-4, lambda_ffn: float = 
     heads, ffn = params[0::2], params[1::2]
     return (lambda_head * sum(c.abs().sum() for c in heads)
             + lambda_ffn * sum(c.abs().sum() for c in ffn))
+
+
+class Search:
+    """EarlyBERT's searching stage (sec. 3.1-3.2): what it adds to the steps of a training loop,
+    train.py's in pre-training and finetune.py's in fine-tuning:
+
+        search = Search(model, EarlyBird(k, epsilon), every, ...)  # before the optimizer: adds the coefficients
+        loss = loss + search.penalty()                             # the L1 term, once per optimizer step
+        ticket = search.after_step(step, last=step == final_step)  # the ticket, once it is time to draw it
+
+    after_step records the masks the coefficients give every `every` steps (and at draw_step) for
+    the early-bird rule, and draws the ticket when the rule fires (kind "earlybird"), at draw_step
+    when it is > 0 (kind "fixed-step", the official code's way; the rule then only records its
+    distances), or at the search's last step when neither happened (kind "last-step"). `recorded`
+    is the rule's record of this step (mask distances), or None. ffn_multiple rounds the drawn
+    ticket's FFN widths (draw_ticket), not the recorded masks.
+    """
+
+    def __init__(self, model: nn.Module, early_bird: EarlyBird, every: int, lambda_head: float = 1e-4,
+                 lambda_ffn: float = 1e-4, head_ratio: float = 1 / 3, ffn_ratio: float = 0.4, draw_step: int = 0,
+                 ffn_multiple: int = 1):
+        self.model = add_coefficients(model)
+        self.early_bird, self.every, self.draw_step, self.ffn_multiple = early_bird, every, draw_step, ffn_multiple
+        self.lambdas, self.ratios, self.recorded = (lambda_head, lambda_ffn), (head_ratio, ffn_ratio), None
+
+    def penalty(self) -> torch.Tensor:
+        return l1_penalty(self.model, *self.lambdas)
+
+    def after_step(self, step: int, last: bool = False) -> Ticket | None:
+        self.recorded, fired = None, False
+        if step % self.every == 0 or step == self.draw_step:
+            fired = self.early_bird.update(*current_masks(*coefficients(self.model), *self.ratios), step)
+            self.recorded = self.early_bird.history[-1]
+            if self.draw_step > 0:
+                fired = step == self.draw_step
+        if fired:
+            return self.draw(step, "fixed-step" if self.draw_step > 0 else "earlybird")
+        return self.draw(step, "last-step") if last else None
+
+    def draw(self, step: int, kind: str) -> Ticket:
+        """The ticket the coefficients give now, with the mask distances that led to it."""
+        return draw_ticket(*coefficients(self.model), *self.ratios, self.ffn_multiple, kind=kind, step=step,
+                           history=self.early_bird.history)
+
+    def save(self, folder: str, ticket: Ticket) -> str | None:
+        """folder/ticket.json and the mask distances (ticket.save_mask_distances); returns the picture's path."""
+        ticket.save(os.path.join(folder, "ticket.json"))
+        return save_mask_distances(self.early_bird, folder, ticket.step)

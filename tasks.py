@@ -26,7 +26,6 @@ de-tokenised WordPieces with the original words.
 import json
 import math
 import os
-import random
 import re
 import string
 import warnings
@@ -35,8 +34,9 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import numpy as np
+import torch
 
-from checkpoint import atomic
+from model import BertClassifier, BertQA
 
 
 # ----------------------------------------------------------------------------- GLUE's metrics
@@ -321,77 +321,87 @@ def squad_scores(predictions: dict, examples: list[dict]) -> dict:
     return {"exact_match": 100 * float(np.mean(em)), "f1": 100 * float(np.mean(f1))}
 
 
-# ----------------------------------------------------------------------------- tasks built without the network
-# reproduce.py's downstream tasks, from text every machine has (or a Debian package).
+# ----------------------------------------------------------------------------- a task as finetune.py trains it
 
-WORDNET = "/usr/share/wordnet/data.noun"
-# WordNet's lexicographer files (lexnames(5WN)): the classes of the WordNet task.
-CLASSES = {5: "animal", 6: "artifact", 8: "body", 13: "food", 15: "location", 18: "person", 20: "plant",
-           27: "substance"}
-
-
-def prose_sentences(documents, min_words: int = 6, max_words: int = 24) -> list[str]:
-    """The prose sentences of documents, lower-cased, commas and the final full stop removed,
-    kept only when every word is letters (docstrings hold code and lists too), once each, in order."""
-    found = {}
-    for doc in documents:
-        for s in re.split(r"(?<=[.!?])\s+", doc.replace("\n", " ")):
-            words = s[:-1].replace(",", "").lower().split() if s.endswith(".") else []
-            if min_words <= len(words) <= max_words and all(w.isalpha() and w.isascii() for w in words):
-                found.setdefault(" ".join(words), None)
-    return list(found)
+@dataclass
+class Task:
+    name: str
+    model_class: type  # BertClassifier or BertQA
+    overrides: dict  # config fields for load_pretrained (num_labels)
+    train: list[dict]  # features: model inputs and targets
+    dev: dict  # split -> features: the model's inputs
+    score: Callable  # {split: the model's outputs per feature} -> (metrics, predictions)
 
 
-def balanced_rows(by_class: dict[str, list[str]], per_class_train: int, per_class_dev: int, seed: int,
-                  source: str) -> dict:
-    """{"train": [(text, class)], "dev": [...]}: per_class_train and per_class_dev texts of each
-    class, drawn at random, each text in one split once; too few texts of a class is an error."""
-    rng, rows = random.Random(seed), {"train": [], "dev": []}
-    for name, texts in by_class.items():
-        if len(texts) < per_class_train + per_class_dev:
-            raise ValueError(f"{source}: {len(texts)} texts of class {name!r}, too few for {per_class_train} "
-                             f"training and {per_class_dev} dev texts of each class")
-        texts = list(texts)
-        rng.shuffle(texts)
-        rows["train"] += [(t, name) for t in texts[:per_class_train]]
-        rows["dev"] += [(t, name) for t in texts[per_class_train:per_class_train + per_class_dev]]
-    for items in rows.values():
-        rng.shuffle(items)
-    return rows
+def task_name(name: str) -> str:
+    """The task's name as TASKS spell it ('SST2' -> 'sst-2'); an unknown one is a one-line error."""
+    names = {t.replace("-", ""): t for t in TASKS}
+    if name.lower().replace("-", "") not in names:
+        raise ValueError(f"unknown task {name!r}; the tasks are {', '.join(TASKS)}")
+    return names[name.lower().replace("-", "")]
 
 
-def library_rows(documents: dict[str, list[str]], per_class_train: int, per_class_dev: int, seed: int = 0) -> dict:
-    """"Which library's documentation is this sentence from?": the prose sentences of each
-    library's documents (corpus.builtin_documents: python, torch, numpy), balanced; a sentence
-    found in two libraries is left out. Words such as "tensor" or "array" give some away; many
-    a sentence could come from any of them, and only how it is put says which."""
-    sentences = {name: prose_sentences(docs) for name, docs in documents.items()}
-    found = Counter(s for group in sentences.values() for s in group)
-    return balanced_rows({name: [s for s in group if found[s] == 1] for name, group in sentences.items()},
-                         per_class_train, per_class_dev, seed, "the built-in corpus's libraries")
+def load_task(name: str, folder: str, tokenizer, max_len: int = 0, doc_stride: int = 128) -> Task:
+    """The task `name` in `folder` (finetune.py's --task, --data, --max-len, --doc-stride): its
+    training features, its dev features and how they are scored."""
+    name = task_name(name)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder or '--data'}: no such folder; give the task's data folder with --data")
+    if name == "squad":
+        max_len = max_len or 384
+        if max_len < 8 or doc_stride < 1:
+            raise ValueError(f"--max-len {max_len} --doc-stride {doc_stride}: SQuAD windows need a length "
+                             "of at least 8 and a stride of at least 1")
+        paths = [os.path.join(folder, f) for f in ("train-v1.1.json", "dev-v1.1.json")]
+        train_examples, dev_examples = (read_squad(p) for p in paths)  # both read first: errors come early
+        train, _ = squad_features(train_examples, tokenizer, max_len, doc_stride, paths[0])
+        dev, windows = squad_features([{**e, "answers": []} for e in dev_examples], tokenizer, max_len, doc_stride)
+        return Task(name, BertQA, {}, train, {"dev": dev},
+                    lambda outputs: squad_dev_scores(dev_examples, windows, outputs["dev"]))
+    task = text_task(os.path.join(folder, "train.tsv")) if name == "text" else GLUE[name]
+    max_len = max_len or 128
+    splits = {os.path.splitext(f)[0]: read_glue(os.path.join(folder, f), task) for f in ("train.tsv",) + task.dev}
+    train = glue_features(tokenizer, *splits.pop("train"), max_len)
+    dev = {split: glue_features(tokenizer, texts, labels, max_len) for split, (texts, labels) in splits.items()}
+    gold = {split: labels for split, (_, labels) in splits.items()}
+    return Task(name, BertClassifier, {"num_labels": len(task.labels or [0])}, train, dev,
+                lambda outputs: glue_dev_scores(task, gold, outputs))
 
 
-def write_task(rows: dict, folder: str) -> str:
-    """train.tsv and dev.tsv with a `sentence<TAB>label` header (finetune.py --task text)."""
-    os.makedirs(folder, exist_ok=True)
-    for split, items in rows.items():
-        with atomic(os.path.join(folder, f"{split}.tsv")) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            f.write("sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in items))
-    return folder
+def glue_dev_scores(task: GlueTask, gold: dict, outputs: dict) -> tuple[dict, dict]:
+    """Each dev split's metrics and predictions, from the model's (logits,) per feature."""
+    metrics, predictions = {}, {}
+    for split, labels in gold.items():
+        logits = np.stack([o[0] for o in outputs[split]])  # (N, num_labels)
+        metrics[split], predictions[split] = glue_scores(task, logits, labels)
+    return metrics, predictions
 
 
-def wordnet_task(out_dir: str, per_class_train: int, per_class_dev: int, seed: int = 0, source: str = WORDNET) -> str:
-    """Noun glosses labelled with their lexicographer class, balanced, in GLUE's single-sentence
-    layout (train.tsv / dev.tsv with a `sentence<TAB>label` header)."""
-    if not os.path.exists(source):
-        raise ValueError(f"{source}: missing; install WordNet with `apt-get install wordnet-base`")
-    by_class = {name: [] for name in CLASSES.values()}
-    with open(source, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("  ") or " | " not in line:
-                continue  # the licence header
-            fields, gloss = line.split(" | ", 1)
-            lex, definition = int(fields.split()[1]), gloss.split(";")[0].strip().replace("\t", " ")
-            if lex in CLASSES and len(definition.split()) >= 3:
-                by_class[CLASSES[lex]].append(definition)
-    return write_task(balanced_rows(by_class, per_class_train, per_class_dev, seed, source), out_dir)
+def squad_dev_scores(examples: list[dict], windows: list[Window], outputs) -> tuple[dict, dict]:
+    """Best span over all windows of each question, then the official EM and F1."""
+    predictions = squad_answers(examples, windows, outputs)
+    return {"dev-v1.1": squad_scores(predictions, examples)}, predictions
+
+
+def collate(features: list[dict], targets: bool = True) -> dict:
+    """Pad to the batch's longest sequence; attention_mask is None when nothing is padded."""
+    lengths = torch.tensor([len(f["input_ids"]) for f in features])
+    batch = {}
+    for key in ("input_ids", "token_type_ids"):
+        x = np.zeros((len(features), int(lengths.max())), np.int64)
+        for row, f in zip(x, features):
+            row[:len(f[key])] = f[key]
+        batch[key] = torch.from_numpy(x)
+    mask = torch.arange(batch["input_ids"].shape[1])[None, :] < lengths[:, None]  # (B, T)
+    batch["attention_mask"] = None if mask.all() else mask
+    for key in (features[0].keys() - {"input_ids", "token_type_ids"} if targets else ()):
+        batch[key] = torch.tensor([f[key] for f in features])  # labels: int64, or float32 scores
+    return batch
+
+
+def batches(features: list[dict], batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    """One epoch of shuffled batches; each process takes its share, all the same number."""
+    order = np.random.default_rng(seed).permutation(len(features))
+    order = order[:len(order) // world * world][rank::world]
+    for i in range(0, len(order), batch_size):
+        yield collate([features[j] for j in order[i:i + batch_size]])

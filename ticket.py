@@ -5,10 +5,8 @@
     random_ticket   the same numbers pruned, units chosen at random (the control)
     EarlyBird       the early-bird rule (You et al., ICLR 2020): stop searching once the
                     masks the coefficients give stop moving (mask distance < epsilon)
-    observe         one check of the rule during a search; the ticket when it fires
 
-prune.py rebuilds the physically smaller BERT a ticket describes.
-
+slim.Search runs the rule during a search; prune.py rebuilds the smaller BERT a ticket describes.
 A ticket's indices refer to the model it is applied to (a rebuilt model can be pruned again).
 `python ticket.py show|apply|compare|distances` looks at, applies and compares ticket files and
 draws a finished search's mask distances (see main).
@@ -18,19 +16,15 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-import slim
-from prune import check_ticket_fits, pruned_config, slice_state
-from checkpoint import (atomic, from_reference_name, read_config, read_json, read_weights, short,
-                        to_reference_name, write_json, write_safetensors)
+import prune
+from checkpoint import atomic, read_config, read_json, short, write_json
 from model import Bert, count_parameters, flops_per_sequence
 
 
@@ -62,7 +56,7 @@ class Ticket:
 
     @classmethod
     def load(cls, path: str) -> "Ticket":
-        """A ticket file, checked for shape (not yet against a model: check_ticket_fits)."""
+        """A ticket file, checked for shape (not yet against a model: check_fits)."""
         if not os.path.isfile(path):
             raise ValueError(f"{path}: no such ticket file; draw one with the search phase first")
         d = read_json(path, "ticket file")
@@ -72,8 +66,38 @@ class Ticket:
                 "indices and sizes must be lists of integers"
         except (TypeError, AssertionError) as e:
             raise ValueError(f"{path}: not a valid ticket file ({short(e)})") from None
-        check_ticket_fits(ticket, None, path)
+        ticket.check_fits(None, path)
         return ticket
+
+    def check_fits(self, config, path: str, where: str = "the checkpoint"):
+        """Raise a one-line ValueError naming `path` (the ticket's file) unless the lists are
+        consistent and, given a config, drawn from a model with its per-layer sizes (`where` names it)."""
+        n = len(self.full_heads)
+        if not len(self.heads) == len(self.ffn) == len(self.full_ffn) == n:
+            raise ValueError(f"{path}: its heads, ffn, full_heads and full_ffn lists differ in "
+                             "length (one entry per layer each); the file is damaged, draw it again")
+        if config is not None and n != config.num_hidden_layers:
+            raise ValueError(f"{path}: drawn from a model with {n} layers, but {where} has {config.num_hidden_layers}")
+        for l in range(n):
+            sizes = (config.heads(l), config.ffn(l)) if config is not None else (self.full_heads[l], self.full_ffn[l])
+            for what, full, size, kept in (("heads", self.full_heads[l], sizes[0], self.heads[l]),
+                                           ("FFN neurons", self.full_ffn[l], sizes[1], self.ffn[l])):
+                if full != size:
+                    raise ValueError(f"{path}: layer {l} had {full} {what} when the ticket was "
+                                     f"drawn, but {where}'s layer {l} has {size}; use the model it was drawn from")
+                if not kept:
+                    raise ValueError(f"{path}: layer {l} keeps no {what}; every layer must keep one")
+                if len(set(kept)) != len(kept):
+                    raise ValueError(f"{path}: layer {l} lists some {what} twice")
+                if not all(0 <= i < size for i in kept):
+                    raise ValueError(f"{path}: layer {l} keeps {what} {kept}, "
+                                     f"but the layer has only {size} (indices 0..{size - 1})")
+
+    def summary(self) -> dict:
+        """What a run reports of its ticket."""
+        return {"drawn_at": self.step, "rule": self.kind,
+                "kept_heads": sum(map(len, self.heads)), "total_heads": sum(self.full_heads),
+                "kept_ffn": sum(map(len, self.ffn)), "total_ffn": sum(self.full_ffn)}
 
 
 def _is_int_list(xs) -> bool:
@@ -179,7 +203,7 @@ class EarlyBird:
     Departs from the official EarlyBERT code, which draws at a fixed step instead
     (`slimming_coef_step`): the rule stops the search as soon as the ticket has stopped
     changing, which is the point of an early-bird ticket; the fixed step stays an option
-    (observe's draw_step). With coefficients initialised at 1.0 the very first mask is all
+    (slim.Search's draw_step). With coefficients initialised at 1.0 the very first mask is all
     ties, broken by index, which says nothing: record the first mask after some training.
     """
 
@@ -214,36 +238,6 @@ class EarlyBird:
         self.k, self.epsilon = state["k"], state["epsilon"]
         self.masks, self.history = list(state["masks"]), list(state["history"])
         self.queue = deque(((h, f) for _, h, f in self.masks[-self.k:]), maxlen=self.k)
-
-
-def observe(early_bird: EarlyBird, model: nn.Module, step: int, head_ratio: float, ffn_ratio: float,
-            draw_step: int = 0, ffn_multiple: int = 1) -> Ticket | None:
-    """One check during the search (EarlyBERT sec. 3.2): record the masks the model's slimming
-    coefficients give at `step`, and return the ticket when it is time to draw it: when the
-    early-bird rule fires (kind "earlybird"), or, with draw_step > 0, at that step (kind
-    "fixed-step", the official code's way; the rule then only records its distances). Else None.
-    ffn_multiple rounds the drawn ticket's FFN widths (draw_ticket), not the recorded masks."""
-    heads, ffn = slim.coefficients(model)
-    fired = early_bird.update(*current_masks(heads, ffn, head_ratio, ffn_ratio), step)
-    kind = "fixed-step" if draw_step > 0 else "earlybird"
-    if draw_step > 0:
-        fired = step == draw_step
-    return draw_now(early_bird, model, step, head_ratio, ffn_ratio, kind, ffn_multiple) if fired else None
-
-
-def draw_now(early_bird: EarlyBird, model: nn.Module, step: int, head_ratio: float, ffn_ratio: float,
-             kind: str = "last-step", ffn_multiple: int = 1) -> Ticket:
-    """The ticket the model's coefficients give now, with the distances that led to it (by default
-    the fallback when the search ends before the rule fires: kind "last-step")."""
-    return draw_ticket(*slim.coefficients(model), head_ratio, ffn_ratio, ffn_multiple, kind=kind, step=step,
-                       history=early_bird.history)
-
-
-def summary(ticket: Ticket) -> dict:
-    """What a run reports of its ticket."""
-    return {"drawn_at": ticket.step, "rule": ticket.kind,
-            "kept_heads": sum(map(len, ticket.heads)), "total_heads": sum(ticket.full_heads),
-            "kept_ffn": sum(map(len, ticket.ffn)), "total_ffn": sum(ticket.full_ffn)}
 
 
 def distance_matrix(masks: list[tuple]) -> np.ndarray:
@@ -360,20 +354,20 @@ def show(path: str, model_dir: str | None = None, seq_len: int | None = None, pl
         seq_len = read_json(beside, "train config").get("max_len", 128) if os.path.isfile(beside) else 128
     config = read_config(model_dir) if model_dir else None
     if config is not None:
-        check_ticket_fits(t, config, path, os.path.join(model_dir, "config.json"))
+        t.check_fits(config, path, os.path.join(model_dir, "config.json"))
     pct = lambda a, b: f"{a}/{b} ({a / b:.0%})"
     lines = [f"{path}: {_describe(t)}; pruning ratios: heads {t.head_ratio:.3g}, FFN {t.ffn_ratio:.3g}",
              "layer  heads kept              FFN width"]
     lines += [f"{l:5}  {f'{len(h)}/{n}':>5}  {' '.join(map(str, h)):<17} {pct(len(f), m)}"
               for l, (h, n, f, m) in enumerate(zip(t.heads, t.full_heads, t.ffn, t.full_ffn))]
-    s = summary(t)
+    s = t.summary()
     lines.append(f"total  heads {pct(s['kept_heads'], s['total_heads'])}, "
                  f"FFN neurons {pct(s['kept_ffn'], s['total_ffn'])}")
     if config is None:
         lines.append("(parameters and FLOPs depend on the hidden size and vocabulary, which a ticket does not "
                      "record: add --model FOLDER)")
     else:
-        (p, fl), (p0, fl0) = (parameters_and_flops(c, seq_len) for c in (pruned_config(config, t), config))
+        (p, fl), (p0, fl0) = (parameters_and_flops(c, seq_len) for c in (config.pruned(t), config))
         lines.append(f"parameters (embeddings + encoder): {p / 1e6:.2f}M of {p0 / 1e6:.2f}M ({p / p0:.0%}); training "
                      f"FLOPs per token at length {seq_len}: {fl / 1e6:.2f}M of {fl0 / 1e6:.2f}M ({fl / fl0:.0%})")
     if plot:
@@ -403,36 +397,6 @@ def plot_ticket(t: Ticket, path: str) -> str:
     with atomic(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     return path
-
-
-def apply(path: str, model_dir: str, out_dir: str, force: bool = False) -> str:
-    """Rebuild a checkpoint folder (ours or a downloaded BERT) into the smaller model the ticket
-    describes. It slices the weight file itself (slice_state), so every tensor the folder holds
-    is kept: pooler, MLM head, a task head. Everything is checked before anything is written."""
-    t = Ticket.load(path)
-    config, config_path = read_config(model_dir), os.path.join(model_dir, "config.json")
-    check_ticket_fits(t, config, path, config_path)
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not force:
-        raise ValueError(f"{out_dir}: already exists and is not empty; choose another --out or add --force")
-    weights, weights_path = read_weights(model_dir)
-    state = {from_reference_name(k): v for k, v in weights.items()}
-    with torch.device("meta"):  # the shapes config.json promises, without allocating anything
-        expected = {"bert." + k: v.shape for k, v in Bert(config).state_dict().items()}
-    for name, v in state.items():
-        if name in expected and v.shape != expected[name]:
-            raise ValueError(f"{weights_path}: weight {to_reference_name(name)} has shape {tuple(v.shape)}, "
-                             f"but {config_path} gives {tuple(expected[name])}")
-    state = slice_state(state, t)
-    os.makedirs(out_dir, exist_ok=True)
-    with atomic(os.path.join(out_dir, "model.safetensors")) as tmp:
-        write_safetensors({to_reference_name(k): v for k, v in state.items()}, tmp)
-    write_json(pruned_config(config, t).to_dict(), os.path.join(out_dir, "config.json"))
-    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
-        if os.path.isfile(os.path.join(model_dir, name)) and not os.path.samefile(model_dir, out_dir):
-            with atomic(os.path.join(out_dir, name)) as tmp:
-                shutil.copyfile(os.path.join(model_dir, name), tmp)
-    n, n0 = sum(v.numel() for v in state.values()), sum(v.numel() for v in weights.values())
-    return f"{out_dir}: {n / 1e6:.2f}M of {n0 / 1e6:.2f}M weights (load_pretrained and finetune.py --model load it)"
 
 
 def _describe(t: Ticket) -> str:
@@ -471,7 +435,7 @@ def main(argv=None):
     p.add_argument("--model", required=True, help="checkpoint folder (config.json, vocab.txt, weights)")
     p.add_argument("--out", required=True, help="folder for the smaller model; must be new or empty")
     p.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
-    p.set_defaults(run=lambda a: apply(a.ticket, a.model, a.out, a.force))
+    p.set_defaults(run=lambda a: prune.apply_ticket(Ticket.load(a.ticket), a.ticket, a.model, a.out, a.force))
     p = sub.add_parser("compare", help="mask distance between two tickets of one model")
     p.add_argument("a")
     p.add_argument("b")

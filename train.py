@@ -26,24 +26,23 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import corpus
 import data
 import prune
-import slim
-import ticket as tickets
-from checkpoint import (load_checkpoint, load_pretrained, read_json, resume, save_pretrained, save_training_state,
-                        write_json)
-from experiment import (check_run_dir, command, finished, report, resumed_settings, run_name, search_dir,
-                        search_settings, train_on)
+from checkpoint import load_checkpoint, load_pretrained, resume, save_pretrained, save_training_state, write_json
+from experiment import (check_run_dir, command, finished, prepare_data, report, resumed_settings, run_name,
+                        search_folder, search_settings, stopped, train_on)
 from model import BertConfig, BertMLM, configure_optimizers, count_parameters, lr_lambda, set_attention
 from runtime import (ABOVE_0, AT_LEAST_1, FRACTION, NOT_NEGATIVE, any_rank, broadcast, check_limits, choose_precision,
                      deferred_interrupt, ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock,
                      setup_distributed, sum_ranks, to_device)
+from slim import Search, add_coefficients
+from ticket import EarlyBird, Ticket, full_ticket, random_ticket
 
 
 @dataclass
@@ -131,36 +130,8 @@ def check_config(cfg: Config):
 
 # ----------------------------------------------------------------------------- set-up
 
-def prepare_data(cfg: Config, rank: int, world: int):
-    """Tokenize the corpus once into OUT_DIR/data/KEY (rank 0; the others wait and reuse it).
-    The vocab: --vocab, else the starting checkpoint's, else one trained on the corpus."""
-    meta = None
-    searched = os.path.join(search_dir(cfg), "summary.json")
-    if rank == 0 and cfg.phase == "efficient" and os.path.exists(searched):  # the search's own prepared corpus
-        data_dir = read_json(searched, "run summary").get("data_dir", "")
-        if os.path.exists(os.path.join(data_dir, "meta.json")):
-            meta = dict(read_json(os.path.join(data_dir, "meta.json"), "corpus meta"), data_dir=data_dir)
-    if rank == 0 and meta is None:
-        source = cfg.init_from or (os.path.join(search_dir(cfg), "start") if cfg.phase == "efficient" else "")
-        vocab, lowercase = cfg.vocab, True
-        if not vocab and source:
-            _, vocab, lowercase = data.checkpoint_tokenizer(source)
-        cache = os.path.join(cfg.out_dir, "data")
-        new = not os.path.exists(cache)
-        try:
-            files = corpus.resolve_files(cfg.data, cache)
-            data_dir, meta = data.prepare_corpus(files, cache, vocab, cfg.vocab_size, lowercase)
-        except BaseException:  # input refused (or Ctrl-C): no empty cache folder is left behind
-            if new and os.path.isdir(cache) and not os.listdir(cache):
-                os.rmdir(cache)
-            raise
-        meta = dict(meta, data_dir=data_dir)
-    meta = broadcast(meta, rank, world)
-    return meta["data_dir"], meta
-
-
 def build_model(cfg: Config, vocab_path: str, n_vocab: int):
-    """The model each phase trains. Returns (model, ticket or None, where to start or None)."""
+    """The model each phase trains. Returns (model, ticket or None, the search's state at the draw or None)."""
     if cfg.phase == "efficient":
         return efficient_model(cfg)
     if cfg.init_from:
@@ -181,31 +152,31 @@ def efficient_model(cfg: Config):
 
     --init continue (our pre-training default): the weights at the draw step, and training
     goes on from that step (schedule, data position, and AdamW's moments sliced like the
-    weights), so search + efficient together take --max-steps steps, as the full baseline
-    does; only the steps after the draw are cheaper.
+    weights: `at_draw`), so search + efficient together take --max-steps steps, as the full
+    baseline does; only the steps after the draw are cheaper.
     --init rewind (the official fine-tuning code's choice): the weights the search started
     from, trained for --max-steps steps anew; in pre-training that throws the search away."""
-    search = search_dir(cfg)
+    search = search_folder(cfg)
     ticket_path = os.path.join(search, "ticket.json")
-    ticket = tickets.Ticket.load(ticket_path)
+    ticket = Ticket.load(ticket_path)
     if cfg.ticket == "random":  # the control: same ratios, units chosen at random
-        ticket = tickets.random_ticket(ticket.full_heads, ticket.full_ffn, ticket.head_ratio, ticket.ffn_ratio, cfg.seed,
-                                       ticket.ffn_multiple)  # rounded as the drawn one
+        ticket = random_ticket(ticket.full_heads, ticket.full_ffn, ticket.head_ratio, ticket.ffn_ratio, cfg.seed,
+                               ticket.ffn_multiple)  # rounded as the drawn one
     if cfg.init == "rewind":  # the weights the search started from (the official code's choice)
         model = load_pretrained(BertMLM, os.path.join(search, "start"), verbose=False)
-        prune.check_ticket_fits(ticket, model.config, ticket_path)
+        ticket.check_fits(model.config, ticket_path)
         return prune.rebuild(model, ticket), ticket, None
     state = load_checkpoint(os.path.join(search, "ckpt.pt"))
     if state["step"] >= cfg.max_steps:
         raise ValueError(f"{ticket_path}: drawn at step {state['step']}, the search's last: nothing is left to train "
                          f"with --init continue; {command(cfg, init='rewind')} trains the ticket from the start")
-    model = slim.add_coefficients(BertMLM(BertConfig.from_dict(state["model_config"])))
+    model = add_coefficients(BertMLM(BertConfig.from_dict(state["model_config"])))
     model.load_state_dict(state["model"])
-    prune.check_ticket_fits(ticket, model.config, ticket_path)
+    ticket.check_fits(model.config, ticket_path)
     optimizer = configure_optimizers(model, cfg.lr, cfg.weight_decay)  # the search's parameter order
     optimizer.load_state_dict(state["optimizer"])
-    start = {"step": state["step"], "loader": state["loader"], "moments": prune.adamw_state(model, optimizer, ticket)}
-    return prune.rebuild(model, ticket), ticket, start
+    at_draw = {"step": state["step"], "loader": state["loader"], "moments": prune.adamw_state(model, optimizer, ticket)}
+    return prune.rebuild(model, ticket), ticket, at_draw
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -232,6 +203,41 @@ def check_finite(loss: float, step: int):
     if not math.isfinite(loss):
         raise ValueError(f"training loss is {loss} at step {step}: the run diverged; nothing was saved "
                          f"after the last checkpoint (lower --lr or raise --warmup)")
+
+
+def optimizer_step(model, micro_batches, optimizer, scheduler, scaler, search, cfg: Config, world: int, device,
+                   autocast, loss_sum: torch.Tensor) -> int:
+    """One optimizer step over the micro-batches; adds their summed MLM loss to loss_sum (on the device:
+    no waiting for the GPU) and returns how many masked tokens it is over."""
+    # The loss is the mean over every masked token of the optimizer step, on all ranks:
+    # weight each micro-batch by its share of them (DDP then averages the gradients over ranks).
+    counts = [int((b["mlm_labels"] != -100).sum()) for b in micro_batches]  # on the CPU: no device sync
+    total = sum_ranks(float(sum(counts)), world, device)
+    for micro, (batch, count) in enumerate(zip(micro_batches, counts)):
+        with nullcontext() if world == 1 or micro == len(micro_batches) - 1 else model.no_sync():
+            with autocast:
+                _, loss = model(**to_device(batch, device))
+            loss_sum += loss.detach() * count
+            loss = loss * (count * world / total)
+            if search:  # the L1 of network slimming (sec. 3.1), once per optimizer step
+                loss = loss + search.penalty() / len(micro_batches)
+            scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return sum(counts)
+
+
+def stop_now(cfg: Config, step: int, elapsed: float, pressed: list, world: int, device) -> tuple[bool, bool]:
+    """(out of --max-minutes, Ctrl-C pressed). With several processes every rank stops at the same
+    step: they agree at log steps (a collective)."""
+    out_of_time = cfg.max_minutes > 0 and step % cfg.log_every == 0 and elapsed > 60 * cfg.max_minutes
+    if world == 1:
+        return out_of_time, bool(pressed)
+    return tuple(step % cfg.log_every == 0 and any_rank(flag, world, device) for flag in (out_of_time, bool(pressed)))
 
 
 def train(cfg: Config, stop_after: int | None = None):
@@ -261,84 +267,97 @@ def train(cfg: Config, stop_after: int | None = None):
     return summary
 
 
-def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, device, stop_after,
-        state: dict | None, given: Config):
+def set_up(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, device, state: dict | None):
+    """Everything the loop works with: the data, the model (with the search's coefficients), its
+    precision, optimizer and schedule, and where it starts: step 0, the search's draw (--init
+    continue) or the checkpoint (--resume), as one namespace. Writes train_config.json, starts log.jsonl."""
     data_dir, meta = prepare_data(cfg, rank, world)
     tokenizer = data.load_tokenizer(meta["vocab_path"], meta["lowercase"])
-    n_vocab = tokenizer.get_vocab_size()
-    special = {t: tokenizer.token_to_id(t) for t in data.SPECIALS}
-
-    model, ticket, start = build_model(cfg, meta["vocab_path"], n_vocab)
+    n_vocab, special = tokenizer.get_vocab_size(), {t: tokenizer.token_to_id(t) for t in data.SPECIALS}
+    model, ticket, at_draw = build_model(cfg, meta["vocab_path"], n_vocab)
     # bf16 or fp32: rank 0 decides (on a CPU by a probe at the model's shapes), every rank follows
     precision = broadcast(choose_precision(cfg.precision, device, model.config, cfg.batch_size, cfg.max_len)
                           if rank == 0 else None, rank, world)
     set_attention(model, precision.plain_attention)
-    autocast, dtype = precision.autocast(device), precision.dtype
-    recorded = dict(asdict(cfg), precision=precision.name)  # the recipe as run: what --precision auto chose
-    searching = cfg.phase == "search"
-    if searching and rank == 0:
-        save_pretrained(model, os.path.join(run_dir, "start"), meta["vocab_path"], meta["lowercase"])  # for --init rewind
-    if searching:
-        slim.add_coefficients(model)  # before the optimizer, so they train with the weights
-    model.to(device)
+    search = None
+    if cfg.phase == "search":
+        if rank == 0:  # the weights before the search, for --init rewind
+            save_pretrained(model, os.path.join(run_dir, "start"), meta["vocab_path"], meta["lowercase"])
+        search = Search(model, EarlyBird(cfg.eb_k, cfg.eb_epsilon), cfg.ticket_every, cfg.lambda_head, cfg.lambda_ffn,
+                        cfg.head_ratio, cfg.ffn_ratio, cfg.draw_step, ffn_multiple_for(device, cfg.ffn_multiple))
+    model.to(device)  # with the coefficients, added before the optimizer so that they train
     optimizer = configure_optimizers(model, cfg.lr, cfg.weight_decay, device_type=device.type)
-    if start:
-        prune.load_adamw_state(model, optimizer, start["moments"])
-    warmup = max(1, int(cfg.warmup * cfg.max_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, cfg.max_steps, start["step"] if start else 0))
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    early_bird = tickets.EarlyBird(cfg.eb_k, cfg.eb_epsilon) if searching else None
-    multiple = ffn_multiple_for(device, cfg.ffn_multiple)  # the ticket's FFN widths, rounded for speed
+    first_step = at_draw["step"] if at_draw else 0  # the efficient phase goes on from the draw
+    if at_draw:
+        prune.load_adamw_state(model, optimizer, at_draw["moments"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(max(1, int(cfg.warmup * cfg.max_steps)),
+                                                                      cfg.max_steps, first_step))
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.dtype == torch.float16)
     train_batches = data.MLMBatches(data_dir, "train", cfg.batch_size, cfg.max_len, n_vocab, special, seed=cfg.seed,
                                     rank=rank, world_size=world, mask_prob=cfg.mask_prob, pin_memory=device.type == "cuda")
-    val_batches = data.MLMBatches(data_dir, "val", cfg.batch_size, cfg.max_len, n_vocab, special,
-                                  seed=cfg.seed).eval_batches(cfg.eval_batches)
-
-    step, elapsed, first_step, drawn = 0, 0.0, start["step"] if start else 0, None
-    if start:  # go on where the search drew the ticket: same schedule, next batches
-        step = start["step"]
-        train_batches.load_state_dict(start["loader"])
+    if at_draw:  # the search's next batches
+        train_batches.load_state_dict(at_draw["loader"])
+    step, elapsed, drawn = first_step, 0.0, None
     ckpt_path, log_path = os.path.join(run_dir, "ckpt.pt"), os.path.join(run_dir, "log.jsonl")
     if state:
         step, elapsed = resume(state, ckpt_path, precision.name, world, rank, model, optimizer, scheduler, scaler,
-                               train_batches, early_bird)
+                               train_batches, search.early_bird if search else None)
         # a search stopped between its draw's checkpoint and its summary finishes the draw, training no further
-        drawn = tickets.Ticket(**state["drawn"]) if state.get("drawn") else None
+        drawn = Ticket(**state["drawn"]) if state.get("drawn") else None
         if rank == 0:
             print(f"{run_dir}: resuming from step {step} ({ckpt_path})"
                   + (f"; the ticket was drawn there: finishing the draw" if drawn else ""), file=sys.stderr)
-    raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
-    if world > 1:
-        model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-
-    log = open(log_path, "a" if state else "w") if rank == 0 else None
-    if log and state and state.get("log_bytes") is not None and os.path.getsize(log_path) > state["log_bytes"]:
-        log.truncate(state["log_bytes"])  # the records after the checkpoint are made again: each step once
     if rank == 0:
+        with open(log_path, "a" if state else "w") as log:  # resumed: the records after the checkpoint are made
+            if state and state.get("log_bytes") is not None and os.path.getsize(log_path) > state["log_bytes"]:
+                log.truncate(state["log_bytes"])  # again, so cut them off: each step once
+        recorded = dict(asdict(cfg), precision=precision.name)  # the recipe as run: what --precision auto chose
         write_json(dict(recorded, precision_asked=cfg.precision, bf16_speedup=precision.speedup),
                    os.path.join(run_dir, "train_config.json"))
-        print(f"{cfg.phase}: {count_parameters(raw_model) / 1e6:.2f}M parameters on {device}, {world} process(es), "
+        print(f"{cfg.phase}: {count_parameters(model) / 1e6:.2f}M parameters on {device}, {world} process(es), "
               f"{meta['train_tokens'] / 1e6:.1f}M training tokens; {precision.describe(cfg.precision)}", file=sys.stderr)
+    wrapped = torch.compile(model) if cfg.compile else model
+    if world > 1:
+        wrapped = DistributedDataParallel(wrapped, device_ids=[local_rank] if device.type == "cuda" else None)
+    val_batches = data.MLMBatches(data_dir, "val", cfg.batch_size, cfg.max_len, n_vocab, special,
+                                  seed=cfg.seed).eval_batches(cfg.eval_batches)
+    return SimpleNamespace(model=model, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                           search=search, ticket=ticket, train_batches=train_batches, val_batches=val_batches,
+                           precision=precision, autocast=precision.autocast(device), data_dir=data_dir, meta=meta,
+                           first_step=first_step, step=step, elapsed=elapsed, drawn=drawn, ckpt_path=ckpt_path,
+                           log_path=log_path)
 
-    def write(record):
-        if log:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+
+def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, device, stop_after,
+        state: dict | None, given: Config):
+    """One phase: set up, the loop (an optimizer step, then what is due at that step), the end."""
+    training = set_up(cfg, run_dir, rank, world, local_rank, device, state)
+    model, optimizer, scheduler, search = training.model, training.optimizer, training.scheduler, training.search
+    step, elapsed, drawn, first_step = training.step, training.elapsed, training.drawn, training.first_step
+
+    def write(record):  # a line of log.jsonl
+        if rank == 0:
+            with open(training.log_path, "a") as log:
+                log.write(json.dumps(record) + "\n")
+
+    def held_out():
+        val_loss, val_acc = evaluate(model, training.val_batches, device, training.autocast)
+        write({"step": step, "val_loss": val_loss, "val_acc": val_acc})
+        return val_loss, val_acc
 
     def checkpoint():
-        save_training_state(ckpt_path, world, rank, device, step=step, elapsed=elapsed,
-                            model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                            loader=train_batches.state_dict(), model_config=raw_model.config.to_dict(),
-                            early_bird=early_bird.state_dict() if early_bird else None, config=recorded,
-                            ticket=asdict(ticket) if ticket else None, drawn=asdict(drawn) if drawn else None,
-                            log_bytes=os.path.getsize(log_path) if log else None)
+        save_training_state(training.ckpt_path, world, rank, device, step=step, elapsed=elapsed,
+                            model=model.state_dict(), optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), scaler=training.scaler.state_dict(),
+                            loader=training.train_batches.state_dict(), model_config=model.config.to_dict(),
+                            early_bird=search.early_bird.state_dict() if search else None,
+                            config=dict(asdict(cfg), precision=training.precision.name),
+                            ticket=asdict(training.ticket) if training.ticket else None,
+                            drawn=asdict(drawn) if drawn else None,
+                            log_bytes=os.path.getsize(training.log_path) if rank == 0 else None)
 
     if not state and rank == 0:
-        val_loss, val_acc = evaluate(raw_model, val_batches, device, autocast)
-        write({"step": step, "val_loss": val_loss, "val_acc": val_acc})
+        held_out()
     bar = tqdm(total=cfg.max_steps, initial=step, desc=cfg.phase, disable=rank != 0, dynamic_ncols=True)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * world * cfg.max_len
     out_of_time = interrupted = False
@@ -346,33 +365,10 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
     with deferred_interrupt() as pressed:  # Ctrl-C: the step ends, a checkpoint is saved, then the run stops
         while step < cfg.max_steps and not drawn:
             t0 = time.time()
-            # The loss is the mean over every masked token of the optimizer step, on all ranks:
-            # weight each micro-batch by its share of them (DDP then averages the gradients over ranks).
-            micro_batches = [next(train_batches) for _ in range(cfg.grad_accum)]
-            counts = [int((b["mlm_labels"] != -100).sum()) for b in micro_batches]  # on the CPU: no device sync
-            total = sum_ranks(float(sum(counts)), world, device)
-            for micro, (batch, count) in enumerate(zip(micro_batches, counts)):
-                batch = to_device(batch, device)
-                sync = nullcontext() if world == 1 or micro == cfg.grad_accum - 1 else model.no_sync()
-                with sync:
-                    with autocast:
-                        _, loss = model(**batch)
-                    loss_sum += loss.detach() * count
-                    loss = loss * (count * world / total)
-                    if searching:  # the L1 of network slimming (sec. 3.1), once per optimizer step
-                        loss = loss + slim.l1_penalty(raw_model, cfg.lambda_head, cfg.lambda_ffn) / cfg.grad_accum
-                    scaler.scale(loss).backward()
-            count_sum += sum(counts)
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            steps_since_log += 1
-            elapsed += time.time() - t0
-
+            micro_batches = [next(training.train_batches) for _ in range(cfg.grad_accum)]
+            count_sum += optimizer_step(training.wrapped, micro_batches, optimizer, scheduler, training.scaler, search,
+                                        cfg, world, device, training.autocast, loss_sum)
+            step, steps_since_log, elapsed = step + 1, steps_since_log + 1, elapsed + time.time() - t0
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 now = time.time()  # .item() only here: it waits for the GPU
                 record = {"step": step, "loss": loss_sum.item() / count_sum, "lr": scheduler.get_last_lr()[0],
@@ -383,68 +379,50 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
                 bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 loss_sum.zero_()
                 t_log, steps_since_log, count_sum = now, 0, 0
-            if searching and (step % cfg.ticket_every == 0 or step == cfg.draw_step):
-                drawn = tickets.observe(early_bird, raw_model, step, cfg.head_ratio, cfg.ffn_ratio, cfg.draw_step,
-                                        multiple)
-                write({"step": step, **{k: v for k, v in early_bird.history[-1].items() if k != "step"}})
+            if search:  # the masks for the early-bird rule; the ticket once it is time (sec. 3.2)
+                drawn = search.after_step(step, last=step == cfg.max_steps)
+                if search.recorded:
+                    write(search.recorded)
             if step % cfg.eval_every == 0 and step < cfg.max_steps and rank == 0:
-                val_loss, val_acc = evaluate(raw_model, val_batches, device, autocast)
-                write({"step": step, "val_loss": val_loss, "val_acc": val_acc})
-            out_of_time = cfg.max_minutes > 0 and step % cfg.log_every == 0 and elapsed > 60 * cfg.max_minutes
-            interrupted = bool(pressed)
-            if world > 1:  # every rank stops at the same step: they agree at log steps (a collective)
-                out_of_time, interrupted = (step % cfg.log_every == 0 and any_rank(flag, world, device)
-                                            for flag in (out_of_time, interrupted))
+                held_out()
+            out_of_time, interrupted = stop_now(cfg, step, elapsed, pressed, world, device)
             if step % cfg.ckpt_every == 0 or drawn or out_of_time or interrupted or step in (cfg.max_steps, stop_after):
                 checkpoint()
             bar.update(1)
             if out_of_time or interrupted or step == stop_after:
                 break
     bar.close()
-    del model  # the DDP wrapper: nothing of the process group may outlive finish_distributed
-    if interrupted or (searching and out_of_time and not drawn):  # resumable; a time budget is no draw step
-        if log:
-            log.close()
-        why = "Ctrl-C" if interrupted else f"--max-minutes {cfg.max_minutes:g}"
-        message = (f"{run_dir}: stopped at step {step} of {cfg.max_steps} ({why}"
-                   + (", before the early-bird rule fired: no ticket drawn yet" if searching and not drawn else "")
-                   + f"); {ckpt_path} saved; go on with: {command(given, resume=True, max_minutes=0)}")
+    del training.wrapped  # the DDP wrapper: nothing of the process group may outlive finish_distributed
+
+    if interrupted or (search and out_of_time and not drawn):  # resumable; a time budget is no draw step
+        message = stopped(cfg, given, run_dir, step, "Ctrl-C" if interrupted else f"--max-minutes {cfg.max_minutes:g}",
+                          bool(search and not drawn))
         if interrupted:
             raise KeyboardInterrupt(message)
         if rank == 0:
             print(message, file=sys.stderr)
         return None
-    if stop_after is not None and step == stop_after and not drawn:
-        if log:
-            log.close()
+    if step == stop_after and not drawn or rank != 0:
         return None
-
-    if searching and not drawn:  # the rule never fired by --max-steps: draw from the last coefficients
-        drawn = tickets.draw_now(early_bird, raw_model, step, cfg.head_ratio, cfg.ffn_ratio, ffn_multiple=multiple)
-    if rank == 0:
-        val_loss, val_acc = evaluate(raw_model, val_batches, device, autocast)
-        check_finite(val_loss, step)
-        write({"step": step, "val_loss": val_loss, "val_acc": val_acc})
-        summary = {"phase": cfg.phase, "steps": step, "train_seconds": elapsed, "val_loss": val_loss,
-                   "val_acc": val_acc, "parameters": count_parameters(raw_model), "first_step": first_step,
-                   "tokens": (step - first_step) * tokens_per_step,
-                   "mean_step_ms": 1000 * elapsed / max(step - first_step, 1), "data_dir": data_dir,
-                   "vocab": meta["vocab_path"], "precision": precision.name, "bf16_speedup": precision.speedup}
-        final = raw_model
-        if drawn:
-            drawn.save(os.path.join(run_dir, "ticket.json"))
-            plot = tickets.save_mask_distances(early_bird, run_dir, drawn.step)
-            summary.update(tickets.summary(drawn), plot=plot)
-            final = prune.rebuild(raw_model, tickets.full_ticket(raw_model.config))  # coefficients folded in
-        elif ticket:
-            summary.update({k: v for k, v in tickets.summary(ticket).items() if k.startswith(("kept", "total"))},
-                           ticket=cfg.ticket, init=cfg.init)
-        save_pretrained(final, os.path.join(run_dir, "model"), meta["vocab_path"], meta["lowercase"])
-        write_json(summary, os.path.join(run_dir, "summary.json"))
-        print(report(cfg, given, summary, run_dir), file=sys.stderr)
-    if log:
-        log.close()
-    return summary if rank == 0 else None
+    val_loss, val_acc = held_out()
+    check_finite(val_loss, step)
+    vocab, lowercase = training.meta["vocab_path"], training.meta["lowercase"]
+    summary = {"phase": cfg.phase, "steps": step, "train_seconds": elapsed, "val_loss": val_loss,
+               "val_acc": val_acc, "parameters": count_parameters(model), "first_step": first_step,
+               "tokens": (step - first_step) * tokens_per_step, "mean_step_ms": 1000 * elapsed / max(step - first_step, 1),
+               "data_dir": training.data_dir, "vocab": vocab, "precision": training.precision.name,
+               "bf16_speedup": training.precision.speedup}
+    final = model
+    if drawn:
+        summary.update(drawn.summary(), plot=search.save(run_dir, drawn))
+        final = prune.rebuild(model, full_ticket(model.config))  # coefficients folded in
+    elif training.ticket:
+        summary.update({k: v for k, v in training.ticket.summary().items() if k.startswith(("kept", "total"))},
+                       ticket=cfg.ticket, init=cfg.init)
+    save_pretrained(final, os.path.join(run_dir, "model"), vocab, lowercase)
+    write_json(summary, os.path.join(run_dir, "summary.json"))
+    print(report(cfg, given, summary, run_dir), file=sys.stderr)
+    return summary
 
 
 if __name__ == "__main__":

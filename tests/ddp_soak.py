@@ -20,8 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from conftest import VOCAB, small_corpus_text, tiny  # noqa: E402  (the tests' corpus, vocabulary, tiny model)
-from test_train import DDP_TWO, torchrun_two_processes  # noqa: E402
+from helpers import DDP_TWO, VOCAB, small_corpus_text, tiny, torchrun_two_processes  # noqa: E402
 
 
 def main(argv=None):

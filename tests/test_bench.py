@@ -5,10 +5,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import bench
-from bench import peak_flops, pruned_config, random_batch
+from bench import peak_flops, random_batch
 from data import n_predictions
 from model import BertConfig, BertMLM, flops_per_sequence
 from runtime import Precision
+from ticket import full_ticket, random_ticket
 
 
 def small_config(**kw):
@@ -65,9 +66,15 @@ def test_flops_equal_what_torch_counts_for_a_training_step():
         assert counter.get_total_flops() == B * flops_per_sequence(config, T, P)
 
 
+def default_ticket_config(config, ffn_multiple=1):
+    """What bench.py times as the efficient model: a default-ratio random ticket's shapes."""
+    full = full_ticket(config)
+    return config.pruned(random_ticket(full.full_heads, full.full_ffn, ffn_multiple=ffn_multiple))
+
+
 def test_default_ticket_shapes_and_flop_ratio():
     base = BertConfig()  # BERT-base
-    small = pruned_config(base)
+    small = default_ticket_config(base)
     assert [small.heads(i) for i in range(12)] == [8] * 12  # 4 of 12 heads pruned in every layer, as the paper
     kept = sum(small.ffn(i) for i in range(12))  # 40% of all FFN neurons pruned, one threshold over all layers
     assert kept == 12 * 3072 - round(0.4 * 12 * 3072) and len(set(small.ffn_per_layer)) > 1
@@ -81,7 +88,7 @@ def test_default_ticket_shapes_and_flop_ratio():
                                  + removed[11] * last_neuron)
     # Heads and FFN shrink by 1/3 and 0.4 but the MLM head does not: the ratio lies between.
     assert 0.6 < pruned / full < 2 / 3
-    rounded = pruned_config(base, ffn_multiple=64)
+    rounded = default_ticket_config(base, ffn_multiple=64)
     assert all(w % 64 == 0 for w in rounded.ffn_per_layer)
 
 

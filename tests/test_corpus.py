@@ -1,6 +1,8 @@
 """Tests for corpus.py: what --data names, the built-in corpus's extraction rules, checking
 a user's files, and reading them into documents."""
+import json
 import os
+from pydoc_data.topics import topics
 
 import pytest
 
@@ -61,7 +63,6 @@ def test_doctest_examples_are_left_out_of_docstrings():
 def test_builtin_corpus_is_built_once_from_the_installed_sources(tmp_path, monkeypatch):
     """The whole build reads ~3,000 files (a minute): here it reads the json package's, through
     the same function, and checks the file, its documents and that a second call reuses it."""
-    import json
     json_files = corpus.python_sources(os.path.dirname(json.__file__))
     monkeypatch.setattr(corpus, "python_sources", lambda root: json_files)
     path = corpus.builtin_corpus(str(tmp_path))[0]
@@ -80,7 +81,6 @@ def test_builtin_documents_are_grouped_by_library_each_docstring_once(tmp_path):
         (tmp_path / name).mkdir()
         write(tmp_path / name / "m.py", f'"""{doc}"""\ndef f():\n    """{shared}"""\n')
     docs = corpus.builtin_documents({name: str(tmp_path / name) for name in own})
-    from pydoc_data.topics import topics
     assert list(docs) == ["python", "torch"] and docs["python"][:len(topics)] == [topics[k] for k in sorted(topics)]
     assert docs["python"][len(topics):] == [f"{own['python']}\n{shared}"]
     assert docs["torch"] == [own["torch"]]  # the shared docstring was met in the standard library

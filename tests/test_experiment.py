@@ -1,8 +1,9 @@
 """Tests for experiment.py: one rule for every flag of train.py (recipe or presentation), and an
 experiment that never changes silently: the efficient phase takes the search's recipe, --resume
 the checkpoint's, and a recipe flag given with another value is refused in one line naming both
-values, before anything is written. The tiny runs and the shared search come from conftest.py."""
+values, before anything is written. The tiny runs come from helpers.py, the shared search from conftest.py."""
 import json
+import shutil
 from dataclasses import asdict, fields, replace
 from types import SimpleNamespace
 
@@ -10,7 +11,7 @@ import pytest
 
 import experiment
 import train
-from conftest import error_of, files_under, tiny
+from helpers import error_of, files_under, tiny
 
 
 def test_every_flag_is_recipe_or_presentation():
@@ -77,7 +78,6 @@ def test_resume_refuses_another_recipe(stopped, change):
 def test_resume_without_flags_goes_on_with_the_checkpoints_recipe(stopped, tmp_path, capsys):
     """`python train.py --phase full --out-dir OUT --resume`: the recipe the run started with, not the
     defaults (a default that changed since, as --mask-prob's did, would change the run mid-way)."""
-    import shutil
     out = tmp_path / "out"
     shutil.copytree(stopped.out, out)
     cfg = train.Config(phase="full", out_dir=str(out), resume=True, device="cpu", log_every=2, eval_every=1000,

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+import corpus
 import reproduce
-import tasks
 
 
 # ----------------------------------------------------------------------------- the read-off
@@ -88,28 +88,28 @@ def library_documents(n: int = 20) -> dict:
 
 
 def test_library_task_is_balanced_labelled_by_library_and_leaves_shared_sentences_out():
-    rows = tasks.library_rows(library_documents(), 6, 4, seed=0)
+    rows = corpus.library_rows(library_documents(), 6, 4, seed=0)
     for split, n in (("train", 6), ("dev", 4)):
         labels = [label for _, label in rows[split]]
         assert sorted(labels) == sorted(["python", "torch", "numpy"] * n)
         assert all(sentence.startswith(f"this is {label} sentence") for sentence, label in rows[split])
     train, dev = ({s for s, _ in rows[k]} for k in ("train", "dev"))
     assert len(train) == 18 and len(dev) == 12 and not train & dev  # each sentence once, in one split
-    assert tasks.library_rows(library_documents(), 6, 4, seed=0) == rows
-    assert tasks.library_rows(library_documents(), 6, 4, seed=1) != rows
+    assert corpus.library_rows(library_documents(), 6, 4, seed=0) == rows
+    assert corpus.library_rows(library_documents(), 6, 4, seed=1) != rows
 
 
 def test_library_task_needs_enough_sentences_of_each_library():
     docs = library_documents()
     docs["numpy"] = docs["numpy"][:3]  # 6 sentences of its own
     with pytest.raises(ValueError, match="6 texts of class 'numpy', too few"):
-        tasks.library_rows(docs, 6, 4)
+        corpus.library_rows(docs, 6, 4)
 
 
 def test_prose_sentences_keep_prose_only():
     docs = ["Returns the number of items, in order. Call f(x) = y for this one here today.\nToo short here.",
             "Every word of this sentence is a word. Returns the number of items, in order."]
-    assert tasks.prose_sentences(docs) == ["returns the number of items in order", "every word of this sentence is a word"]
+    assert corpus.prose_sentences(docs) == ["returns the number of items in order", "every word of this sentence is a word"]
 
 
 # ----------------------------------------------------------------------------- runs
@@ -144,17 +144,14 @@ def test_a_folder_never_mixes_two_recipes(tmp_path):
     assert json.load(open(path))["max_steps"] == 1200  # the recipe the forced runs will have
 
 
-
-def test_runs_from_before_a_new_setting_count_as_its_old_behaviour(tmp_path):
+def test_a_folder_from_before_a_new_setting_is_another_recipe(tmp_path):
+    """recipe.json from before train.py had --mask-prob: refused, naming the setting; --force makes it again."""
     path = tmp_path / "recipe.json"
-    path.write_text(json.dumps({"max_steps": 2400}))  # written before train.py had --mask-prob
-    reproduce.check_recipe(str(path), {"max_steps": 2400, "mask_prob": 0.15}, force=False)  # 15%: what they did
-    with pytest.raises(ValueError, match=r"mask_prob 0\.15 there, 0\.4 now"):
+    path.write_text(json.dumps({"max_steps": 2400}))
+    with pytest.raises(ValueError, match=r"mask_prob unset there, 0\.4 now"):
         reproduce.check_recipe(str(path), {"max_steps": 2400, "mask_prob": 0.4}, force=False)
-    # tickets rounded their FFN widths to 1 on the CPU then, 8 now: another ticket, so another recipe
-    now = {"max_steps": 2400, "auto_ffn_multiple": {"cuda": 64, "cpu": 8}}
-    with pytest.raises(ValueError, match=r"auto_ffn_multiple \{'cuda': 64, 'cpu': 1\} there, \{'cuda': 64, 'cpu': 8"):
-        reproduce.check_recipe(str(path), now, force=False)
+    reproduce.check_recipe(str(path), {"max_steps": 2400, "mask_prob": 0.4}, force=True)
+    assert json.load(open(path)) == {"max_steps": 2400, "mask_prob": 0.4}
 
 
 def test_mask_prob_reaches_the_recipe_and_every_pretraining_command(tmp_path, monkeypatch, capsys):
@@ -238,7 +235,7 @@ def test_the_quick_reproduction_runs_and_resumes(tmp_path, small_corpus, monkeyp
 def fake_wordnet(path):
     """Twenty glosses per class, in data.noun's layout: offset lex_filenum ss_type w_cnt word lex_id ... | gloss."""
     lines = ["  1 This software and database is being provided to you, the LICENSEE, by Princeton University"]
-    for lex, name in tasks.CLASSES.items():
+    for lex, name in corpus.CLASSES.items():
         for i in range(20):
             lines.append(f"{lex:08d}{i} {lex:02d} n 01 word{i} 0 000 | a {name} thing number {i} of its kind; "
                          f'"an example"  ')

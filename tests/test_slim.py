@@ -1,10 +1,13 @@
-"""slim.py: network-slimming coefficients on heads and FFN neurons, and their L1 penalty."""
+"""slim.py: network-slimming coefficients on heads and FFN neurons, their L1 penalty, and the search
+that adds both and the early-bird rule to a training loop's steps."""
 import pytest
 import torch
 import torch.nn as nn
 
+from helpers import ticket_config
 from model import Bert, BertClassifier, BertConfig, BertMLM
-from slim import add_coefficients, coefficient_parameters, coefficients, l1_penalty, remove_coefficients
+from slim import Search, add_coefficients, coefficient_parameters, coefficients, l1_penalty, remove_coefficients
+from ticket import EarlyBird, Ticket
 
 
 def tiny_config(**kw):
@@ -110,3 +113,36 @@ def test_zero_head_coefficient_removes_that_head():
         model.bert.layers[2].ffn.down.weight[:, 7] = 0.0
         removed = model(ids, attention_mask=mask)[0]
     assert torch.allclose(with_zero_coefs, removed, atol=1e-6)
+
+
+def set_by_hand(model, head_values, ffn_values):
+    """The same coefficients in every layer."""
+    for layer in model.bert.layers:
+        layer.attn.head_coef = nn.Parameter(torch.tensor(head_values))
+        layer.ffn.ffn_coef = nn.Parameter(torch.tensor(ffn_values))
+
+
+def test_search_draws_when_the_rule_fires_at_the_fixed_step_or_at_the_end(monkeypatch):
+    """Search (sec. 3.1-3.2): coefficients of 1 added, the L1 term, a mask every `every` steps, and
+    the ticket when the early-bird rule fires, at --draw-step instead when given, else at the last step."""
+    monkeypatch.setattr("ticket.mask_distance", lambda a, b: (a != b).double().mean().item())  # graded on its own
+    heads, ffn = [0.9, 0.1, 0.8, 0.7], [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6]
+    rule = Search(BertMLM(ticket_config()), EarlyBird(k=2, epsilon=0.1), 10, 1e-2, 1e-3, head_ratio=0.25, ffn_ratio=0.5)
+    assert all(bool((c == 1).all()) for c in sum(coefficients(rule.model), []))
+    set_by_hand(rule.model, heads, ffn)
+    assert torch.equal(rule.penalty(), l1_penalty(rule.model, 1e-2, 1e-3))
+    assert rule.after_step(5) is None and rule.recorded is None  # not a mask step
+    assert rule.after_step(10) is None and rule.recorded["step"] == 10  # one mask: too few to decide
+    t = rule.after_step(20)  # the same mask again: the rule fires
+    assert (t.kind, t.step, t.heads, t.ffn) == ("earlybird", 20, [[0, 2, 3]] * 3, [[1, 3, 5, 7]] * 3)
+    assert t.history == rule.early_bird.history and len(t.history) == 2
+
+    fixed = Search(BertMLM(ticket_config()), EarlyBird(k=2, epsilon=0.1), 10, head_ratio=0.25, ffn_ratio=0.5,
+                   draw_step=30)
+    set_by_hand(fixed.model, heads, ffn)
+    assert [fixed.after_step(s) for s in (10, 20)] == [None, None]  # the rule only records
+    t = fixed.after_step(30)
+    assert (t.kind, t.step) == ("fixed-step", 30) and fixed.early_bird.history[-1]["head_distance"] == 0.0
+    # the fallback when a search ends before the rule fires: labelled for what it is
+    assert fixed.after_step(35, last=True) == Ticket(t.heads, t.ffn, t.full_heads, t.full_ffn, 0.25, 0.5,
+                                                     "last-step", 35, fixed.early_bird.history)

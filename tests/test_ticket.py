@@ -10,16 +10,13 @@ import sys
 
 import pytest
 import torch
-import torch.nn as nn
 
-import ticket as tickets
 from checkpoint import load_pretrained, read_safetensors, save_pretrained
+from helpers import TICKETS, literal_ticket as literal, one_line_value_error
+from helpers import ticket_config as tiny_config, ticket_logits as logits
 from model import Bert, BertClassifier, BertMLM
-from conftest import TICKETS, literal_ticket as literal, one_line_value_error
-from conftest import ticket_config as tiny_config, ticket_logits as logits
-from ticket import (EarlyBird, Ticket, current_masks, distance_matrix, draw_now, draw_ticket, full_ticket, main,
-                    mask_distance, observe, parameters_and_flops, plot_distances, random_ticket, save_mask_distances,
-                    summary, ticket_masks)
+from ticket import (EarlyBird, Ticket, current_masks, distance_matrix, draw_ticket, full_ticket, main, mask_distance,
+                    parameters_and_flops, plot_distances, random_ticket, save_mask_distances, ticket_masks)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,7 +122,7 @@ def test_ticket_masks_are_flat_and_layer_major():
 @pytest.fixture
 def reference_distance(monkeypatch):
     """The rule graded on its own: a reference mask distance in place of ticket.mask_distance."""
-    monkeypatch.setattr(tickets, "mask_distance", lambda a, b: (a != b).double().mean().item())
+    monkeypatch.setattr("ticket.mask_distance", lambda a, b: (a != b).double().mean().item())
 
 
 def test_mask_distance_is_the_fraction_of_differing_bits():
@@ -185,34 +182,24 @@ def test_distance_matrix_is_pairwise(reference_distance):
     assert d[1].tolist() == [[0, 0, 1], [0, 0, 1], [1, 1, 0]]
 
 
-def coefficient_model(head_values, ffn_values):
-    """A 3-layer BertMLM with the same coefficients in every layer, set by hand."""
-    model = BertMLM(tiny_config())
-    for layer in model.bert.layers:
-        layer.attn.head_coef = nn.Parameter(torch.tensor(head_values))
-        layer.ffn.ffn_coef = nn.Parameter(torch.tensor(ffn_values))
-    return model
-
-
-def test_observe_draws_when_the_rule_fires_or_at_the_fixed_step(reference_distance):
-    model = coefficient_model([0.9, 0.1, 0.8, 0.7], [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6])
-    eb = EarlyBird(k=2, epsilon=0.1)
-    assert observe(eb, model, 10, 0.25, 0.5) is None  # one mask: too few to decide
-    t = observe(eb, model, 20, 0.25, 0.5)  # the same mask again: the rule fires
-    assert (t.kind, t.step, t.heads, t.ffn) == ("earlybird", 20, [[0, 2, 3]] * 3, [[1, 3, 5, 7]] * 3)
-    assert t.history == eb.history and len(eb.history) == 2
-
-    fixed = EarlyBird(k=2, epsilon=0.1)
-    assert [observe(fixed, model, s, 0.25, 0.5, draw_step=30) for s in (10, 20)] == [None, None]  # rule ignored
-    t = observe(fixed, model, 30, 0.25, 0.5, draw_step=30)
-    assert (t.kind, t.step) == ("fixed-step", 30) and fixed.history[-1]["head_distance"] == 0.0
-    # the fallback when a search ends before the rule fires: labelled for what it is
-    assert draw_now(fixed, model, 35, 0.25, 0.5) == Ticket(t.heads, t.ffn, t.full_heads, t.full_ffn, 0.25, 0.5,
-                                                           "last-step", 35, fixed.history)
+@pytest.mark.parametrize("change, says", [
+    (lambda t: Ticket(t.heads[:2], t.ffn[:2], t.full_heads[:2], t.full_ffn[:2], 0.25, 0.4), "2 layers"),
+    (lambda t: Ticket(t.heads, t.ffn[:2], t.full_heads, t.full_ffn, 0.25, 0.4), "differ in length"),
+    (lambda t: Ticket(t.heads, t.ffn, [6, 4, 4], t.full_ffn, 0.25, 0.4), "6 heads"),
+    (lambda t: Ticket(t.heads, t.ffn, t.full_heads, [8, 16, 8], 0.25, 0.4), "16 FFN"),
+    (lambda t: Ticket([[0, 4], [0], [1]], t.ffn, t.full_heads, t.full_ffn, 0.25, 0.4), "indices 0..3"),
+    (lambda t: Ticket([[0], [-1], [1]], t.ffn, t.full_heads, t.full_ffn, 0.25, 0.4), "indices 0..3"),
+    (lambda t: Ticket(t.heads, [[1, 1], [2], [3]], t.full_heads, t.full_ffn, 0.25, 0.4), "twice"),
+    (lambda t: Ticket(t.heads, [[1], [], [3]], t.full_heads, t.full_ffn, 0.25, 0.4), "keeps no"),
+])
+def test_ticket_that_does_not_fit_the_model_is_refused(change, says):
+    TICKETS[0].check_fits(tiny_config(), "runs/ticket.json")
+    one_line_value_error(lambda: change(TICKETS[0]).check_fits(tiny_config(), "runs/ticket.json"),
+                         "runs/ticket.json", says)
 
 
 def test_summary_counts_the_kept_units():
-    assert summary(literal([[0], [1, 2]], [[0, 1, 2], [3]], [4, 4], [8, 8], kind="earlybird", step=7)) == {
+    assert literal([[0], [1, 2]], [[0, 1, 2], [3]], [4, 4], [8, 8], kind="earlybird", step=7).summary() == {
         "drawn_at": 7, "rule": "earlybird", "kept_heads": 3, "total_heads": 8, "kept_ffn": 4, "total_ffn": 16}
 
 

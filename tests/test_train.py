@@ -1,14 +1,12 @@
 """Tests for train.py's training: the loop learns, resumes exactly, DDP matches one process,
 and the EarlyBERT phases chain (search -> efficient). Bad input and what a run must never
 lose: test_train_input.py. Tiny model (2 layers, hidden 32) on a generated 150 KB corpus
-with the fixed 1500-token test vocabulary (conftest.py: `tiny`, `searched`)."""
+with the fixed 1500-token test vocabulary (helpers.py: `tiny`; conftest.py: `searched`)."""
 import json
 import os
 import shlex
 import shutil
 import signal
-import subprocess
-import sys
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -18,14 +16,13 @@ import torch
 import prune
 import runtime
 import slim
-import ticket as tickets
 import train
 from checkpoint import load_pretrained
-from conftest import error_of, files_under, log, tiny
+from helpers import DDP_ONE, DDP_TWO, EARLY_BIRD, error_of, files_under, log, tiny, torchrun_two_processes
 from data import n_predictions
 from model import BertConfig, BertMLM, configure_optimizers, lr_lambda
+from ticket import Ticket, random_ticket, show
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_a_short_run_lowers_held_out_loss_clearly(corpus, tmp_path):
@@ -128,14 +125,14 @@ def test_a_search_killed_after_its_draw_finishes_the_draw_on_resume(corpus, tmp_
     def killed(ticket, path):
         raise RuntimeError("killed")
     with monkeypatch.context() as m:
-        m.setattr(tickets.Ticket, "save", killed)
+        m.setattr(Ticket, "save", killed)
         with pytest.raises(RuntimeError):
             train.train(cfg)
     ckpt = tmp_path / "search" / "ckpt.pt"
     assert torch.load(ckpt, weights_only=False)["step"] == 4 and not (tmp_path / "search" / "summary.json").exists()
     summary = train.train(replace(cfg, resume=True))
     assert (summary["steps"], summary["drawn_at"], summary["rule"]) == (4, 4, "fixed-step")
-    assert torch.load(ckpt, weights_only=False)["step"] == 4 and tickets.Ticket.load(
+    assert torch.load(ckpt, weights_only=False)["step"] == 4 and Ticket.load(
         str(tmp_path / "search" / "ticket.json")).step == 4
     assert max(r["step"] for r in log(tmp_path, "search")) == 4
 
@@ -159,34 +156,6 @@ def test_resume_continues_exactly(corpus, tmp_path, phase, precision):
     if phase == "search":
         assert len(a["early_bird"]["history"]) == 6 and a["early_bird"]["history"] == b["early_bird"]["history"]
         assert json.load(open(tmp_path / "a/search/ticket.json")) == json.load(open(tmp_path / "b/search/ticket.json"))
-
-
-# max_minutes: a budget far off, so the ranks agree at every log step that time is left (runtime.any_rank);
-# fp32 pinned: the torchrun processes run the real --precision auto probe, the fixture cannot reach them
-DDP_ONE = dict(phase="search", precision="fp32", dropout=0.0, max_steps=6, eb_epsilon=0.0, max_minutes=60.0, log_every=2)
-DDP_TWO = dict(DDP_ONE, batch_size=4, eval_batches=8)  # batch 4 x 2 processes; the same 32 held-out sequences
-
-
-def torchrun_two_processes(cfg: train.Config, timeout: float = 240) -> subprocess.CompletedProcess:
-    """`torchrun --nproc-per-node=2 train.py` with cfg's settings, 2 CPU processes (gloo).
-    tests/ddp_soak.py repeats it to catch a rare failure of the processes' teardown."""
-    args = [f"--{k.replace('_', '-')}={v}" for k, v in vars(cfg).items() if not isinstance(v, bool)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               os.path.join(ROOT, "train.py"), *args]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired as e:
-            # SIGTERM: torchrun stops its workers (each in its own session) before it exits;
-            # a SIGKILL would leave them running, orphaned
-            proc.terminate()
-            try:
-                e.output, e.stderr = proc.communicate(timeout=60)  # what it printed before it hung
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise
-    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 def test_bf16_training_follows_fp32_closely(corpus, tmp_path):
@@ -239,19 +208,27 @@ def test_ddp_two_processes_match_one_process(corpus, tmp_path):
     assert abs(one["val_loss"] - two["val_loss"]) < 1e-4
 
 
-def test_search_draws_a_ticket_when_the_early_bird_rule_fires(searched):
-    out, summary = searched.out, searched.summary
+def test_search_draws_a_ticket_when_the_early_bird_rule_fires(corpus, tmp_path):
+    """The rule of sec. 3.2 on a real search: the masks stop moving, and the ticket is drawn there."""
+    summary = train.train(tiny(corpus, tmp_path, **EARLY_BIRD))
     assert summary["rule"] == "earlybird" and summary["drawn_at"] == summary["steps"] < 200
-    ticket = tickets.Ticket.load(str(out / "search" / "ticket.json"))
+    ticket = Ticket.load(str(tmp_path / "search" / "ticket.json"))
     assert ticket.kind == "earlybird" and ticket.step == summary["steps"]
     assert [len(h) for h in ticket.heads] == [3, 3]  # 4 heads per layer, a third pruned layer-wise
     assert sum(map(len, ticket.ffn)) == round(0.6 * 128)  # 40% of the neurons pruned globally
     last = ticket.history[-1]
     assert last["head_distance"] < 0.3 and last["ffn_distance"] < 0.3
-    matrix = json.load(open(out / "search" / "mask_distances.json"))
+    matrix = json.load(open(tmp_path / "search" / "mask_distances.json"))
     assert len(matrix["steps"]) == summary["steps"] // 2 and matrix["head_distance"][0][0] == 0.0
     # the start weights (for --init rewind) are the untrained model
-    assert os.path.exists(out / "search" / "start" / "config.json")
+    assert os.path.exists(tmp_path / "search" / "start" / "config.json")
+
+
+def test_the_shared_search_draws_at_its_fixed_step(searched):
+    """--draw-step: the official code's fixed draw, labelled "fixed-step"; the rule only records its distances."""
+    summary, ticket = searched.summary, Ticket.load(str(searched.out / "search" / "ticket.json"))
+    assert (summary["rule"], summary["drawn_at"], summary["steps"]) == ("fixed-step", 12, 12)
+    assert (ticket.kind, ticket.step, len(ticket.history)) == ("fixed-step", 12, 6)
 
 
 def efficient(searched, **kw) -> train.Config:
@@ -278,9 +255,9 @@ def test_efficient_phase_trains_the_rebuilt_ticket(corpus, searched, init, kind,
     drawn = json.load(open(out / "search" / "summary.json"))["drawn_at"]
     max_steps = searched.cfg.max_steps  # the search's schedule: continued from the draw, or anew (rewind)
     cfg = efficient(searched, init=init, ticket=kind)
-    ticket = tickets.Ticket.load(str(out / "search" / "ticket.json"))
+    ticket = Ticket.load(str(out / "search" / "ticket.json"))
     if kind == "random":
-        ticket = tickets.random_ticket(ticket.full_heads, ticket.full_ffn, ticket.head_ratio, ticket.ffn_ratio, 0,
+        ticket = random_ticket(ticket.full_heads, ticket.full_ffn, ticket.head_ratio, ticket.ffn_ratio, 0,
                                        ffn_multiple=ticket.ffn_multiple)
     # what the phase starts from: the ticket rebuilt from the search's start (rewind) or its last weights
     model, used, start = train.efficient_model(train.search_settings(cfg))
@@ -441,7 +418,7 @@ def test_a_ticket_drawn_at_the_last_step_points_to_rewind(corpus, tmp_path, caps
     printed = capsys.readouterr().err
     assert "ticket drawn at step 4 of 4 (at the last step: the early-bird rule did not fire by --max-steps)" in printed
     assert searched["rule"] == json.load(open(tmp_path / "search" / "ticket.json"))["kind"] == "last-step"
-    assert "last-step ticket, drawn at step 4" in tickets.show(str(tmp_path / "search" / "ticket.json"))
+    assert "last-step ticket, drawn at step 4" in show(str(tmp_path / "search" / "ticket.json"))
     cfg = train.parse_args(printed_next_command(printed))
     assert (cfg.phase, cfg.init, cfg.out_dir, cfg.max_steps) == ("efficient", "rewind", str(tmp_path), 4)
     summary = train.train(cfg)
@@ -454,7 +431,7 @@ def test_a_rounded_ticket_and_its_random_control_keep_ffn_widths_in_multiples(co
     """--ffn-multiple (64 on a GPU unless asked): each layer keeps a multiple of it, and the
     efficient phase's random control is rounded as the drawn ticket was."""
     train.train(tiny(corpus, tmp_path, phase="search", max_steps=6, draw_step=4, ffn_multiple=16))
-    drawn = tickets.Ticket.load(str(tmp_path / "search" / "ticket.json"))
+    drawn = Ticket.load(str(tmp_path / "search" / "ticket.json"))
     _, control, _ = train.efficient_model(tiny(corpus, tmp_path, phase="efficient", data="", vocab="", max_steps=6,
                                                max_len=train.Config.max_len, ticket="random"))
     for t in (drawn, control):  # 2 layers of 64 neurons, 77 kept unrounded: no two multiples of 16 add up to 77

@@ -1,7 +1,7 @@
 """Tests for train.py on bad input and on what a run must never lose: a fresh run into an
 earlier run's folder, a second process, a NaN loss, bad data, vocabularies, checkpoints and
 tickets each stop with one line that names the file, before anything is written. The tiny
-model's runs and the shared search come from conftest.py."""
+model's runs come from helpers.py, the shared search from conftest.py."""
 import inspect
 import json
 import os
@@ -17,7 +17,7 @@ import torch
 import runtime
 import train
 from checkpoint import save_pretrained
-from conftest import error_of, files_under, log, tiny
+from helpers import error_of, files_under, log, tiny
 from model import BertConfig, BertMLM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +71,7 @@ def test_resume_of_a_finished_run(corpus, searched, finished, tmp_path, capsys):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="runs are not locked on Windows (no flock)")
 def test_a_second_process_on_the_same_folder_is_refused(corpus, tmp_path):
-    import fcntl
+    fcntl = pytest.importorskip("fcntl")  # POSIX only
     run_dir = tmp_path / "full"
     cfg = tiny(corpus, tmp_path, max_steps=2)
     with runtime.run_lock(str(run_dir)):
@@ -197,7 +197,7 @@ def test_help_lists_every_flag_with_its_help_default_and_choices():
     (dict(ticket_every=0), "--ticket-every 0: "), (dict(eb_k=1), "--eb-k 1: "),
     (dict(head_ratio=1.0), "--head-ratio 1.0: "), (dict(ffn_ratio=-0.1), "--ffn-ratio -0.1: "),
     (dict(warmup=1.5), "--warmup 1.5: "), (dict(log_every=0), "--log-every 0: "),
-    (dict(draw_step=201), "--draw-step 201: beyond --max-steps 200"), (dict(hidden=30), "--hidden 30 --heads 4: ")])
+    (dict(draw_step=25), "--draw-step 25: beyond --max-steps 24"), (dict(hidden=30), "--hidden 30 --heads 4: ")])
 def test_settings_that_cannot_work_are_refused_before_anything_else(searched, change, named):
     """One line naming the flag, before the out dir is looked at: into a finished search's folder,
     neither "holds an earlier run's results" nor a run, and nothing of it changes."""
