@@ -119,10 +119,11 @@ def jobs(out: str, seeds: list[int], common: list[str], max_steps: int, vocab: s
     found = {}
     for seed in seeds:
         folder = os.path.join(out, "controls", f"seed{seed}")
-        own = [*common, "--seed", str(seed), *(["--vocab", vocab] if seed != seeds[0] else [])]
         for draw in ("rule", *DRAW_AT):
             run_dir = os.path.join(folder, draw_name(draw, max_steps))
             at = [] if draw == "rule" else ["--draw-step", str(round(draw * max_steps))]
+            first = seed == seeds[0] and draw == "rule"  # trains the vocabulary every other search gets
+            own = [*common, "--seed", str(seed), *([] if first else ["--vocab", vocab])]
             found[seed, "search", draw] = {"script": TRAIN_PY, "args": ["--phase", "search", "--out-dir", run_dir,
                                                                         *own, *at],
                                            "result": os.path.join(run_dir, "search", "summary.json")}

@@ -97,3 +97,13 @@ def test_efficient_phase_trains_random_units_at_the_drawn_sizes(corpus, searched
     assert [len(f) for f in used.ffn] == [len(f) for f in drawn_ticket.ffn]
     assert summary["kept_ffn"] == sum(map(len, drawn_ticket.ffn)) and summary["ticket"] == "random-per-layer"
     assert json.load(open(tmp_path / "efficient-random-per-layer" / "summary.json"))["steps"] == searched.cfg.max_steps
+
+
+def test_every_search_but_the_first_gets_its_vocabulary():
+    """One vocabulary for every search: a WordPiece vocabulary trained again differs a little."""
+    found = controls.jobs("out", [0, 1], ["--max-steps", "2400"], 2400, "VOCAB")
+    searches = {k: j["args"] for k, j in found.items() if k[1] == "search"}
+    assert len(searches) == 8 and "--vocab" not in searches[0, "search", "rule"]
+    assert all(args[args.index("--vocab") + 1] == "VOCAB" for k, args in searches.items() if k != (0, "search", "rule"))
+    assert searches[1, "search", 0.5][-2:] == ["--draw-step", "1200"]
+    assert "--init-from" in found[1, "reordered"]["args"]  # its start's vocabulary comes with it
