@@ -277,8 +277,11 @@ def pretrain_results(jobs: dict, seeds: list[int]) -> dict:
 
 
 def finetune_numbers(r: dict) -> dict:
+    search = r.get("search") or {}  # an EarlyBERT run's: how long it searched, of the longest search
     return {"accuracy": r["metrics"]["dev"]["accuracy"], "seconds": r["total_seconds"],
-            "search_seconds": r["search_seconds"], "parameters": r["parameters"]}
+            "search_seconds": r["search_seconds"], "parameters": r["parameters"],
+            "search_steps": r.get("search_steps", 0), "longest_search": search.get("longest"),
+            "drawn_by": (r.get("ticket") or {}).get("rule")}
 
 
 # ----------------------------------------------------------------------------- results.md
@@ -319,10 +322,22 @@ def markdown(results: dict) -> str:
         if "skipped" in w:
             lines.append(f"Skipped: {w['skipped']}")
         else:
-            lines += ["| variant | dev accuracy (mean ± std) | seeds | seconds (mean ± std) |", "|---|---:|---:|---:|"]
-            lines += [f"| {v} | {pm([r['accuracy'] for r in rs], 3)} | {len(rs)} | "
-                      f"{pm([r['seconds'] for r in rs], 0)} |" for v, rs in w.items()]
+            lines += ["| variant | dev accuracy (mean ± std) | per seed | seconds (mean ± std) | search steps "
+                      "(of the longest) and what drew the ticket, per seed |", "|---|---:|---:|---:|---|"]
+            lines += [f"| {v} | {pm([r['accuracy'] for r in rs], 3)} | {seed_accuracies(rs)} | "
+                      f"{pm([r['seconds'] for r in rs], 0)} | {searched(rs)} |" for v, rs in w.items()]
     return "\n".join(lines) + "\n"
+
+
+def seed_accuracies(runs: list[dict]) -> str:
+    return " / ".join(f"{r['accuracy']:.3f}" for r in runs)
+
+
+def searched(runs: list[dict]) -> str:
+    """An EarlyBERT fine-tuning run's search per seed: steps (of the longest it may take), drawn by what."""
+    if not runs[0].get("drawn_by"):
+        return "-"
+    return ", ".join(f"{r['search_steps']} ({r['longest_search']}) {r['drawn_by']}" for r in runs)
 
 
 def reading(per_seed: dict, downstream: dict) -> str:

@@ -302,3 +302,15 @@ def test_later_seeds_train_on_the_first_seeds_vocabulary(tmp_path):
             assert job["args"][job["args"].index("--vocab") + 1] == reproduce.VOCAB
         assert job["args"][job["args"].index("--seed") + 1] == str(seed)
 
+
+
+def test_claim_c_table_gives_each_seed_and_where_the_search_drew():
+    def tuned(acc, seconds, steps=0, drawn_by=None):
+        return {"accuracy": acc, "seconds": seconds, "search_seconds": 0.0, "parameters": 22_000_000,
+                "search_steps": steps, "longest_search": 60 if drawn_by else None, "drawn_by": drawn_by}
+    results = {"wordnet": {"plain": [tuned(0.70, 100), tuned(0.72, 102)],
+                           "earlybert": [tuned(0.69, 80, 30, "earlybird"), tuned(0.71, 90, 60, "last-step")],
+                           "random": [tuned(0.65, 70), tuned(0.66, 71)]}}
+    lines = reproduce.markdown(results).splitlines()
+    assert "| plain | 0.710 ± 0.014 | 0.700 / 0.720 | 101 ± 1 | - |" in lines
+    assert "| earlybert | 0.700 ± 0.014 | 0.690 / 0.710 | 85 ± 7 | 30 (60) earlybird, 60 (60) last-step |" in lines
