@@ -87,7 +87,7 @@ def run_name(cfg) -> str:
     so the control runs sit beside the EarlyBERT one instead of overwriting it."""
     if cfg.phase != "efficient":
         return cfg.phase
-    return "efficient" + ("-random" if cfg.ticket == "random" else "") + ("-rewind" if cfg.init == "rewind" else "")
+    return "efficient" + ("" if cfg.ticket == "earlybird" else "-" + cfg.ticket) + ("-rewind" if cfg.init == "rewind" else "")
 
 
 def check_run_dir(cfg, run_dir: str):

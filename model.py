@@ -17,7 +17,8 @@ EarlyBERT needs two things from the model, both here:
 
 Parameter names are a contract: checkpoint.py maps them onto the reference
 implementation's, so real BERT checkpoints load. The optimizer set-up and the learning-rate
-schedule that train.py and finetune.py share are at the end (`configure_optimizers`, `lr_lambda`).
+schedule that train.py and finetune.py share, and the held-out evaluation, are at the end
+(`configure_optimizers`, `lr_lambda`, `evaluate`).
 """
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
@@ -412,6 +413,25 @@ def lr_lambda(warmup_steps: int, total_steps: int, start: int = 0):
             return (s + 1) / warmup_steps
         return max(0.0, (total_steps - s) / max(1, total_steps - warmup_steps))
     return factor
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, device, autocast) -> tuple[float, float]:
+    """Held-out MLM loss and accuracy over fixed batches (data.MLMBatches.eval_batches: the same
+    masking every time), averaged over the predicted tokens."""
+    model.eval()
+    total, correct, count = 0.0, 0, 0
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items() if v is not None}
+        with autocast:
+            logits, loss = model(**batch)
+        labels = batch["mlm_labels"]
+        n = int((labels != -100).sum())
+        total += loss.item() * n
+        correct += int(((logits.argmax(-1) == labels) & (labels != -100)).sum())
+        count += n
+    model.train()
+    return total / max(count, 1), correct / max(count, 1)
 
 
 def flops_per_sequence(config: BertConfig, seq_len: int, n_predictions: int) -> int:

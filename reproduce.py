@@ -5,6 +5,7 @@
     python reproduce.py --quick           # tiny sizes, 2 seeds, a few minutes: the smoke test's run
     python reproduce.py --max-steps 1200  # the recipe at half length: about 1.5 hours (runs/reproduce-1200)
     python reproduce.py --mask-prob 0.15  # BERT's 15% of tokens masked in pre-training (runs/reproduce-mask15)
+    python reproduce.py --part controls   # does the ticket matter? (controls.py): about 1.5 hours in bf16
 
 The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's default recipe:
  (a) structured winning tickets emerge early (sec. 3.2): where `train.py --phase search` draws the ticket
@@ -35,6 +36,7 @@ import sys
 
 import numpy as np
 
+import controls
 import corpus
 from checkpoint import atomic, load_checkpoint, read_json, write_json
 from corpus import WORDNET, library_rows, wordnet_task, write_task  # built without the network
@@ -273,8 +275,11 @@ def pretrain_results(jobs: dict, seeds: list[int]) -> dict:
 
 
 def finetune_numbers(r: dict) -> dict:
+    search = r.get("search") or {}  # an EarlyBERT run's: how long it searched, of the longest search
     return {"accuracy": r["metrics"]["dev"]["accuracy"], "seconds": r["total_seconds"],
-            "search_seconds": r["search_seconds"], "parameters": r["parameters"]}
+            "search_seconds": r["search_seconds"], "parameters": r["parameters"],
+            "search_steps": r.get("search_steps", 0), "longest_search": search.get("longest"),
+            "drawn_by": (r.get("ticket") or {}).get("rule")}
 
 
 # ----------------------------------------------------------------------------- results.md
@@ -307,16 +312,30 @@ def markdown(results: dict) -> str:
                          f"{' / '.join(f'{a:.3f}' for a in accs)} | {pm([r['seconds'] for r in rs], 0)} |")
     if "pretrain" in results and "downstream" in results:
         lines += ["", reading(results["pretrain"], results["downstream"]["runs"])]
+    if "controls" in results:
+        lines += ["", *controls.markdown(results["controls"])]
     if "wordnet" in results:
         w = results["wordnet"]
         lines += ["", "### (c) Fine-tuning all-MiniLM-L6-v2 on WordNet noun classes (8 classes)", ""]
         if "skipped" in w:
             lines.append(f"Skipped: {w['skipped']}")
         else:
-            lines += ["| variant | dev accuracy (mean ± std) | seeds | seconds (mean ± std) |", "|---|---:|---:|---:|"]
-            lines += [f"| {v} | {pm([r['accuracy'] for r in rs], 3)} | {len(rs)} | "
-                      f"{pm([r['seconds'] for r in rs], 0)} |" for v, rs in w.items()]
+            lines += ["| variant | dev accuracy (mean ± std) | per seed | seconds (mean ± std) | search steps "
+                      "(of the longest) and what drew the ticket, per seed |", "|---|---:|---:|---:|---|"]
+            lines += [f"| {v} | {pm([r['accuracy'] for r in rs], 3)} | {seed_accuracies(rs)} | "
+                      f"{pm([r['seconds'] for r in rs], 0)} | {searched(rs)} |" for v, rs in w.items()]
     return "\n".join(lines) + "\n"
+
+
+def seed_accuracies(runs: list[dict]) -> str:
+    return " / ".join(f"{r['accuracy']:.3f}" for r in runs)
+
+
+def searched(runs: list[dict]) -> str:
+    """An EarlyBERT fine-tuning run's search per seed: steps (of the longest it may take), drawn by what."""
+    if not runs[0].get("drawn_by"):
+        return "-"
+    return ", ".join(f"{r['search_steps']} ({r['longest_search']}) {r['drawn_by']}" for r in runs)
 
 
 def reading(per_seed: dict, downstream: dict) -> str:
@@ -347,8 +366,9 @@ def reading(per_seed: dict, downstream: dict) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", help="every run's folder goes under it [runs/reproduce, -quick, -STEPS, -maskPERCENT]")
-    p.add_argument("--part", choices=("all", "pretrain", "wordnet"), default="all",
-                   help="pretrain: (a), (b) and the library-task fine-tuning; wordnet: (c)")
+    p.add_argument("--part", choices=("all", "pretrain", "wordnet", "controls"), default="all",
+                   help="all: (a)-(c); pretrain: (a), (b) and the library-task fine-tuning; wordnet: (c); "
+                        "controls: does the drawn ticket matter (controls.py), not part of all")
     p.add_argument("--seeds", type=int, nargs="+", help="[0 1 2; 0 1 with --quick]")
     p.add_argument("--data", default="", help="train.py's --data [its built-in corpus]")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that every step runs")
@@ -397,6 +417,32 @@ def wordnet_model(source: str) -> tuple[str | None, str | None]:
     return os.path.join(os.path.dirname(spec.origin), "model"), None
 
 
+def write_results(results: dict, out: str) -> str:
+    """OUT/results.json and OUT/results.md (its tables); returns the tables."""
+    write_json(results, os.path.join(out, "results.json"))
+    table = markdown(results)
+    with atomic(os.path.join(out, "results.md")) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(table)
+    return table
+
+
+def run_controls(checks: dict, seeds: list[int], max_steps: int, force: bool, results: dict, path: str):
+    """--part controls: every search first (then what they say, written at once), efficient training after,
+    the results written again as each seed's runs finish."""
+    vocab = None
+    for seed in seeds:
+        for draw in ("rule", *controls.DRAW_AT):
+            summary = run(checks[seed, "search", draw], force, vocab)
+            vocab = vocab or read_json(os.path.join(summary["data_dir"], "meta.json"))["vocab_path"]
+        run(checks[seed, "reordered"], force, vocab)
+    for done in [None, *seeds]:
+        for draw, ticket in ([] if done is None else
+                             [(d, t) for d in controls.TRAIN_FROM for t in controls.TICKETS]):
+            run(checks[done, "efficient", draw, ticket], force, vocab)
+        results["controls"] = controls.results(checks, seeds, max_steps)
+        write_results(results, os.path.dirname(path))
+
+
 def main(argv=None):
     args = parse_args(argv)
     out, seeds = args.out, args.seeds
@@ -405,14 +451,17 @@ def main(argv=None):
     recipe = {**train_defaults(), **overrides, "auto_ffn_multiple": AUTO_FFN_MULTIPLE}  # how tickets are rounded
     eval_every = max(1, recipe["max_steps"] // EVALUATIONS)
     (n_train, n_dev), folders = QUICK_LIBRARY if args.quick else (LIBRARY, None)
-    pretrain = pretrain_jobs(out, seeds, overrides, args.data, eval_every) if args.part != "wordnet" else {}
+    pretrain = pretrain_jobs(out, seeds, overrides, args.data, eval_every) if args.part in ("all", "pretrain") else {}
     downstream = downstream_jobs(out, seeds, args.quick) if pretrain else {}
-    minilm, skip = wordnet_model(args.wordnet) if args.part != "pretrain" else (None, None)
+    minilm, skip = wordnet_model(args.wordnet) if args.part in ("all", "wordnet") else (None, None)
     wordnet = wordnet_jobs(out, seeds, minilm, args.quick) if minilm else {}
-    jobs = [*pretrain.values(), *downstream.values(), *wordnet.values()]
+    common = [*(["--data", args.data] if args.data else []), *flags(overrides)]
+    checks = controls.jobs(out, seeds, common, recipe["max_steps"], VOCAB) if args.part == "controls" else {}
+    jobs = [*pretrain.values(), *downstream.values(), *wordnet.values(), *checks.values()]
     todo = [j for j in jobs if command(j, args.force)]
     seconds = estimate_seconds(recipe, len(seeds) if pretrain else 0, eval_every, 3 * n_train if pretrain else 0,
                                len(wordnet))
+    seconds += len(checks) * 200  # controls: a run's few minutes (measured: 1.5 hours for 3 seeds in bf16)
     took = f"{seconds / 3600:.1f} hours" if seconds > 3600 else f"{seconds / 60:.0f} minutes"
     plan = [f"  {'(finished) ' if j not in todo else ''}{show([sys.executable, j['script'], *j['args']])}" for j in jobs]
     print(f"reproduce.py: {len(jobs)} runs ({len(jobs) - len(todo)} finished already: read, not run again), about "
@@ -440,6 +489,8 @@ def main(argv=None):
         runs = {k: finetune_numbers(run(j, args.force)) for k, j in downstream.items()}
         results["downstream"] = {"seeds": seeds, "train": n_train, "dev": n_dev, "classes": list(corpus.library_roots()),
                                  "runs": {v: [runs[s, v] for s in seeds] for v in ("none", "full", "earlybert", "random")}}
+    if checks:
+        run_controls(checks, seeds, recipe["max_steps"], args.force, results, path)
     if skip:
         results["wordnet"] = {"skipped": skip}
     elif wordnet:
@@ -448,11 +499,7 @@ def main(argv=None):
             wordnet_task(task, 12 if args.quick else 150, 4 if args.quick else 50, source=args.wordnet)
         runs = {k: finetune_numbers(run(j, args.force)) for k, j in wordnet.items()}
         results["wordnet"] = {v: [runs[s, v] for s in seeds] for v in ("plain", "earlybert", "random")}
-    write_json(results, path)
-    table = markdown(results)
-    with atomic(os.path.join(out, "results.md")) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(table)
-    print(table)
+    print(write_results(results, out))
     return results
 
 

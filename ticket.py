@@ -3,6 +3,7 @@
 
     draw_ticket     prune the smallest |coefficient|: heads layer-wise, FFN neurons globally
     random_ticket   the same numbers pruned, units chosen at random (the control)
+    random_ticket_like  random units with a drawn ticket's per-layer sizes (the second control)
     EarlyBird       the early-bird rule (You et al., ICLR 2020): stop searching once the
                     masks the coefficients give stop moving (mask distance < epsilon)
 
@@ -38,7 +39,7 @@ class Ticket:
     head_ratio: float            # the pruned fractions asked for
     ffn_ratio: float
     kind: str = "earlybird"      # "earlybird" (the rule fired), "fixed-step" (--draw-step), "last-step" (the
-                                 # search ended before the rule fired), "random" or "full"
+                                 # search ended before the rule fired), "random", "random-per-layer", "anti" or "full"
     step: int | None = None      # search step it was drawn at
     history: list[dict] = field(default_factory=list)  # EarlyBird.history: the mask distances
     ffn_multiple: int = 1        # each layer's kept FFN neurons rounded up to a multiple of it
@@ -160,6 +161,24 @@ def random_ticket(full_heads: list[int], full_ffn: list[int], head_ratio: float 
     g = torch.Generator().manual_seed(seed)
     head_scores, ffn_scores = ([torch.rand(n, generator=g) for n in sizes] for sizes in (full_heads, full_ffn))
     return draw_ticket(head_scores, ffn_scores, head_ratio, ffn_ratio, ffn_multiple, kind="random")
+
+
+def ticket_of_sizes(like: Ticket, head_scores, ffn_scores, kind: str) -> Ticket:
+    """A ticket with `like`'s per-layer sizes (as many heads and FFN neurons kept in each layer),
+    keeping in each layer the units of the largest scores (one 1-D array per layer each)."""
+    keep = lambda scores, kept: [_largest(np.asarray(s, dtype=float), len(k)) for s, k in zip(scores, kept)]
+    return dataclasses.replace(like, heads=keep(head_scores, like.heads), ffn=keep(ffn_scores, like.ffn), kind=kind,
+                               history=[])
+
+
+def random_ticket_like(like: Ticket, seed: int = 0) -> Ticket:
+    """The second control: units chosen at random with `like`'s per-layer sizes. random_ticket
+    prunes as many units but lets a global random draw set the FFN widths; this one keeps the
+    drawn ticket's widths, so drawn - random splits into "which units" (drawn - this) and "how
+    many in each layer" (this - random_ticket)."""
+    g = torch.Generator().manual_seed(seed)
+    scores = lambda sizes: [torch.rand(n, generator=g).numpy() for n in sizes]
+    return ticket_of_sizes(like, scores(like.full_heads), scores(like.full_ffn), "random-per-layer")
 
 
 def full_ticket(config) -> Ticket:

@@ -37,12 +37,12 @@ import prune
 from checkpoint import load_checkpoint, load_pretrained, resume, save_pretrained, save_training_state, write_json
 from experiment import (check_run_dir, command, finished, prepare_data, report, resumed_settings, run_name,
                         search_folder, search_settings, stopped, train_on)
-from model import BertConfig, BertMLM, configure_optimizers, count_parameters, lr_lambda, set_attention
+from model import BertConfig, BertMLM, configure_optimizers, count_parameters, evaluate, lr_lambda, set_attention
 from runtime import (ABOVE_0, AT_LEAST_1, FRACTION, NOT_NEGATIVE, any_rank, broadcast, check_limits, choose_precision,
                      deferred_interrupt, ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock,
                      setup_distributed, sum_ranks, to_device)
 from slim import Search, add_coefficients
-from ticket import EarlyBird, Ticket, full_ticket, random_ticket
+from ticket import EarlyBird, Ticket, full_ticket, random_ticket, random_ticket_like
 
 
 @dataclass
@@ -91,11 +91,11 @@ class Config:
     # EarlyBERT efficient training (sec. 3.3)
     search_dir: str = ""  # the search's output; "" = OUT_DIR/search
     init: str = "continue"  # continue: from the draw step on to max_steps | rewind: from the search's start
-    ticket: str = "earlybird"  # earlybird: the drawn ticket | random: same sizes, random units (the control)
+    ticket: str = "earlybird"  # earlybird: the drawn ticket | random: as many units, chosen at random | random-per-layer: random units, the drawn ticket's per-layer sizes
 
 
 CHOICES = {"phase": ("full", "search", "efficient"), "init": ("continue", "rewind"),
-           "ticket": ("earlybird", "random"), "device": ("auto", "cpu", "cuda"),
+           "ticket": ("earlybird", "random", "random-per-layer"), "device": ("auto", "cpu", "cuda"),
            "precision": ("auto", "fp32", "bf16")}
 
 # The values that cannot work, refused before anything else is looked at (check_config).
@@ -159,6 +159,8 @@ def efficient_model(cfg: Config):
     search = search_folder(cfg)
     ticket_path = os.path.join(search, "ticket.json")
     ticket = Ticket.load(ticket_path)
+    if cfg.ticket == "random-per-layer":  # the second control: the drawn widths, units at random
+        ticket = random_ticket_like(ticket, cfg.seed)
     if cfg.ticket == "random":  # the control: same ratios, units chosen at random
         ticket = random_ticket(ticket.full_heads, ticket.full_ffn, ticket.head_ratio, ticket.ffn_ratio, cfg.seed,
                                ticket.ffn_multiple)  # rounded as the drawn one
@@ -180,24 +182,6 @@ def efficient_model(cfg: Config):
 
 
 # ----------------------------------------------------------------------------- the loop
-
-@torch.no_grad()
-def evaluate(model, batches, device, autocast):
-    """Held-out MLM loss and accuracy over fixed batches (the same masking every time)."""
-    model.eval()
-    total, correct, count = 0.0, 0, 0
-    for batch in batches:
-        batch = to_device(batch, device)
-        with autocast:
-            logits, loss = model(**batch)
-        labels = batch["mlm_labels"]
-        n = int((labels != -100).sum())
-        total += loss.item() * n
-        correct += int(((logits.argmax(-1) == labels) & (labels != -100)).sum())
-        count += n
-    model.train()
-    return total / max(count, 1), correct / max(count, 1)
-
 
 def check_finite(loss: float, step: int):
     if not math.isfinite(loss):
@@ -416,7 +400,8 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
     if drawn:
         summary.update(drawn.summary(), plot=search.save(run_dir, drawn))
         final = prune.rebuild(model, full_ticket(model.config))  # coefficients folded in
-    elif training.ticket:
+    elif training.ticket:  # the ticket this run trained (a random control's own), for ticket.py show / compare
+        training.ticket.save(os.path.join(run_dir, "ticket.json"))
         summary.update({k: v for k, v in training.ticket.summary().items() if k.startswith(("kept", "total"))},
                        ticket=cfg.ticket, init=cfg.init)
     save_pretrained(final, os.path.join(run_dir, "model"), vocab, lowercase)

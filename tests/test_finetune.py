@@ -87,6 +87,17 @@ def test_a_two_label_classifier_fine_tunes_on_three_label_mnli_with_a_fresh_head
     assert load_pretrained(BertClassifier, str(out / "model"), verbose=False).config.num_labels == 3
 
 
+def test_fine_tuning_in_bf16_follows_fp32_and_says_so(tmp_path, tiny_model, glue_folder):
+    """--precision bf16: autocast for the matmuls, fp32 weights and loss; the same few steps end at
+    nearly the same loss, and results.json records the precision and the probe's ratio."""
+    glue_folder(tmp_path / "data", "sst-2")
+    runs = {p: run(tmp_path / p, task="sst-2", data=str(tmp_path / "data"), model=tiny_model, precision=p, max_steps=4)
+            for p in ("fp32", "bf16")}
+    assert runs["bf16"]["precision"] == "bf16" and runs["bf16"]["bf16_speedup"] == 1.0  # conftest's probe
+    assert runs["fp32"]["precision"] == "fp32" and runs["fp32"]["bf16_speedup"] is None  # fp32: no probe
+    assert abs(runs["bf16"]["history"][-1]["loss"] - runs["fp32"]["history"][-1]["loss"]) < 0.02
+
+
 def test_unknown_task_lists_the_tasks(tmp_path):
     with pytest.raises(ValueError, match=r"unknown task 'nope'; the tasks are cola, sst-2, .*, wnli, text, squad"):
         load_task("nope", str(tmp_path), None)

@@ -232,6 +232,36 @@ def test_the_quick_reproduction_runs_and_resumes(tmp_path, small_corpus, monkeyp
     assert again["pretrain"] == results["pretrain"] and again["downstream"] == results["downstream"]
 
 
+@pytest.mark.slow
+def test_the_quick_controls_run_and_resume(tmp_path, small_corpus, monkeypatch):
+    """--part controls at tiny sizes, 2 seeds: searches drawn by the rule and at 25/50/75% of the
+    schedule, each scored with every ticket; the tickets compared; efficient training of the drawn
+    ticket and both random controls from three draws. Run again, nothing runs."""
+    monkeypatch.setattr(reproduce.subprocess, "run", in_process)
+    out = tmp_path / "out"
+    r = reproduce.main(["--quick", "--out", str(out), "--part", "controls", "--data", small_corpus])["controls"]
+    assert list(r["at_draw"]) == ["rule", "step3", "step6", "step9"]  # --quick draws at 6 (its --draw-step)
+    assert [r["at_draw"][d]["0"]["step"] for d in r["at_draw"]] == [6, 3, 6, 9]
+    scores = r["at_draw"]["step6"]["1"]["scores"]
+    assert {"searched", "drawn", "anti", "random 4", "random-per-layer 4"} <= set(scores)
+    assert r["at_draw"]["rule"]["1"]["scores"]["drawn"] == scores["drawn"]  # the same search to step 6
+    assert set(r["alike"]) == set(r["at_draw"]) and r["alike"]["rule"]["pairs"] == 1
+    assert r["reordered"]["0"]["distance"]["ffn"] > 0  # another data order: another ticket
+    for draw, start in (("rule", 6), ("step3", 3), ("step6", 6)):
+        for seed in ("0", "1"):
+            runs = r["trained"][draw][seed]
+            assert set(runs) == {"earlybird", "random", "random-per-layer"}, (draw, seed)
+            assert all(run["from_step"] == start and 0 <= run["val_acc"] <= 1 for run in runs.values())
+    table = open(out / "results.md").read()
+    assert "### Does the ticket matter?" in table and "| step3 | 3 ± 0 |" in table
+    assert "same initial weights, another data order" in table and "| rule | 2 |" in table
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a finished run was run again")
+    monkeypatch.setattr(reproduce.subprocess, "run", no_run)
+    assert reproduce.main(["--quick", "--out", str(out), "--part", "controls", "--data", small_corpus])["controls"] == r
+
+
 def fake_wordnet(path):
     """Twenty glosses per class, in data.noun's layout: offset lex_filenum ss_type w_cnt word lex_id ... | gloss."""
     lines = ["  1 This software and database is being provided to you, the LICENSEE, by Princeton University"]
@@ -269,3 +299,15 @@ def test_later_seeds_train_on_the_first_seeds_vocabulary(tmp_path):
             assert job["args"][job["args"].index("--vocab") + 1] == reproduce.VOCAB
         assert job["args"][job["args"].index("--seed") + 1] == str(seed)
 
+
+
+def test_claim_c_table_gives_each_seed_and_where_the_search_drew():
+    def tuned(acc, seconds, steps=0, drawn_by=None):
+        return {"accuracy": acc, "seconds": seconds, "search_seconds": 0.0, "parameters": 22_000_000,
+                "search_steps": steps, "longest_search": 60 if drawn_by else None, "drawn_by": drawn_by}
+    results = {"wordnet": {"plain": [tuned(0.70, 100), tuned(0.72, 102)],
+                           "earlybert": [tuned(0.69, 80, 30, "earlybird"), tuned(0.71, 90, 60, "last-step")],
+                           "random": [tuned(0.65, 70), tuned(0.66, 71)]}}
+    lines = reproduce.markdown(results).splitlines()
+    assert "| plain | 0.710 ± 0.014 | 0.700 / 0.720 | 101 ± 1 | - |" in lines
+    assert "| earlybert | 0.700 ± 0.014 | 0.690 / 0.710 | 85 ± 7 | 30 (60) earlybird, 60 (60) last-step |" in lines
