@@ -427,18 +427,17 @@ def write_results(results: dict, out: str) -> str:
 
 
 def run_controls(checks: dict, seeds: list[int], max_steps: int, force: bool, results: dict, path: str):
-    """--part controls: every search first (then what they say, written at once), efficient training after,
-    the results written again as each seed's runs finish."""
+    """--part controls: every search first (then what they say, written at once); then efficient training,
+    one draw step at a time over all seeds, the results written again after each."""
     vocab = None
     for seed in seeds:
         for draw in ("rule", *controls.DRAW_AT):
             summary = run(checks[seed, "search", draw], force, vocab)
             vocab = vocab or read_json(os.path.join(summary["data_dir"], "meta.json"))["vocab_path"]
         run(checks[seed, "reordered"], force, vocab)
-    for done in [None, *seeds]:
-        for draw, ticket in ([] if done is None else
-                             [(d, t) for d in controls.TRAIN_FROM for t in controls.TICKETS]):
-            run(checks[done, "efficient", draw, ticket], force, vocab)
+    for draw in [None, *controls.TRAIN_FROM]:
+        for seed, ticket in ([] if draw is None else [(s, t) for s in seeds for t in controls.TICKETS]):
+            run(checks[seed, "efficient", draw, ticket], force, vocab)
         results["controls"] = controls.results(checks, seeds, max_steps)
         write_results(results, os.path.dirname(path))
 
