@@ -177,20 +177,26 @@ def _pm(values, digits: int = 3) -> str:
 def markdown(r: dict) -> list[str]:
     """results()' tables: mean ± std over seeds, and the paired per-seed differences that matter."""
     lines = ["### Does the ticket matter? At the draw, no training after", "",
-             "Held-out MLM accuracy of the search's model rebuilt with each ticket (random: the mean of 5 tickets "
-             "per seed). FFN |c| near the median: the share of FFN coefficients within 0.05 of their median.", "",
-             "| drawn at | step | searched, unpruned | drawn | random, drawn's per-layer sizes | random | anti-ticket "
-             "| drawn − random per-layer, per seed | FFN \\|c\\| 10%-90% | FFN \\|c\\| near the median |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "Held-out MLM loss and accuracy of the search's model rebuilt with each ticket (random: the mean of 5 "
+             "tickets per seed), mean ± std over seeds.", "",
+             "| drawn at | step | | searched, unpruned | drawn | random, drawn's per-layer sizes | random | anti-ticket "
+             "| drawn − random per-layer, per seed |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for draw, per_seed in r["at_draw"].items():
         seeds = list(per_seed.values())
-        acc = lambda name: [np.mean([a for k, (_, a) in s["scores"].items() if k == name or k.startswith(name + " ")])
-                            for s in seeds]
-        diffs = " / ".join(f"{d - p:+.3f}" for d, p in zip(acc("drawn"), acc("random-per-layer")))
-        spread = lambda key: np.mean([s["ffn_spread"][key] for s in seeds])
-        lines.append(f"| {draw} | {_pm([s['step'] for s in seeds], 0)} | {_pm(acc('searched'))} | {_pm(acc('drawn'))} | "
-                     f"{_pm(acc('random-per-layer'))} | {_pm(acc('random'))} | {_pm(acc('anti'))} | {diffs} | "
-                     f"{spread('q10'):.3f}-{spread('q90'):.3f} | {spread('near_median'):.2f} |")
+        for i, metric in enumerate(("loss", "accuracy")):
+            value = lambda name: [np.mean([v[i] for k, v in s["scores"].items() if k == name or k.startswith(name + " ")])
+                                  for s in seeds]
+            diffs = " / ".join(f"{d - p:+.3f}" for d, p in zip(value("drawn"), value("random-per-layer")))
+            lines.append(f"| {draw if i == 0 else ''} | {_pm([s['step'] for s in seeds], 0) if i == 0 else ''} | {metric} "
+                         f"| {_pm(value('searched'))} | {_pm(value('drawn'))} | {_pm(value('random-per-layer'))} | "
+                         f"{_pm(value('random'))} | {_pm(value('anti'))} | {diffs} |")
+    lines += ["", "The coefficients' spread at the draw (over the seeds' means): how far the L1 search has told the units "
+              "apart.", "", "| drawn at | head \\|c\\| 10%-90% | FFN \\|c\\| 10%-90% | FFN \\|c\\| within 0.05 of the median |",
+              "|---|---:|---:|---:|"]
+    for draw, per_seed in r["at_draw"].items():
+        spread = lambda unit, key: np.mean([s[unit + "_spread"][key] for s in per_seed.values()])
+        lines.append(f"| {draw} | {spread('head', 'q10'):.3f}-{spread('head', 'q90'):.3f} | {spread('ffn', 'q10'):.3f}-"
+                     f"{spread('ffn', 'q90'):.3f} | {spread('ffn', 'near_median'):.2f} |")
     lines += ["", "### How alike are the tickets?", "",
               "| tickets | pairs | FFN mask distance | chance (random, same sizes) | head mask distance | chance |",
               "|---|---:|---:|---:|---:|---:|"]
