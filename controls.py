@@ -206,15 +206,14 @@ def markdown(r: dict) -> list[str]:
     lines += [f"| {name} | {a['pairs']} | {a['distance']['ffn']:.3f} | {a['chance']['ffn']:.3f} | "
               f"{a['distance']['heads']:.3f} | {a['chance']['heads']:.3f} |" for name, a in rows]
     lines += ["", "### Trained on from the draw (efficient phase to the end of the schedule)", "",
-              "| drawn at | seeds | drawn | random, drawn's per-layer sizes | random | drawn − random per-layer, "
-              "per seed | random per-layer − random, per seed |", "|---|---:|---:|---:|---:|---:|---:|"]
+              "| drawn at | seeds | | drawn | random, drawn's per-layer sizes | random | drawn − random per-layer, "
+              "per seed | random per-layer − random, per seed |", "|---|---:|---|---:|---:|---:|---:|---:|"]
     for draw, per_seed in r["trained"].items():
         done = [s for s in per_seed.values() if len(s) == len(TICKETS)]
-        if not done:
-            continue
-        acc = lambda t: [s[t]["val_acc"] for s in done]
-        paired = lambda a, b: " / ".join(f"{x - y:+.3f}" for x, y in zip(acc(a), acc(b)))
-        lines.append(f"| {draw} | {len(done)} | {_pm(acc('earlybird'))} | {_pm(acc('random-per-layer'))} | "
-                     f"{_pm(acc('random'))} | {paired('earlybird', 'random-per-layer')} | "
-                     f"{paired('random-per-layer', 'random')} |")
+        for i, (metric, key) in enumerate((("loss", "val_loss"), ("accuracy", "val_acc")) if done else ()):
+            value = lambda t: [s[t][key] for s in done]
+            paired = lambda a, b: " / ".join(f"{x - y:+.3f}" for x, y in zip(value(a), value(b)))
+            lines.append(f"| {draw if i == 0 else ''} | {len(done) if i == 0 else ''} | {metric} | "
+                         f"{_pm(value('earlybird'))} | {_pm(value('random-per-layer'))} | {_pm(value('random'))} | "
+                         f"{paired('earlybird', 'random-per-layer')} | {paired('random-per-layer', 'random')} |")
     return lines
