@@ -333,7 +333,7 @@ def seed_accuracies(runs: list[dict]) -> str:
 
 def searched(runs: list[dict]) -> str:
     """An EarlyBERT fine-tuning run's search per seed: steps (of the longest it may take), drawn by what."""
-    if not runs[0].get("drawn_by"):
+    if not runs[0].get("search_steps"):  # plain fine-tuning, or a random ticket: no search
         return "-"
     return ", ".join(f"{r['search_steps']} ({r['longest_search']}) {r['drawn_by']}" for r in runs)
 
