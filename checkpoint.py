@@ -315,7 +315,7 @@ def save_training_state(path: str, world: int, rank: int, device, **state):
 
 
 def resume(state: dict, path: str, precision: str, world: int, rank: int, model, optimizer, scheduler, scaler, loader,
-           early_bird=None) -> tuple[int, float]:
+           search=None) -> tuple[int, float]:
     """Continue exactly from `state` (load_checkpoint(path); the caller has checked its recipe):
     weights, optimizer, schedule, scaler, RNG states, data position. Returns (step, training seconds so far)."""
     if state.get("model_config") != model.config.to_dict():
@@ -333,7 +333,9 @@ def resume(state: dict, path: str, precision: str, world: int, rank: int, model,
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     loader.load_state_dict(state["loader"])
-    if early_bird:
-        early_bird.load_state_dict(state["early_bird"])
+    if search:  # the early-bird rule's masks, and network slimming's SGD momenta when it trains the coefficients
+        search.early_bird.load_state_dict(state["early_bird"])
+        if search.sgd:
+            search.sgd.load_state_dict(state["coef_sgd"])
     set_rng_states(state["rng"][rank])
     return state["step"], state["elapsed"]

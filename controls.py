@@ -104,12 +104,18 @@ def alike(tickets: list[Ticket], n_random: int = 20, seed: int = 0) -> dict:
 
 DRAW_AT = (0.25, 0.5, 0.75)  # later draws, as fractions of the schedule ("rule": the early-bird rule)
 TRAIN_FROM = ("rule", 0.25, 0.5)  # the draws that efficient training goes on from
+# The coefficients' optimizer (declared before any was run): network slimming's SGD (momentum 0.9, lr 0.1
+# on the weights' schedule) at the recipe's L1, AdamW at ten times the L1, and SGD at ten times the L1;
+# each searched until the rule fires (else to the last step) and scored as at_draw does.
+COEF_SEARCHES = {"sgd": ["--coef-optimizer", "sgd"], "l1x10": ["--lambda-head", "1e-3", "--lambda-ffn", "1e-3"],
+                 "sgd-l1x10": ["--coef-optimizer", "sgd", "--lambda-head", "1e-3", "--lambda-ffn", "1e-3"]}
+SEARCHES = ("rule", *DRAW_AT, *COEF_SEARCHES)  # every search of a seed, in the order reproduce.py runs them
 TICKETS = {"earlybird": "efficient", "random": "efficient-random", "random-per-layer": "efficient-random-per-layer"}
 TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 
 
 def draw_name(draw, max_steps: int) -> str:
-    return "rule" if draw == "rule" else f"step{round(draw * max_steps)}"
+    return draw if isinstance(draw, str) else f"step{round(draw * max_steps)}"
 
 
 def jobs(out: str, seeds: list[int], common: list[str], max_steps: int, vocab: str) -> dict:
@@ -119,9 +125,9 @@ def jobs(out: str, seeds: list[int], common: list[str], max_steps: int, vocab: s
     found = {}
     for seed in seeds:
         folder = os.path.join(out, "controls", f"seed{seed}")
-        for draw in ("rule", *DRAW_AT):
+        for draw in SEARCHES:
             run_dir = os.path.join(folder, draw_name(draw, max_steps))
-            at = [] if draw == "rule" else ["--draw-step", str(round(draw * max_steps))]
+            at = COEF_SEARCHES.get(draw, []) if isinstance(draw, str) else ["--draw-step", str(round(draw * max_steps))]
             first = seed == seeds[0] and draw == "rule"  # trains the vocabulary every other search gets
             own = [*common, "--seed", str(seed), *([] if first else ["--vocab", vocab])]
             found[seed, "search", draw] = {"script": TRAIN_PY, "args": ["--phase", "search", "--out-dir", run_dir,
@@ -151,12 +157,15 @@ def results(found: dict, seeds: list[int], max_steps: int) -> dict:
     """What the finished jobs say (efficient runs only where they have finished)."""
     folder = lambda job: os.path.dirname(job["result"])
     ticket = lambda job: Ticket.load(os.path.join(folder(job), "ticket.json"))
-    r = {"at_draw": {}, "alike": {}, "reordered": {}, "trained": {}}
+    r = {"at_draw": {}, "alike": {}, "reordered": {}, "trained": {}, "coef_search": {}}
     for draw in ("rule", *DRAW_AT):
         name = draw_name(draw, max_steps)
         r["at_draw"][name] = {str(s): scored(folder(found[s, "search", draw]), s) for s in seeds}
         if len(seeds) > 1:
             r["alike"][name] = alike([ticket(found[s, "search", draw]) for s in seeds])
+    for variant in COEF_SEARCHES:
+        r["coef_search"][variant] = {str(s): scored(folder(found[s, "search", variant]), s) for s in seeds
+                                     if os.path.exists(found[s, "search", variant]["result"])}
     for s in seeds:
         a, b = ticket(found[s, "search", "rule"]), ticket(found[s, "reordered"])
         r["reordered"][str(s)] = {**alike([a, b]), "steps": [a.step, b.step]}
@@ -197,6 +206,24 @@ def markdown(r: dict) -> list[str]:
         spread = lambda unit, key: np.mean([s[unit + "_spread"][key] for s in per_seed.values()])
         lines.append(f"| {draw} | {spread('head', 'q10'):.3f}-{spread('head', 'q90'):.3f} | {spread('ffn', 'q10'):.3f}-"
                      f"{spread('ffn', 'q90'):.3f} | {spread('ffn', 'near_median'):.2f} |")
+    lines += ["", "### The coefficients' optimizer", "",
+              "Searches drawn by the rule (else at their last step), scored at the draw as above; \"adamw\" is the "
+              "rule's search of the first table. Loss: held-out MLM loss, mean ± std over seeds.", "",
+              "| coefficients | seeds | rule fired at | head \\|c\\| 10%-90% | FFN \\|c\\| 10%-90% | FFN within 0.05 of "
+              "the median | drawn | random, drawn's per-layer sizes | anti-ticket | drawn − random per-layer, per seed |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for variant, per_seed in {"adamw": r["at_draw"].get("rule", {}), **r.get("coef_search", {})}.items():
+        seeds = list(per_seed.values())
+        if not seeds:
+            continue
+        loss = lambda name: [np.mean([v[0] for k, v in s["scores"].items() if k == name or k.startswith(name + " ")])
+                             for s in seeds]
+        spread = lambda unit, key: np.mean([s[unit + "_spread"][key] for s in seeds])
+        steps = " / ".join(f"{s['step']}" + ("" if s["kind"] == "earlybird" else f" ({s['kind']})") for s in seeds)
+        lines.append(f"| {variant} | {len(seeds)} | {steps} | {spread('head', 'q10'):.3f}-{spread('head', 'q90'):.3f} | "
+                     f"{spread('ffn', 'q10'):.3f}-{spread('ffn', 'q90'):.3f} | {spread('ffn', 'near_median'):.2f} | "
+                     f"{_pm(loss('drawn'))} | {_pm(loss('random-per-layer'))} | {_pm(loss('anti'))} | "
+                     + " / ".join(f"{d - p:+.3f}" for d, p in zip(loss("drawn"), loss("random-per-layer"))) + " |")
     lines += ["", "### How alike are the tickets?", "",
               "| tickets | pairs | FFN mask distance | chance (random, same sizes) | head mask distance | chance |",
               "|---|---:|---:|---:|---:|---:|"]

@@ -391,13 +391,14 @@ class BertQA(BertPreTrainedBase):
 # ----------------------------------------------------------------------------- training set-up
 
 def configure_optimizers(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.98),
-                         device_type: str = "cpu") -> torch.optim.AdamW:
+                         device_type: str = "cpu", exclude=()) -> torch.optim.AdamW:
     """AdamW with two parameter groups: weight decay on matrices and embeddings, none on
     biases, LayerNorms and slimming coefficients (every 1-D parameter). beta2 0.98 for
     pre-training (RoBERTa, cramming); fine-tuning passes BERT's 0.999. The fused kernel (one
     pass over each parameter instead of a dozen) on CUDA and on the CPU, where it runs the
-    update about 3x faster than the default multi-tensor one."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    update about 3x faster than the default multi-tensor one. `exclude`: parameters another
+    optimizer trains (slimming coefficients under network slimming's SGD)."""
+    params = [p for p in model.parameters() if p.requires_grad and not any(p is q for q in exclude)]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-6, fused=device_type in ("cuda", "cpu"))

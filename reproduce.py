@@ -431,7 +431,7 @@ def run_controls(checks: dict, seeds: list[int], max_steps: int, force: bool, re
     one draw step at a time over all seeds, the results written again after each."""
     vocab = None
     for seed in seeds:
-        for draw in ("rule", *controls.DRAW_AT):
+        for draw in controls.SEARCHES:
             summary = run(checks[seed, "search", draw], force, vocab)
             vocab = vocab or read_json(os.path.join(summary["data_dir"], "meta.json"))["vocab_path"]
         run(checks[seed, "reordered"], force, vocab)

@@ -94,17 +94,42 @@ class Search:
     distances), or at the search's last step when neither happened (kind "last-step"). `recorded`
     is the rule's record of this step (mask distances), or None. ffn_multiple rounds the drawn
     ticket's FFN widths (draw_ticket), not the recorded masks.
+
+    coef_optimizer "adamw" (EarlyBERT's official code) trains the coefficients with the weights;
+    "sgd" gives them network slimming's own optimizer (SGD, momentum 0.9, learning rate coef_lr on
+    the weights' schedule; the L1 term's gradient is its subgradient lambda * sign(c)). Under AdamW
+    every coefficient whose gradient the L1 pull dominates moves by about the learning rate per
+    step, whatever its size; under SGD each moves by its own gradient, so units can drift apart.
+    The training loop then keeps the coefficients out of its optimizer (`sgd_parameters`) and calls
+    unscale() before clipping and step() after its own optimizer's step.
     """
 
     def __init__(self, model: nn.Module, early_bird: EarlyBird, every: int, lambda_head: float = 1e-4,
                  lambda_ffn: float = 1e-4, head_ratio: float = 1 / 3, ffn_ratio: float = 0.4, draw_step: int = 0,
-                 ffn_multiple: int = 1):
+                 ffn_multiple: int = 1, coef_optimizer: str = "adamw", coef_lr: float = 0.1):
         self.model = add_coefficients(model)
         self.early_bird, self.every, self.draw_step, self.ffn_multiple = early_bird, every, draw_step, ffn_multiple
         self.lambdas, self.ratios, self.recorded = (lambda_head, lambda_ffn), (head_ratio, ffn_ratio), None
+        assert coef_optimizer in ("adamw", "sgd"), coef_optimizer
+        self.sgd_parameters = coefficient_parameters(model) if coef_optimizer == "sgd" else []
+        self.sgd = torch.optim.SGD(self.sgd_parameters, lr=coef_lr, momentum=0.9) if self.sgd_parameters else None
+        self.coef_lr = coef_lr
 
     def penalty(self) -> torch.Tensor:
         return l1_penalty(self.model, *self.lambdas)
+
+    def unscale(self, scaler):
+        """fp16's gradient scaling undone for the coefficients too (before the gradients are clipped)."""
+        if self.sgd:
+            scaler.unscale_(self.sgd)
+
+    def step(self, scaler, lr_scale: float):
+        """--coef-optimizer sgd: the coefficients' update, at coef_lr times the weights' schedule factor."""
+        if self.sgd:
+            for group in self.sgd.param_groups:
+                group["lr"] = self.coef_lr * lr_scale
+            scaler.step(self.sgd)
+            self.sgd.zero_grad(set_to_none=True)
 
     def after_step(self, step: int, last: bool = False) -> Ticket | None:
         self.recorded, fired = None, False

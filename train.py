@@ -41,7 +41,7 @@ from model import BertConfig, BertMLM, configure_optimizers, count_parameters, e
 from runtime import (ABOVE_0, AT_LEAST_1, FRACTION, NOT_NEGATIVE, any_rank, broadcast, check_limits, choose_precision,
                      deferred_interrupt, ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock,
                      setup_distributed, sum_ranks, to_device)
-from slim import Search, add_coefficients
+from slim import Search, add_coefficients, coefficient_parameters
 from ticket import EarlyBird, Ticket, full_ticket, random_ticket, random_ticket_like
 
 
@@ -81,6 +81,8 @@ class Config:
     # EarlyBERT search (sec. 3.1-3.2): L1 on the coefficients, pruning ratios, the early-bird rule
     lambda_head: float = 1e-4  # L1 weight on the head coefficients
     lambda_ffn: float = 1e-4  # L1 weight on the FFN coefficients
+    coef_optimizer: str = "adamw"  # adamw: the coefficients train with the weights (official code) | sgd: network slimming's SGD
+    coef_lr: float = 0.1  # --coef-optimizer sgd: its peak learning rate (network slimming's 0.1), on the weights' schedule
     head_ratio: float = 1 / 3  # fraction of heads pruned, in every layer
     ffn_ratio: float = 0.4  # fraction of FFN neurons pruned, one threshold over all layers
     ffn_multiple: int = 0  # round each layer's kept FFN neurons up to a multiple; 0: 64 on a GPU, 8 on the CPU
@@ -96,12 +98,12 @@ class Config:
 
 CHOICES = {"phase": ("full", "search", "efficient"), "init": ("continue", "rewind"),
            "ticket": ("earlybird", "random", "random-per-layer"), "device": ("auto", "cpu", "cuda"),
-           "precision": ("auto", "fp32", "bf16")}
+           "precision": ("auto", "fp32", "bf16"), "coef_optimizer": ("adamw", "sgd")}
 
 # The values that cannot work, refused before anything else is looked at (check_config).
 LIMITS = {**{name: AT_LEAST_1 for name in ("layers", "hidden", "heads", "ffn", "batch_size", "grad_accum", "max_steps",
                                            "log_every", "eval_every", "eval_batches", "ckpt_every", "ticket_every")},
-          **{name: ABOVE_0 for name in ("lr", "clip")},
+          **{name: ABOVE_0 for name in ("lr", "clip", "coef_lr")},
           **{name: FRACTION for name in ("dropout", "warmup", "head_ratio", "ffn_ratio")},
           **{name: NOT_NEGATIVE for name in ("weight_decay", "max_minutes", "seed", "lambda_head", "lambda_ffn",
                                              "ffn_multiple", "eb_epsilon", "draw_step")},
@@ -175,7 +177,8 @@ def efficient_model(cfg: Config):
     model = add_coefficients(BertMLM(BertConfig.from_dict(state["model_config"])))
     model.load_state_dict(state["model"])
     ticket.check_fits(model.config, ticket_path)
-    optimizer = configure_optimizers(model, cfg.lr, cfg.weight_decay)  # the search's parameter order
+    sgd = coefficient_parameters(model) if cfg.coef_optimizer == "sgd" else ()  # not AdamW's in that search
+    optimizer = configure_optimizers(model, cfg.lr, cfg.weight_decay, exclude=sgd)  # the search's parameter order
     optimizer.load_state_dict(state["optimizer"])
     at_draw = {"step": state["step"], "loader": state["loader"], "moments": prune.adamw_state(model, optimizer, ticket)}
     return prune.rebuild(model, ticket), ticket, at_draw
@@ -207,8 +210,12 @@ def optimizer_step(model, micro_batches, optimizer, scheduler, scaler, search, c
                 loss = loss + search.penalty() / len(micro_batches)
             scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
+    if search:
+        search.unscale(scaler)
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
     scaler.step(optimizer)
+    if search:  # --coef-optimizer sgd: the coefficients' own update, on the weights' schedule
+        search.step(scaler, scheduler.get_last_lr()[0] / cfg.lr)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
@@ -268,9 +275,11 @@ def set_up(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, de
         if rank == 0:  # the weights before the search, for --init rewind
             save_pretrained(model, os.path.join(run_dir, "start"), meta["vocab_path"], meta["lowercase"])
         search = Search(model, EarlyBird(cfg.eb_k, cfg.eb_epsilon), cfg.ticket_every, cfg.lambda_head, cfg.lambda_ffn,
-                        cfg.head_ratio, cfg.ffn_ratio, cfg.draw_step, ffn_multiple_for(device, cfg.ffn_multiple))
+                        cfg.head_ratio, cfg.ffn_ratio, cfg.draw_step, ffn_multiple_for(device, cfg.ffn_multiple),
+                        cfg.coef_optimizer, cfg.coef_lr)
     model.to(device)  # with the coefficients, added before the optimizer so that they train
-    optimizer = configure_optimizers(model, cfg.lr, cfg.weight_decay, device_type=device.type)
+    optimizer = configure_optimizers(model, cfg.lr, cfg.weight_decay, device_type=device.type,
+                                     exclude=search.sgd_parameters if search else ())
     first_step = at_draw["step"] if at_draw else 0  # the efficient phase goes on from the draw
     if at_draw:
         prune.load_adamw_state(model, optimizer, at_draw["moments"])
@@ -285,7 +294,7 @@ def set_up(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, de
     ckpt_path, log_path = os.path.join(run_dir, "ckpt.pt"), os.path.join(run_dir, "log.jsonl")
     if state:
         step, elapsed = resume(state, ckpt_path, precision.name, world, rank, model, optimizer, scheduler, scaler,
-                               train_batches, search.early_bird if search else None)
+                               train_batches, search)
         # a search stopped between its draw's checkpoint and its summary finishes the draw, training no further
         drawn = Ticket(**state["drawn"]) if state.get("drawn") else None
         if rank == 0:
@@ -335,6 +344,7 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
                             scheduler=scheduler.state_dict(), scaler=training.scaler.state_dict(),
                             loader=training.train_batches.state_dict(), model_config=model.config.to_dict(),
                             early_bird=search.early_bird.state_dict() if search else None,
+                            coef_sgd=search.sgd.state_dict() if search and search.sgd else None,
                             config=dict(asdict(cfg), precision=training.precision.name),
                             ticket=asdict(training.ticket) if training.ticket else None,
                             drawn=asdict(drawn) if drawn else None,

@@ -105,7 +105,10 @@ def test_every_search_but_the_first_gets_its_vocabulary():
     """One vocabulary for every search: a WordPiece vocabulary trained again differs a little."""
     found = controls.jobs("out", [0, 1], ["--max-steps", "2400"], 2400, "VOCAB")
     searches = {k: j["args"] for k, j in found.items() if k[1] == "search"}
-    assert len(searches) == 8 and "--vocab" not in searches[0, "search", "rule"]
+    assert len(searches) == 2 * (4 + 3) and "--vocab" not in searches[0, "search", "rule"]
     assert all(args[args.index("--vocab") + 1] == "VOCAB" for k, args in searches.items() if k != (0, "search", "rule"))
     assert searches[1, "search", 0.5][-2:] == ["--draw-step", "1200"]
+    assert searches[1, "search", "sgd"][-2:] == ["--coef-optimizer", "sgd"] and "--draw-step" not in searches[1, "search", "sgd"]
+    assert searches[0, "search", "sgd-l1x10"][-6:] == ["--coef-optimizer", "sgd", "--lambda-head", "1e-3", "--lambda-ffn",
+                                                      "1e-3"]
     assert "--init-from" in found[1, "reordered"]["args"]  # its start's vocabulary comes with it

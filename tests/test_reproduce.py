@@ -255,6 +255,10 @@ def test_the_quick_controls_run_and_resume(tmp_path, small_corpus, monkeypatch):
     table = open(out / "results.md").read()
     assert "### Does the ticket matter?" in table and "| step3 | 3 ± 0 |" in table
     assert "same initial weights, another data order" in table and "| rule | 2 |" in table
+    assert set(r["coef_search"]) == {"sgd", "l1x10", "sgd-l1x10"}  # the coefficients' optimizer, at --quick's draw
+    for variant, per_seed in r["coef_search"].items():
+        assert per_seed["0"]["step"] == 6 and per_seed["0"]["scores"]["drawn"] != scores["drawn"], variant
+        assert f"| {variant} | 2 | 6 (fixed-step) / 6 (fixed-step) |" in table
 
     def no_run(*args, **kwargs):
         raise AssertionError("a finished run was run again")

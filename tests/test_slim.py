@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from helpers import ticket_config
-from model import Bert, BertClassifier, BertConfig, BertMLM
+from model import Bert, BertClassifier, BertConfig, BertMLM, configure_optimizers
 from slim import Search, add_coefficients, coefficient_parameters, coefficients, l1_penalty, remove_coefficients
 from ticket import EarlyBird, Ticket
 
@@ -146,3 +146,40 @@ def test_search_draws_when_the_rule_fires_at_the_fixed_step_or_at_the_end(monkey
     # the fallback when a search ends before the rule fires: labelled for what it is
     assert fixed.after_step(35, last=True) == Ticket(t.heads, t.ffn, t.full_heads, t.full_ffn, 0.25, 0.5,
                                                      "last-step", 35, fixed.early_bird.history)
+
+
+def test_sgd_trains_the_coefficients_apart_from_adamw():
+    """--coef-optimizer sgd (network slimming): the coefficients leave AdamW and take SGD steps with
+    momentum 0.9 at coef_lr times the schedule's factor: c <- c - lr * (0.9 * buffer + grad)."""
+    torch.manual_seed(0)
+    model = BertClassifier(tiny_config(num_labels=3))
+    search = Search(model, EarlyBird(k=2, epsilon=0.1), 10, 1e-2, 1e-2, coef_optimizer="sgd", coef_lr=0.5)
+    coefs = coefficient_parameters(model)
+    assert search.sgd_parameters == coefs
+    adamw = configure_optimizers(model, 1e-3, 0.01, exclude=search.sgd_parameters)
+    in_adamw = [p for group in adamw.param_groups for p in group["params"]]
+    assert not any(p is c for p in in_adamw for c in coefs)
+    assert len(in_adamw) == len(list(model.parameters())) - len(coefs)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    ids, mask = batch()
+    expected, buffers = [c.detach().clone() for c in coefs], None
+    for lr_scale in (0.5, 0.25):
+        _, loss = model(ids, attention_mask=mask, labels=torch.tensor([0, 2, 1]))
+        (loss + search.penalty()).backward()
+        grads = [c.grad.clone() for c in coefs]
+        assert all(g.abs().max() > 0 for g in grads)
+        search.unscale(scaler)
+        adamw.step()
+        search.step(scaler, lr_scale)
+        adamw.zero_grad(set_to_none=True)
+        buffers = grads if buffers is None else [0.9 * b + g for b, g in zip(buffers, grads)]
+        expected = [e - 0.5 * lr_scale * b for e, b in zip(expected, buffers)]
+        for c, e in zip(coefs, expected):
+            torch.testing.assert_close(c.detach(), e, rtol=1e-6, atol=1e-7)
+        assert all(c.grad is None for c in coefs)
+    assert not any(p in adamw.state for p in coefs)
+
+
+def test_under_adamw_the_search_has_no_optimizer_of_its_own():
+    search = Search(BertMLM(tiny_config()), EarlyBird(k=2, epsilon=0.1), 10)
+    assert search.sgd is None and search.sgd_parameters == []

@@ -18,7 +18,7 @@ import runtime
 import slim
 import train
 from checkpoint import load_pretrained
-from helpers import DDP_ONE, DDP_TWO, EARLY_BIRD, error_of, files_under, log, tiny, torchrun_two_processes
+from helpers import DDP_ONE, DDP_TWO, EARLY_BIRD, SEARCH, error_of, files_under, log, tiny, torchrun_two_processes
 from data import n_predictions
 from model import BertConfig, BertMLM, configure_optimizers, lr_lambda
 from ticket import Ticket, random_ticket, show
@@ -137,11 +137,14 @@ def test_a_search_killed_after_its_draw_finishes_the_draw_on_resume(corpus, tmp_
     assert max(r["step"] for r in log(tmp_path, "search")) == 4
 
 
-@pytest.mark.parametrize("phase, precision", [("full", "fp32"), ("search", "fp32"), ("full", "bf16")])
-def test_resume_continues_exactly(corpus, tmp_path, phase, precision):
+@pytest.mark.parametrize("phase, precision, coef_optimizer", [("full", "fp32", "adamw"), ("search", "fp32", "adamw"),
+                                                             ("full", "bf16", "adamw"), ("search", "fp32", "sgd")])
+def test_resume_continues_exactly(corpus, tmp_path, phase, precision, coef_optimizer):
     """k steps, stop, --resume to N == N steps straight: weights, optimizer, schedule, dropout
-    RNG, data position and (search) the coefficients and the early-bird queue; in bf16 too."""
-    kw = dict(phase=phase, eb_epsilon=0.0, grad_accum=2, precision=precision)  # epsilon 0: the search runs on
+    RNG, data position and (search) the coefficients, their SGD momenta (--coef-optimizer sgd)
+    and the early-bird queue; in bf16 too."""
+    kw = dict(phase=phase, eb_epsilon=0.0, grad_accum=2, precision=precision,  # epsilon 0: the search runs on
+              coef_optimizer=coef_optimizer)
     straight = train.train(tiny(corpus, tmp_path / "a", **kw))
     assert train.train(tiny(corpus, tmp_path / "b", **kw), stop_after=6) is None
     resumed = train.train(tiny(corpus, tmp_path / "b", resume=True, **kw))
@@ -156,6 +159,9 @@ def test_resume_continues_exactly(corpus, tmp_path, phase, precision):
     if phase == "search":
         assert len(a["early_bird"]["history"]) == 6 and a["early_bird"]["history"] == b["early_bird"]["history"]
         assert json.load(open(tmp_path / "a/search/ticket.json")) == json.load(open(tmp_path / "b/search/ticket.json"))
+    if coef_optimizer == "sgd":
+        momenta = [[s["momentum_buffer"] for s in ckpt["coef_sgd"]["state"].values()] for ckpt in (a, b)]
+        assert len(momenta[0]) == 2 * 2 and all(torch.equal(x, y) for x, y in zip(*momenta))
 
 
 def test_bf16_training_follows_fp32_closely(corpus, tmp_path):
@@ -454,3 +460,22 @@ def test_compile_trains_a_pruned_model_as_eager_does(corpus, searched, tmp_path)
     assert a["model_config"]["heads_per_layer"] is not None  # really a pruned model
     for name in a["model"]:
         torch.testing.assert_close(a["model"][name], b["model"][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_search_with_sgd_coefficients_continues_into_the_efficient_phase(corpus, tmp_path):
+    """--coef-optimizer sgd: the coefficients move as network slimming's SGD moves them (not by
+    AdamW: their state is the search's own), and the efficient phase takes the weights' AdamW
+    moments from the search's checkpoint, which holds none for the coefficients."""
+    settings = dict(SEARCH, max_steps=8, draw_step=4, coef_optimizer="sgd", coef_lr=0.5)
+    search = train.train(tiny(corpus, tmp_path, **settings))
+    ckpt = torch.load(tmp_path / "search" / "ckpt.pt", weights_only=False)
+    assert search["drawn_at"] == 4 and len(ckpt["coef_sgd"]["state"]) == 2 * 2
+    adamw_params = sum(len(g["params"]) for g in ckpt["optimizer"]["param_groups"])
+    model = slim.add_coefficients(BertMLM(BertConfig.from_dict(ckpt["model_config"])))
+    assert adamw_params == len(list(model.parameters())) - 2 * 2
+    coefs = [v for k, v in ckpt["model"].items() if k.endswith("_coef")]
+    assert any((c - 1).abs().max() > 1e-3 for c in coefs)  # trained
+    continued = train.train(efficient(SimpleNamespace(out=tmp_path)))
+    assert continued["first_step"] == 4 and continued["steps"] == 8
+    cfg = json.load(open(tmp_path / "efficient" / "train_config.json"))
+    assert cfg["coef_optimizer"] == "sgd" and cfg["coef_lr"] == 0.5  # the search's recipe

@@ -185,7 +185,7 @@ def test_help_lists_every_flag_with_its_help_default_and_choices():
         assert " ".join(comments[f.name].split()) in text and f"[default: {default}]" in text, text
         if f.name in train.CHOICES:
             assert "{" + ",".join(train.CHOICES[f.name]) + "}" in text, text
-    assert set(train.CHOICES) == {"phase", "init", "ticket", "device", "precision"}
+    assert set(train.CHOICES) == {"phase", "init", "ticket", "device", "precision", "coef_optimizer"}
     assert "[default: 0.3333]" in options["--head-ratio"]
 
 
@@ -196,7 +196,7 @@ def test_help_lists_every_flag_with_its_help_default_and_choices():
     (dict(grad_accum=0), "--grad-accum 0: "), (dict(eval_batches=0), "--eval-batches 0: "),
     (dict(ticket_every=0), "--ticket-every 0: "), (dict(eb_k=1), "--eb-k 1: "),
     (dict(head_ratio=1.0), "--head-ratio 1.0: "), (dict(ffn_ratio=-0.1), "--ffn-ratio -0.1: "),
-    (dict(warmup=1.5), "--warmup 1.5: "), (dict(log_every=0), "--log-every 0: "),
+    (dict(warmup=1.5), "--warmup 1.5: "), (dict(log_every=0), "--log-every 0: "), (dict(coef_lr=0.0), "--coef-lr 0.0: "),
     (dict(draw_step=25), "--draw-step 25: beyond --max-steps 24"), (dict(hidden=30), "--hidden 30 --heads 4: ")])
 def test_settings_that_cannot_work_are_refused_before_anything_else(searched, change, named):
     """One line naming the flag, before the out dir is looked at: into a finished search's folder,
