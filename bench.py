@@ -112,14 +112,20 @@ def seconds_in_turn(steps: dict, rounds: int, device) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def loader_batches_per_s(files: list[str], cache: str, batch_size: int, seq_len: int, steps: int,
-                         pin_memory: bool, vocab: str = "") -> float:
-    """Batches/s of data.MLMBatches (reading, cutting, masking) on `files`, prepared into `cache` once."""
+def loader(files: list[str], cache: str, batch_size: int, seq_len: int, vocab: str = "",
+           pin_memory: bool = False) -> data.MLMBatches:
+    """data.MLMBatches (reading, cutting, masking) on `files`, prepared into `cache` once."""
     data_dir, meta = data.prepare_corpus(files, cache, vocab)
     tokenizer = data.load_tokenizer(meta["vocab_path"], meta["lowercase"])
     special = {t: tokenizer.token_to_id(t) for t in data.SPECIALS}
-    batches = data.MLMBatches(data_dir, "train", batch_size, seq_len, tokenizer.get_vocab_size(), special,
-                              pin_memory=pin_memory)
+    return data.MLMBatches(data_dir, "train", batch_size, seq_len, tokenizer.get_vocab_size(), special,
+                           pin_memory=pin_memory)
+
+
+def loader_batches_per_s(files: list[str], cache: str, batch_size: int, seq_len: int, steps: int,
+                         pin_memory: bool, vocab: str = "") -> float:
+    """Batches/s of the data loader on `files`."""
+    batches = loader(files, cache, batch_size, seq_len, vocab, pin_memory)
     next(batches)  # the first batch shuffles the epoch
     start = time.perf_counter()
     for _ in tqdm(range(steps), desc="loader", leave=False):
@@ -132,12 +138,9 @@ def _prepare_and_read(files: list[str], cache: str, vocab: str, batches: int) ->
     anonymous (not file-backed) RSS at the end, in MiB. VmHWM, as ru_maxrss would carry the
     parent's peak over the exec; memory-mapped token pages that were read count in RSS but not in
     the anonymous part, and the OS drops them when it needs the room."""
-    tokenizer = data.load_tokenizer(vocab)
-    data_dir, _ = data.prepare_corpus(files, cache, vocab)
-    loader = data.MLMBatches(data_dir, "train", 32, 128, tokenizer.get_vocab_size(),
-                             {t: tokenizer.token_to_id(t) for t in data.SPECIALS})
+    reading = loader(files, cache, 32, 128, vocab)
     for _ in range(batches):
-        next(loader)
+        next(reading)
     with open("/proc/self/status") as f:
         status = {line.split(":")[0]: line.split()[1] for line in f if line.startswith(("VmHWM", "RssAnon"))}
     return int(status["VmHWM"]) / 1024, int(status["RssAnon"]) / 1024  # kB
@@ -290,12 +293,12 @@ def bench_length(T: int, config: BertConfig, args, device, precisions: list[Prec
         results += [ours, ref, eff]
     print(f"  heads kept {sum(small.heads_per_layer)}/{config.num_attention_heads * config.num_hidden_layers}, "
           f"FFN widths {small.ffn_per_layer} of {config.intermediate_size}")
-    if len(precisions) > 1:
-        first = precisions[0].name
-        for p in precisions[1:]:
-            print(f"  {p.name} / {first} step time: " + ", ".join(
-                f"{name.split(' (')[0]} {seconds[(name, p.name)] / seconds[(name, first)]:.2f}" for name in shapes) +
-                (f"; matmul {seconds[('matmul', p.name)] / seconds[('matmul', first)]:.2f}" if device.type == "cpu" else ""))
+    first = precisions[0].name
+    for p in precisions[1:]:
+        ratio = lambda name: seconds[(name, p.name)] / seconds[(name, first)]
+        matmul = f"; matmul {ratio('matmul'):.2f}" if device.type == "cpu" else ""
+        print(f"  {p.name} / {first} step time: "
+              + ", ".join(f"{name.split(' (')[0]} {ratio(name):.2f}" for name in shapes) + matmul)
     del steps, variants  # free the models before profiling
     if args.profile:
         for p in precisions:
@@ -344,7 +347,8 @@ def main(argv=None) -> list[dict]:
                    help="sets the predicted positions per sequence: BERT's 0.15; train.py's recipe 0.4")
     p.add_argument("--dropout", type=float, default=0.0,
                    help="hidden and attention dropout: train.py pre-trains without (BERT fine-tunes with 0.1)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps of each variant, taken in turn (the median counts)")
+    p.add_argument("--steps", type=int, default=10,
+                   help="timed steps of each variant, taken in turn (the median counts)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",

@@ -1,5 +1,6 @@
 """
-Where the text comes from: the built-in corpus, and a user's text files read as documents.
+Where the text comes from: the built-in corpus, and a user's text files read as documents and
+tokenized once into token files on disk.
 
 - `resolve_files`: what `--data` names -> the text files ("" = the built-in corpus).
 - `builtin_corpus`: real English text that every machine running this code already has, so
@@ -9,6 +10,7 @@ Where the text comes from: the built-in corpus, and a user's text files read as 
 - `check_text_file`: a file is checked before anything is made from it (UTF-8 text, not
   binary, not empty), so bad input is one line naming the file, never a traceback later.
 - `read_documents`: a text file -> documents (separated by blank lines, or one per line).
+- `prepare`: documents -> token files, whole documents held out (data.prepare_corpus caches them).
 - `library_rows`, `wordnet_task`: the fine-tuning tasks reproduce.py builds without the network,
   which library a sentence is from and WordNet's noun classes (`finetune.py --task text`).
 
@@ -16,6 +18,7 @@ EarlyBERT pre-trains on English Wikipedia + BookCorpus, as BERT does; the built-
 stands in for them at laptop scale, and `--data` takes the real thing.
 """
 import ast
+import hashlib
 import importlib.util
 import os
 import platform
@@ -26,9 +29,11 @@ import sysconfig
 import warnings
 from collections import Counter
 
+import numpy as np
+from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from checkpoint import atomic
+from checkpoint import atomic, write_json
 
 SKIP_FOLDERS = {"site-packages", "test", "tests", "testing", "idle_test"}  # test code, not documentation
 
@@ -216,6 +221,95 @@ def read_documents(path: str):
                 lines, n_bytes = [], 0
     if lines:
         yield "\n".join(lines), n_bytes
+
+
+# ----------------------------------------------------------------------------- tokenized once
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """A 64-bit mixing hash (splitmix64): stateless random numbers keyed on ids (the held-out split
+    here, the masking in data.py)."""
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps around on purpose
+        x = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _uniform_hash(index: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) for every document index: the split of a document depends
+    only on its index and the seed, never on how the stream was chunked."""
+    x = splitmix64(index.astype(np.uint64) ^ splitmix64(np.full(1, seed, np.uint64)))
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def prepare(files: list[str], tokenizer: Tokenizer, out_dir: str, val_fraction: float = 0.02, seed: int = 0) -> dict:
+    """Tokenizes text files into out_dir/{train,val}.bin (flat token ids) and {train,val}_docs.npy
+    (int64 start offsets of the documents, plus the end). Documents are separated by blank lines,
+    or are single lines in a file without blank lines. Whole documents are held out for validation:
+    each with probability val_fraction, by a hash of its index. meta.json is written last, so only
+    a finished prepare has one. `data.prepare_corpus` checks the files first and caches the result."""
+    if not files:
+        raise ValueError("prepare: no text files given")
+    vocab_size = tokenizer.get_vocab_size()
+    meta_path = os.path.join(out_dir, "meta.json")
+    if os.path.exists(meta_path):
+        os.remove(meta_path)  # it describes files that are about to be replaced
+    os.makedirs(out_dir, exist_ok=True)
+    sizes = [os.path.getsize(f) for f in files]
+
+    dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
+    bins = {s: open(os.path.join(out_dir, f"{s}.bin.tmp"), "w+b") for s in ("train", "val")}
+    offsets = {"train": [np.zeros(1, np.int64)], "val": [np.zeros(1, np.int64)]}  # doc starts, then the end
+    n_tokens, n_docs, max_id = {"train": 0, "val": 0}, 0, 0
+
+    def write(docs: list[str]):
+        nonlocal n_docs, max_id
+        ids = [e.ids for e in tokenizer.encode_batch(docs, add_special_tokens=False)]
+        lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lengths.sum()))
+        max_id = max(max_id, int(flat.max(initial=0)))
+        is_val = _uniform_hash(np.arange(n_docs, n_docs + len(docs)), seed) < val_fraction
+        n_docs += len(docs)
+        for split, keep in (("train", ~is_val & (lengths > 0)), ("val", is_val & (lengths > 0))):
+            bins[split].write(flat[np.repeat(keep, lengths)].astype(dtype).tobytes())
+            offsets[split].append(n_tokens[split] + np.cumsum(lengths[keep]))
+            n_tokens[split] += int(lengths[keep].sum())
+
+    with tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="tokenizing") as bar:
+        for path in files:
+            docs, n_bytes, n_file_docs = [], 0, 0
+            for text, used in read_documents(path):
+                docs.append(text)
+                n_bytes, n_file_docs = n_bytes + used, n_file_docs + 1
+                if len(docs) == 1000 or n_bytes > 1e6:  # bounded: an Encoding costs ~100 bytes a token
+                    write(docs)
+                    bar.update(n_bytes)
+                    docs, n_bytes = [], 0
+            if n_file_docs == 0:
+                raise ValueError(f"{path}: has no text, only blank lines")
+            write(docs)
+            bar.update(n_bytes)
+
+    docs = {s: np.concatenate(offsets[s]) for s in offsets}
+    if val_fraction > 0 and len(docs["val"]) == 1 and len(docs["train"]) > 2:
+        # A tiny corpus can draw no held-out document at all: move the last training one.
+        start = int(docs["train"][-2])
+        bins["train"].seek(start * np.dtype(dtype).itemsize)
+        bins["val"].write(bins["train"].read())
+        bins["train"].truncate(start * np.dtype(dtype).itemsize)
+        docs = {"train": docs["train"][:-1], "val": np.array([0, docs["train"][-1] - start], np.int64)}
+    for split in ("train", "val"):
+        bins[split].close()
+        os.replace(bins[split].name, os.path.join(out_dir, f"{split}.bin"))
+        with atomic(os.path.join(out_dir, f"{split}_docs.npy")) as tmp, open(tmp, "wb") as f:
+            np.save(f, docs[split])
+    meta = {"files": [os.path.abspath(f) for f in files], "val_fraction": val_fraction, "seed": seed,
+            "tokenizer_sha256": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),
+            "dtype": np.dtype(dtype).name, "vocab_size": vocab_size, "max_token_id": max_id,
+            "train_tokens": int(docs["train"][-1]), "val_tokens": int(docs["val"][-1]),
+            "train_docs": len(docs["train"]) - 1, "val_docs": len(docs["val"]) - 1}
+    write_json(meta, meta_path)  # last: only a finished prepare has a meta.json
+    return meta
 
 
 # ----------------------------------------------------------------------------- tasks built without the network

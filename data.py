@@ -4,7 +4,7 @@ The masked-language-model data pipeline: text files -> WordPiece ids on disk -> 
 
 1. `train_tokenizer` / `load_tokenizer`: BERT's WordPiece vocabulary, one token a line in a vocab.txt.
 2. `prepare_corpus`: checks the text files, trains a vocabulary if none is given and tokenizes
-   them once, streaming (`prepare`), into flat token arrays (train.bin, val.bin; memory-mapped
+   them once, streaming (`corpus.prepare`), into flat token arrays (train.bin, val.bin; memory-mapped
    later, so the corpus may be far larger than RAM) and document offsets, in a cache folder
    named after what it is made from.
 3. `MLMBatches`: cuts documents into `[CLS] chunk [SEP]` sequences and masks them as BERT does
@@ -36,7 +36,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from tqdm import tqdm
 
 from checkpoint import atomic, read_json, remove_stale, temporary, write_json
-from corpus import check_text_file, read_documents
+import corpus
+from corpus import check_text_file, splitmix64
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 VAL_TOKENS = 500_000  # held out by prepare_corpus: 100 evaluation batches of 32 x 128 read ~400k
@@ -82,7 +83,8 @@ def checkpoint_tokenizer(folder: str, pairs: bool = False) -> tuple[Tokenizer, s
     if pairs:
         cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
         tokenizer.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     return tokenizer, vocab, lowercase
 
 
@@ -105,92 +107,6 @@ def train_tokenizer(files: list[str], out_dir: str, vocab_size: int = 8192, lowe
 
 
 # ----------------------------------------------------------------------------- prepare
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """A 64-bit mixing hash (splitmix64): the stateless random numbers this module keys on ids."""
-    with np.errstate(over="ignore"):  # uint64 arithmetic wraps around on purpose
-        x = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def _uniform_hash(index: np.ndarray, seed: int) -> np.ndarray:
-    """A uniform number in [0, 1) for every document index: the split of a document depends
-    only on its index and the seed, never on how the stream was chunked."""
-    x = _splitmix64(index.astype(np.uint64) ^ _splitmix64(np.full(1, seed, np.uint64)))
-    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-def prepare(files: list[str], tokenizer: Tokenizer, out_dir: str, val_fraction: float = 0.02, seed: int = 0) -> dict:
-    """Tokenizes text files into out_dir/{train,val}.bin (flat token ids) and {train,val}_docs.npy
-    (int64 start offsets of the documents, plus the end). Documents are separated by blank lines,
-    or are single lines in a file without blank lines. Whole documents are held out for validation:
-    each with probability val_fraction, by a hash of its index. meta.json is written last, so only
-    a finished prepare has one. `prepare_corpus` checks the files first and caches the result."""
-    if not files:
-        raise ValueError("prepare: no text files given")
-    vocab_size = tokenizer.get_vocab_size()
-    meta_path = os.path.join(out_dir, "meta.json")
-    if os.path.exists(meta_path):
-        os.remove(meta_path)  # it describes files that are about to be replaced
-    os.makedirs(out_dir, exist_ok=True)
-    sizes = [os.path.getsize(f) for f in files]
-
-    dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
-    bins = {s: open(os.path.join(out_dir, f"{s}.bin.tmp"), "w+b") for s in ("train", "val")}
-    offsets = {"train": [np.zeros(1, np.int64)], "val": [np.zeros(1, np.int64)]}  # doc starts, then the end
-    n_tokens, n_docs, max_id = {"train": 0, "val": 0}, 0, 0
-
-    def write(docs: list[str]):
-        nonlocal n_docs, max_id
-        ids = [e.ids for e in tokenizer.encode_batch(docs, add_special_tokens=False)]
-        lengths = np.array([len(x) for x in ids], dtype=np.int64)
-        flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lengths.sum()))
-        max_id = max(max_id, int(flat.max(initial=0)))
-        is_val = _uniform_hash(np.arange(n_docs, n_docs + len(docs)), seed) < val_fraction
-        n_docs += len(docs)
-        for split, keep in (("train", ~is_val & (lengths > 0)), ("val", is_val & (lengths > 0))):
-            bins[split].write(flat[np.repeat(keep, lengths)].astype(dtype).tobytes())
-            offsets[split].append(n_tokens[split] + np.cumsum(lengths[keep]))
-            n_tokens[split] += int(lengths[keep].sum())
-
-    with tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="tokenizing") as bar:
-        for path in files:
-            docs, n_bytes, n_file_docs = [], 0, 0
-            for text, used in read_documents(path):
-                docs.append(text)
-                n_bytes, n_file_docs = n_bytes + used, n_file_docs + 1
-                if len(docs) == 1000 or n_bytes > 1e6:  # bounded: an Encoding costs ~100 bytes a token
-                    write(docs)
-                    bar.update(n_bytes)
-                    docs, n_bytes = [], 0
-            if n_file_docs == 0:
-                raise ValueError(f"{path}: has no text, only blank lines")
-            write(docs)
-            bar.update(n_bytes)
-
-    docs = {s: np.concatenate(offsets[s]) for s in offsets}
-    if val_fraction > 0 and len(docs["val"]) == 1 and len(docs["train"]) > 2:
-        # A tiny corpus can draw no held-out document at all: move the last training one.
-        start = int(docs["train"][-2])
-        bins["train"].seek(start * np.dtype(dtype).itemsize)
-        bins["val"].write(bins["train"].read())
-        bins["train"].truncate(start * np.dtype(dtype).itemsize)
-        docs = {"train": docs["train"][:-1], "val": np.array([0, docs["train"][-1] - start], np.int64)}
-    for split in ("train", "val"):
-        bins[split].close()
-        os.replace(bins[split].name, os.path.join(out_dir, f"{split}.bin"))
-        with atomic(os.path.join(out_dir, f"{split}_docs.npy")) as tmp, open(tmp, "wb") as f:
-            np.save(f, docs[split])
-    meta = {"files": [os.path.abspath(f) for f in files], "val_fraction": val_fraction, "seed": seed,
-            "tokenizer_sha256": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),
-            "dtype": np.dtype(dtype).name, "vocab_size": vocab_size, "max_token_id": max_id,
-            "train_tokens": int(docs["train"][-1]), "val_tokens": int(docs["val"][-1]),
-            "train_docs": len(docs["train"]) - 1, "val_docs": len(docs["val"]) - 1}
-    write_json(meta, meta_path)  # last: only a finished prepare has a meta.json
-    return meta
-
 
 def _names(files: list[str]) -> str:
     """The user's files, for a message."""
@@ -251,7 +167,7 @@ def prepare_corpus(files: list[str], cache_root: str, vocab: str = "", vocab_siz
                                  f"(it gave {tokenizer.get_vocab_size()}); give more text, a smaller "
                                  f"vocab size or a vocab file")
         val_fraction = min(0.2, val_tokens * BYTES_PER_TOKEN / sum(os.path.getsize(f) for f in files))
-        meta = prepare(files, tokenizer, tmp, val_fraction, seed)
+        meta = corpus.prepare(files, tokenizer, tmp, val_fraction, seed)
         if meta["train_docs"] == 0 or meta["val_docs"] == 0:
             raise ValueError(f"{_names(files)}: too little text: {meta['train_docs'] + meta['val_docs']} "
                              f"document(s), but one to train on and one to hold out are needed")
@@ -337,15 +253,15 @@ class RowRandom:
     def __init__(self, purpose: str, samples: np.ndarray, *key: int):
         state = np.full(len(samples), zlib.crc32(purpose.encode()), dtype=np.uint64)
         for k in (*key, None):
-            state = _splitmix64(state ^ (np.asarray(samples, np.uint64) if k is None else np.uint64(k)))
+            state = splitmix64(state ^ (np.asarray(samples, np.uint64) if k is None else np.uint64(k)))
         self.state, self.calls = state, 0
 
     def random(self, shape: tuple) -> np.ndarray:
         """Uniform [0, 1) of shape (B, n); each call draws fresh numbers."""
         self.calls += 1
         with np.errstate(over="ignore"):
-            x = _splitmix64(self.state ^ _splitmix64(np.full(1, self.calls, np.uint64)))
-            x = _splitmix64(x[:, None] + np.arange(shape[1], dtype=np.uint64) * np.uint64(0x632BE59BD9B4E019))
+            x = splitmix64(self.state ^ splitmix64(np.full(1, self.calls, np.uint64)))
+            x = splitmix64(x[:, None] + np.arange(shape[1], dtype=np.uint64) * np.uint64(0x632BE59BD9B4E019))
         return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
     def integers(self, low: int, high: int, shape: tuple) -> np.ndarray:

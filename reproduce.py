@@ -22,26 +22,24 @@ The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's
 Each run is a subprocess (train.py's defaults plus the flags printed) in its own folder under OUT/pretrain/
 seed{S}, OUT/downstream/seed{S}, OUT/wordnet/seed{S}. A finished run is read, not run again; an interrupted
 one goes on with --resume (--force reruns all). Seed 0's search trains the vocabulary, the others get it.
-Results: OUT/results.{json,md}, OUT/curves.png.
+Results (results.py): OUT/results.{json,md}, OUT/curves.png.
 """
 import argparse
 import ast
 import contextlib
 import importlib.util
-import json
 import os
 import shlex
 import subprocess
 import sys
 
-import numpy as np
-
 import controls
 import corpus
-from checkpoint import atomic, load_checkpoint, read_json, write_json
+from checkpoint import read_json, write_json
 from corpus import WORDNET, library_rows, wordnet_task, write_task  # built without the network
 from data import n_predictions
 from model import BertConfig, flops_per_sequence
+from results import beside, draw_curves, finetune_numbers, pretrain_results, write_results
 from runtime import AUTO_FFN_MULTIPLE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -75,11 +73,6 @@ def flags(settings: dict) -> list[str]:
 
 # ----------------------------------------------------------------------------- runs
 
-def beside(job: dict, name: str) -> str:
-    """A file in the run's own folder, beside its result file."""
-    return os.path.join(os.path.dirname(job["result"]), name)
-
-
 def command(job: dict, force: bool = False) -> list[str] | None:
     """The command line of a run, or None when it has finished already (its result file exists).
     A pre-training run that was interrupted after a checkpoint goes on with --resume."""
@@ -104,6 +97,14 @@ def run(job: dict, force: bool = False, vocab: str | None = None) -> dict:
         if code:
             raise ValueError(f"{os.path.dirname(job['result'])}: the run failed (exit code {code}); its error is above")
     return read_json(job["result"], "run result")
+
+
+def run_all(jobs: list[dict], force: bool, vocab: str | None = None) -> str:
+    """Runs train.py jobs in turn; the first one's vocabulary stands for VOCAB in the later ones'."""
+    for job in jobs:
+        summary = run(job, force, vocab)
+        vocab = vocab or read_json(os.path.join(summary["data_dir"], "meta.json"))["vocab_path"]
+    return vocab
 
 
 def pretrain_jobs(out: str, seeds: list[int], overrides: dict, data: str, eval_every: int) -> dict:
@@ -133,8 +134,9 @@ def downstream_jobs(out: str, seeds: list[int], quick: bool) -> dict:
     models = {"none": "search/start", "full": "full/model", "earlybert": "efficient/model",
               "random": "efficient-random/model"}
     return {(seed, name): finetune_job(os.path.join(out, "downstream", f"seed{seed}", name), "full",
-                                       ["--data", os.path.join(out, "downstream", "library"), "--model",
-                                        os.path.join(out, "pretrain", f"seed{seed}", model), "--seed", str(seed)], quick)
+                                       ["--data", os.path.join(out, "downstream", "library"),
+                                        "--model", os.path.join(out, "pretrain", f"seed{seed}", model),
+                                        "--seed", str(seed)], quick)
             for seed in seeds for name, model in models.items()}
 
 
@@ -162,203 +164,6 @@ def estimate_seconds(recipe: dict, n_seeds: int, eval_every: int, n_downstream: 
     finetune = 3 * (4 * n_seeds * n_downstream * flops_per_sequence(config, 32, 0)
                     + n_wordnet * 1200 * flops_per_sequence(minilm, 32, 0)) / CPU_FLOPS
     return n_seeds * (steps + evaluations) * sequence + finetune
-
-
-# ----------------------------------------------------------------------------- (b): the numbers
-
-def equal_time_point(records: list[dict], seconds: float) -> dict:
-    """The full run's last held-out evaluation whose step was reached within `seconds` of training.
-    A step logged twice (a resumed run redoes the steps after its last checkpoint) counts once: its later record."""
-    return [e for e in timed_evaluations(records) if e["train_seconds"] <= seconds][-1]
-
-
-def timed_evaluations(records: list[dict], first_step: int = 0) -> list[dict]:
-    """A run's held-out evaluations in step order, each with the training time at its step:
-    interpolated between the log records' elapsed_s, which is 0 at the run's first step."""
-    elapsed = {first_step: 0.0, **{r["step"]: r["elapsed_s"] for r in records if "elapsed_s" in r}}
-    evals = {r["step"]: r for r in records if "val_loss" in r}
-    steps = sorted(elapsed)
-    return [{"steps": s, "train_seconds": float(np.interp(s, steps, [elapsed[t] for t in steps])),
-             "val_loss": evals[s]["val_loss"], "val_acc": evals[s]["val_acc"]} for s in sorted(evals)]
-
-
-def read_log(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def plot_curves(jobs: dict, seeds: list[int], path: str):
-    """Held-out MLM accuracy and loss against training seconds, one line per run and seed: the
-    full run, and EarlyBERT and the random ticket (the search's curve, then theirs, shifted by
-    the search's seconds). Needs matplotlib; without it, says so and draws nothing."""
-    try:
-        from matplotlib.figure import Figure  # no pyplot: no global state, no display needed (as ticket.py)
-    except ImportError:
-        print(f"no {path}: pip install matplotlib to draw the curves", file=sys.stderr)
-        return
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    axes = fig.subplots(1, 2)
-    colours = {"full": ("tab:blue", "full"), "earlybert": ("tab:orange", "EarlyBERT"),
-               "random": ("tab:gray", "random ticket")}
-    for seed in seeds:
-        logs = {run: read_log(beside(jobs[seed, run], "log.jsonl")) for run in ("search", "earlybert", "random", "full")}
-        search = timed_evaluations(logs["search"])
-        drawn = search[-1]  # the efficient runs go on from the draw, after the search's seconds
-        for run, (colour, label) in colours.items():
-            points = timed_evaluations(logs[run]) if run == "full" else search + [
-                {**e, "train_seconds": e["train_seconds"] + drawn["train_seconds"]}
-                for e in timed_evaluations(logs[run], drawn["steps"])]
-            for ax, key in zip(axes, ("val_acc", "val_loss")):
-                ax.plot([e["train_seconds"] for e in points], [e[key] for e in points], color=colour, lw=1,
-                        label=label if seed == seeds[0] else None)
-    for ax, name in zip(axes, ("held-out MLM accuracy", "held-out MLM loss")):
-        ax.set_xlabel("training seconds (EarlyBERT and random: search + efficient)")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-    axes[1].set_ylim(top=7)  # the first evaluation, at log(vocab), would flatten the rest
-    axes[0].legend(title=f"seeds {' '.join(map(str, seeds))}")
-    with atomic(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-
-
-def mean_std(values) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1) over seeds; 0 for a single seed."""
-    v = np.asarray(values, dtype=float)
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
-def pm(values, digits: int) -> str:
-    m, s = mean_std(values)
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
-ROWS = {"full": "full", "earlybert": "EarlyBERT (search + efficient)", "random": "random ticket (search + efficient)",
-        "full_equal_time": "full at EarlyBERT's time (read off its curve)"}
-
-
-def pretrain_table(per_seed: dict) -> list[str]:
-    """(b)'s markdown table from {seed: {run: {steps, train_seconds, val_loss, val_acc}}}."""
-    seeds = list(per_seed)
-    full_time = mean_std([per_seed[s]["full"]["train_seconds"] for s in seeds])[0]
-    lines = [f"| run ({len(seeds)} seeds) | steps | training seconds | vs full | held-out MLM loss | "
-             "held-out MLM accuracy |", "|---|---:|---:|---:|---:|---:|"]
-    for run, name in ROWS.items():
-        col = lambda key: [per_seed[s][run][key] for s in seeds]
-        lines.append(f"| {name} | {pm(col('steps'), 0)} | {pm(col('train_seconds'), 0)} | "
-                     f"{mean_std(col('train_seconds'))[0] / full_time:.2f} | {pm(col('val_loss'), 3)} | "
-                     f"{pm(col('val_acc'), 3)} |")
-    return lines
-
-
-def pretrain_results(jobs: dict, seeds: list[int]) -> dict:
-    """{seed: {run: numbers}} from the finished runs; EarlyBERT's and the random ticket's time is
-    the search's plus their own (the efficient phase starts at the draw step)."""
-    out = {}
-    for seed in seeds:
-        search = read_json(jobs[seed, "search"]["result"])
-        history = read_json(beside(jobs[seed, "search"], "ticket.json"))["history"]
-        state = load_checkpoint(beside(jobs[seed, "search"], "ckpt.pt"))["model"]
-        spread = {unit: np.quantile(np.concatenate([v.abs().numpy() for k, v in state.items() if k.endswith(
-            f"{unit}_coef")]), [0.1, 0.9]).tolist() for unit in ("head", "ffn")}  # |c| at the draw: 10% and 90%
-        r = {"search": {**{k: v for k, v in search.items() if k in ("drawn_at", "rule", "train_seconds") or
-                           k.startswith(("kept", "total", "val"))}, "distances": history[-1] if history else None,
-                        "coefficients": spread}}
-        for run in ("earlybert", "random", "full"):
-            s = read_json(jobs[seed, run]["result"])
-            own = s["train_seconds"] + (search["train_seconds"] if run != "full" else 0)
-            r[run] = {"steps": s["steps"], "train_seconds": own, "val_loss": s["val_loss"], "val_acc": s["val_acc"],
-                      "parameters": s["parameters"]}
-        records = read_log(beside(jobs[seed, "full"], "log.jsonl"))
-        r["full_equal_time"] = equal_time_point(records, r["earlybert"]["train_seconds"])  # step 0: 0 s, always
-        out[str(seed)] = r  # str: as JSON keeps it
-    return out
-
-
-def finetune_numbers(r: dict) -> dict:
-    search = r.get("search") or {}  # an EarlyBERT run's: how long it searched, of the longest search
-    return {"accuracy": r["metrics"]["dev"]["accuracy"], "seconds": r["total_seconds"],
-            "search_seconds": r["search_seconds"], "parameters": r["parameters"],
-            "search_steps": r.get("search_steps", 0), "longest_search": search.get("longest"),
-            "drawn_by": (r.get("ticket") or {}).get("rule")}
-
-
-# ----------------------------------------------------------------------------- results.md
-
-def markdown(results: dict) -> str:
-    lines = []
-    if "pretrain" in results:
-        p, recipe = results["pretrain"], results["recipe"]
-        lines += ["### (a) Early-bird tickets in pre-training", "",
-                  "| seed | ticket drawn at step | drawn by | heads kept | FFN neurons kept | last mask distances "
-                  "(heads, FFN) | coefficients' \\|c\\| then, 10%-90% (heads; FFN) |", "|---:|---:|---|---:|---:|---:|---:|"]
-        for seed, r in p.items():
-            s, d, c = r["search"], r["search"]["distances"], r["search"]["coefficients"]
-            dist = f"{d['head_distance']:.3f}, {d['ffn_distance']:.3f}" if d and d["head_distance"] is not None else "-"
-            lines.append(f"| {seed} | {s['drawn_at']} of {recipe['max_steps']} | {s['rule']} | {s['kept_heads']}/"
-                         f"{s['total_heads']} | {s['kept_ffn']}/{s['total_ffn']} | {dist} | {c['head'][0]:.3f}-"
-                         f"{c['head'][1]:.3f}; {c['ffn'][0]:.3f}-{c['ffn'][1]:.3f} |")
-        lines += ["", "### (b) Pre-training: held-out MLM loss and accuracy, mean ± std over seeds", ""]
-        lines += pretrain_table(p)
-    if "downstream" in results:
-        d = results["downstream"]
-        lines += ["", f"### (b) Fine-tuned on which library a sentence is from ({', '.join(d['classes'])}: {d['train']} "
-                  f"training and {d['dev']} dev sentences each), each seed's models", "",
-                  f"| pre-trained model | parameters | dev accuracy ({len(d['seeds'])} seeds) | per seed "
-                  f"({', '.join(map(str, d['seeds']))}) | fine-tuning seconds |", "|---|---:|---:|---:|---:|"]
-        names = {"none": "none (the untrained start)", "earlybert": "EarlyBERT", "random": "random ticket"}
-        for k, rs in d["runs"].items():
-            accs = [r["accuracy"] for r in rs]
-            lines.append(f"| {names.get(k, k)} | {rs[0]['parameters'] / 1e6:.2f}M | {pm(accs, 3)} | "
-                         f"{' / '.join(f'{a:.3f}' for a in accs)} | {pm([r['seconds'] for r in rs], 0)} |")
-    if "pretrain" in results and "downstream" in results:
-        lines += ["", reading(results["pretrain"], results["downstream"]["runs"])]
-    if "controls" in results:
-        lines += ["", *controls.markdown(results["controls"])]
-    if "wordnet" in results:
-        w = results["wordnet"]
-        lines += ["", "### (c) Fine-tuning all-MiniLM-L6-v2 on WordNet noun classes (8 classes)", ""]
-        if "skipped" in w:
-            lines.append(f"Skipped: {w['skipped']}")
-        else:
-            lines += ["| variant | dev accuracy (mean ± std) | per seed | seconds (mean ± std) | search steps "
-                      "(of the longest) and what drew the ticket, per seed |", "|---|---:|---:|---:|---|"]
-            lines += [f"| {v} | {pm([r['accuracy'] for r in rs], 3)} | {seed_accuracies(rs)} | "
-                      f"{pm([r['seconds'] for r in rs], 0)} | {searched(rs)} |" for v, rs in w.items()]
-    return "\n".join(lines) + "\n"
-
-
-def seed_accuracies(runs: list[dict]) -> str:
-    return " / ".join(f"{r['accuracy']:.3f}" for r in runs)
-
-
-def searched(runs: list[dict]) -> str:
-    """An EarlyBERT fine-tuning run's search per seed: steps (of the longest it may take), drawn by what."""
-    if not runs[0].get("search_steps"):  # plain fine-tuning, or a random ticket: no search
-        return "-"
-    return ", ".join(f"{r['search_steps']} ({r['longest_search']}) {r['drawn_by']}" for r in runs)
-
-
-def reading(per_seed: dict, downstream: dict) -> str:
-    """The numbers a plain-language reading of (b) needs, in one paragraph."""
-    col = lambda run, key: [r[run][key] for r in per_seed.values()]
-    full_time = mean_std(col("full", "train_seconds"))[0]
-    ratio = lambda run: mean_std(col(run, "train_seconds"))[0] / full_time
-    mlm = lambda run: f"held-out MLM loss {pm(col(run, 'val_loss'), 3)}, accuracy {pm(col(run, 'val_acc'), 3)}"
-    tuned = lambda k: [r["accuracy"] for r in downstream[k]]
-    acc = lambda k: pm(tuned(k), 3)
-    pre = lambda run: col(run, "val_acc")
-    paired = lambda a, b, get=pre: " / ".join(f"{x - y:+.3f}" for x, y in zip(get(a), get(b)))
-    return (f"Numbers for the reading: over {len(per_seed)} seeds, EarlyBERT trained in {ratio('earlybert'):.2f} of "
-            f"the full model's time ({full_time:.0f} s) to {mlm('earlybert')}; the full model reached {mlm('full')} "
-            f"with all its time and {mlm('full_equal_time')} at EarlyBERT's time (step "
-            f"{pm(col('full_equal_time', 'steps'), 0)}); the random ticket, in {ratio('random'):.2f} of the time, "
-            f"{mlm('random')}. Fine-tuned on the library task, dev accuracy: untrained {acc('none')}, full {acc('full')}, "
-            f"EarlyBERT {acc('earlybert')}, random ticket {acc('random')}. Paired per seed ({', '.join(per_seed)}; a "
-            f"seed sets the initialisation, data order, masking and held-out sample), accuracy: EarlyBERT minus full "
-            f"{paired('earlybert', 'full')}, minus the full model at its time {paired('earlybert', 'full_equal_time')}; random minus EarlyBERT "
-            f"{paired('random', 'earlybert')}; fine-tuned, EarlyBERT minus full {paired('earlybert', 'full', tuned)}, "
-            f"random minus EarlyBERT {paired('random', 'earlybert', tuned)}. A difference whose sign changes from seed "
-            "to seed is not shown to be one.")
 
 
 # ----------------------------------------------------------------------------- main
@@ -417,24 +222,11 @@ def wordnet_model(source: str) -> tuple[str | None, str | None]:
     return os.path.join(os.path.dirname(spec.origin), "model"), None
 
 
-def write_results(results: dict, out: str) -> str:
-    """OUT/results.json and OUT/results.md (its tables); returns the tables."""
-    write_json(results, os.path.join(out, "results.json"))
-    table = markdown(results)
-    with atomic(os.path.join(out, "results.md")) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(table)
-    return table
-
-
 def run_controls(checks: dict, seeds: list[int], max_steps: int, force: bool, results: dict, path: str):
     """--part controls: every search first (then what they say, written at once); then efficient training,
     one draw step at a time over all seeds, the results written again after each."""
-    vocab = None
-    for seed in seeds:
-        for draw in controls.SEARCHES:
-            summary = run(checks[seed, "search", draw], force, vocab)
-            vocab = vocab or read_json(os.path.join(summary["data_dir"], "meta.json"))["vocab_path"]
-        run(checks[seed, "reordered"], force, vocab)
+    vocab = run_all([checks[(seed, *what)] for seed in seeds
+                     for what in [("search", draw) for draw in controls.SEARCHES] + [("reordered",)]], force)
     for draw in [None, *controls.TRAIN_FROM]:
         for seed, ticket in ([] if draw is None else [(s, t) for s in seeds for t in controls.TICKETS]):
             run(checks[seed, "efficient", draw, ticket], force, vocab)
@@ -462,7 +254,7 @@ def main(argv=None):
                                len(wordnet))
     seconds += len(checks) * 200  # controls: a run's few minutes (measured: 1.5 hours for 3 seeds in bf16)
     took = f"{seconds / 3600:.1f} hours" if seconds > 3600 else f"{seconds / 60:.0f} minutes"
-    plan = [f"  {'(finished) ' if j not in todo else ''}{show([sys.executable, j['script'], *j['args']])}" for j in jobs]
+    plan = [f"  {'' if j in todo else '(finished) '}{show([sys.executable, j['script'], *j['args']])}" for j in jobs]
     print(f"reproduce.py: {len(jobs)} runs ({len(jobs) - len(todo)} finished already: read, not run again), about "
           f"{took} on a 2-core CPU (a GPU is much faster), plus building the corpus. "
           f"{VOCAB} is the vocabulary seed {seeds[0]}'s search trains:", *plan,
@@ -473,21 +265,18 @@ def main(argv=None):
     results = read_json(path) if os.path.exists(path) else {}  # the other --part's results stay
     results.update(recipe=recipe, seeds=seeds, eval_every=eval_every)
     if pretrain:
-        vocab = None
-        for seed in seeds:
-            for name in ("search", "earlybert", "random", "full"):
-                summary = run(pretrain[seed, name], args.force, vocab)
-                if vocab is None:  # the first seed's search: its vocabulary pins the others'
-                    vocab = read_json(os.path.join(summary["data_dir"], "meta.json"))["vocab_path"]
+        run_all(list(pretrain.values()), args.force)  # seed by seed: search, EarlyBERT, random, full
         results["pretrain"] = pretrain_results(pretrain, seeds)
-        plot_curves(pretrain, seeds, os.path.join(out, "curves.png"))
+        draw_curves(pretrain, seeds, os.path.join(out, "curves.png"))
         task = os.path.join(out, "downstream", "library")
         if args.force or not os.path.exists(os.path.join(task, "dev.tsv")):  # made once: the runs read it
             roots = {k: os.path.join(v, folders[k]) for k, v in corpus.library_roots().items()} if folders else None
             write_task(library_rows(corpus.builtin_documents(roots), n_train, n_dev), task)
         runs = {k: finetune_numbers(run(j, args.force)) for k, j in downstream.items()}
-        results["downstream"] = {"seeds": seeds, "train": n_train, "dev": n_dev, "classes": list(corpus.library_roots()),
-                                 "runs": {v: [runs[s, v] for s in seeds] for v in ("none", "full", "earlybert", "random")}}
+        results["downstream"] = {"seeds": seeds, "train": n_train, "dev": n_dev,
+                                 "classes": list(corpus.library_roots()),
+                                 "runs": {v: [runs[s, v] for s in seeds]
+                                          for v in ("none", "full", "earlybert", "random")}}
     if checks:
         run_controls(checks, seeds, recipe["max_steps"], args.force, results, path)
     if skip:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+import figures
 import prune
 from checkpoint import atomic, read_config, read_json, short, write_json
 from model import Bert, count_parameters, flops_per_sequence
@@ -277,78 +278,9 @@ def save_mask_distances(early_bird: EarlyBird, folder: str, draw_step: int | Non
                  "ffn_distance": d[1].tolist(), "k": early_bird.k, "epsilon": early_bird.epsilon, "drawn_at": draw_step}
     write_json(distances, os.path.join(folder, "mask_distances.json"), indent=None)
     try:
-        return plot_distances(distances, os.path.join(folder, "mask_distances.png"))
+        return figures.plot_distances(distances, os.path.join(folder, "mask_distances.png"))
     except ImportError:  # matplotlib is optional: `python ticket.py distances FOLDER` draws it later
         return None
-
-
-def read_distances(folder: str) -> dict:
-    """A finished search's mask_distances.json; an older one without the rule's k, epsilon and draw
-    step takes them from the train_config.json and ticket.json beside it."""
-    path = os.path.join(folder, "mask_distances.json")
-    d = read_json(path, "mask distances file")
-    if "k" not in d:
-        config = read_json(os.path.join(folder, "train_config.json"), "train config")
-        d.update(k=config.get("eb_k", 5), epsilon=config.get("eb_epsilon", 0.1),
-                 drawn_at=read_json(os.path.join(folder, "ticket.json"), "ticket file").get("step"))
-    if not (isinstance(d.get("steps"), list) and np.shape(d.get("head_distance")) == np.shape(d.get("ffn_distance"))
-            == (len(d["steps"]),) * 2):
-        raise ValueError(f"{path}: not a mask distances file (steps and two square matrices of as many rows)")
-    return d
-
-
-def plot_distances(distances: dict, path: str) -> str | None:
-    """The mask-distance matrices (heads, FFN; one colour scale, axes in steps, the draw step
-    marked) and, per recorded mask, its largest distance to the k - 1 masks before it against
-    epsilon: what the rule looks at, readable whether it fired or not. `distances`: what
-    save_mask_distances writes. Returns `path`, or None without masks; ImportError without matplotlib."""
-    from matplotlib.figure import Figure  # optional; no pyplot: no global state, no display needed
-    if not distances["steps"]:
-        return None
-    steps = np.array(distances["steps"], dtype=float)
-    d = np.array([distances["head_distance"], distances["ffn_distance"]])
-    k, eps, draw_step = distances["k"], distances["epsilon"], distances["drawn_at"]
-    gaps = np.diff(steps) if len(steps) > 1 else np.ones(1)
-    edges = np.concatenate([[steps[0] - gaps[0] / 2], (steps[1:] + steps[:-1]) / 2, [steps[-1] + gaps[-1] / 2]])
-    fig = Figure(figsize=(15, 4.5), layout="constrained")
-    axes = fig.subplots(1, 3)
-    for ax, matrix, title in zip(axes, d, ("heads", "FFN neurons")):
-        image = ax.pcolormesh(edges, edges, matrix, cmap="viridis", vmin=0, vmax=max(d.max(), eps))
-        ax.set(title=f"mask distance, {title}", xlabel="step", ylabel="step", aspect="equal")
-        ax.invert_yaxis()  # the first mask at the top left, as in the Early-Bird paper
-        for line in (ax.axvline, ax.axhline) if draw_step is not None else ():
-            line(draw_step, color="red", lw=1, ls="--")
-    fig.colorbar(image, ax=axes[:2], label="fraction of units whose keep/prune bit differs")
-    # per mask: its largest distance to the k - 1 before it (EarlyBird.update), heads and FFN
-    largest = [[d[kind, i, max(0, i - k + 1):i].max() for i in range(1, len(steps))] for kind in (0, 1)]
-    for kind, label in ((0, "heads"), (1, "FFN neurons")):
-        axes[2].plot(steps[1:], largest[kind], marker="o", label=label)
-    axes[2].axhline(eps, color="gray", ls="--", label=f"epsilon {eps}")
-    if len(steps) > 1:  # the rule decides only once it has k masks
-        axes[2].axvspan(edges[0], edges[min(k - 1, len(steps))], color="gray", alpha=0.15,
-                        label=f"fewer than {k} masks")
-    if draw_step is not None:
-        axes[2].axvline(draw_step, color="red", lw=1, ls="--", label=f"ticket drawn, step {draw_step}")
-    fired = [steps[i + 1] for i in range(k - 2, len(steps) - 1) if max(largest[0][i], largest[1][i]) < eps]
-    axes[2].set(title=f"largest distance to the previous {k - 1} masks\n"
-                      + (f"(the rule fired at step {fired[0]:.0f})" if fired else "(the rule did not fire)"),
-                xlabel="step", ylim=(0, max(d.max(), eps) * 1.05))
-    axes[2].legend()
-    with atomic(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    return path
-
-
-def draw_distances(folder: str, out: str | None = None) -> str:
-    """`python ticket.py distances FOLDER`: the mask-distance figure of a finished search, drawn from
-    its mask_distances.json (for a search that ran without matplotlib)."""
-    distances = read_distances(folder)
-    out = out or os.path.join(folder, "mask_distances.png")
-    try:
-        drawn = plot_distances(distances, out)
-    except ImportError:
-        raise ValueError(f"{out}: drawing needs matplotlib (pip install matplotlib)") from None
-    return f"mask distances -> {drawn}" if drawn else f"{folder}/mask_distances.json: no masks were recorded"
 
 
 # ----------------------------------------------------------------------------- command line
@@ -390,32 +322,8 @@ def show(path: str, model_dir: str | None = None, seq_len: int | None = None, pl
         lines.append(f"parameters (embeddings + encoder): {p / 1e6:.2f}M of {p0 / 1e6:.2f}M ({p / p0:.0%}); training "
                      f"FLOPs per token at length {seq_len}: {fl / 1e6:.2f}M of {fl0 / 1e6:.2f}M ({fl / fl0:.0%})")
     if plot:
-        lines.append(f"picture -> {plot_ticket(t, plot)}")
+        lines.append(f"picture -> {figures.plot_ticket(t, plot)}")
     return "\n".join(lines)
-
-
-def plot_ticket(t: Ticket, path: str) -> str:
-    """Kept heads as a layers x heads grid, kept FFN widths as bars against the full widths."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ValueError(f"{path}: --plot needs matplotlib (pip install matplotlib)") from None
-    grid = np.full((len(t.heads), max(t.full_heads)), np.nan)  # NaN (blank): the layer has no such head
-    for l, kept in enumerate(t.heads):
-        grid[l, :t.full_heads[l]], grid[l, kept] = 0, 1
-    fig = Figure(figsize=(11, 1.5 + 0.4 * len(t.heads)), layout="constrained")
-    ax_heads, ax_ffn = fig.subplots(1, 2)
-    ax_heads.imshow(grid, cmap="Blues", vmin=-0.3, vmax=1)
-    ax_heads.set(title="heads (dark: kept)", xlabel="head", ylabel="layer", xticks=range(grid.shape[1]),
-                 yticks=range(len(t.heads)))
-    ax_ffn.barh(range(len(t.ffn)), t.full_ffn, color="lightgray", label="full width")
-    ax_ffn.barh(range(len(t.ffn)), list(map(len, t.ffn)), color="tab:blue", label="kept")
-    ax_ffn.set(title="FFN neurons", xlabel="neurons", ylabel="layer", yticks=range(len(t.ffn)))
-    ax_ffn.invert_yaxis()  # layer 0 on top, as in the grid
-    ax_ffn.legend(loc="upper left", bbox_to_anchor=(1, 1))
-    with atomic(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    return path
 
 
 def _describe(t: Ticket) -> str:
@@ -462,7 +370,7 @@ def main(argv=None):
     p = sub.add_parser("distances", help="draw a finished search's mask_distances.png from its mask_distances.json")
     p.add_argument("folder", help="the search's folder, e.g. out/search")
     p.add_argument("--out", help="the PNG to write (default: FOLDER/mask_distances.png)")
-    p.set_defaults(run=lambda a: draw_distances(a.folder, a.out))
+    p.set_defaults(run=lambda a: figures.draw_distances(a.folder, a.out))
     args = parser.parse_args(argv)
     print(args.run(args))
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import corpus
 import data
 from checkpoint import temporary
 
@@ -94,10 +95,10 @@ def test_load_tokenizer_rejects_bad_vocab_in_one_line(tmp_path, name, content, m
         data.load_tokenizer(path)
 
 
-# ----------------------------------------------------------------------------- prepare
+# ----------------------------------------------------------------------------- corpus.prepare: the token files
 
 def test_prepare_round_trip_and_split_by_whole_documents(docs, tokenizer, small_corpus, tmp_path):
-    meta = data.prepare([small_corpus], tokenizer, str(tmp_path), val_fraction=0.1)
+    meta = corpus.prepare([small_corpus], tokenizer, str(tmp_path), val_fraction=0.1)
     train, val = stored_docs(str(tmp_path), "train", meta["dtype"]), stored_docs(str(tmp_path), "val", meta["dtype"])
     assert meta["train_docs"] == len(train) and meta["val_docs"] == len(val) and len(train) + len(val) == len(docs)
     assert 0.05 * len(docs) <= len(val) <= 0.15 * len(docs)
@@ -124,12 +125,12 @@ def test_prepare_splits_on_blank_lines_or_else_lines(tokenizer, tmp_path):
              "first doc\nsecond doc\n\nthird doc\nfourth\n": 2,  # a blank line: paragraphs
              "a\nb c\nd\ne\n\n\n": 4}  # blank lines only at the end: one document a line
     for i, (text, n_docs) in enumerate(cases.items()):
-        meta = data.prepare([write(tmp_path / f"{i}.txt", text)], tokenizer, str(tmp_path / str(i)), val_fraction=0)
+        meta = corpus.prepare([write(tmp_path / f"{i}.txt", text)], tokenizer, str(tmp_path / str(i)), val_fraction=0)
         assert meta["train_docs"] == n_docs, text
 
 
 def test_prepare_keeps_a_held_out_document_for_a_tiny_corpus(tokenizer, tmp_path):
-    meta = data.prepare([write(tmp_path / "tiny.txt", "alpha doc\nbeta doc\ngamma doc\n")], tokenizer,
+    meta = corpus.prepare([write(tmp_path / "tiny.txt", "alpha doc\nbeta doc\ngamma doc\n")], tokenizer,
                         str(tmp_path), val_fraction=0.01)
     assert meta["train_docs"] == 2 and meta["val_docs"] == 1
     assert stored_docs(str(tmp_path), "val", meta["dtype"]) == [tokenizer.encode("gamma doc").ids]
@@ -157,7 +158,7 @@ def test_prepare_corpus_trains_a_vocab_into_its_cache(small_corpus, tmp_path):
 def test_prepare_corpus_reuses_a_finished_cache_without_work(prepared, small_corpus, fixed_vocab, monkeypatch):
     folder, meta = prepared
     before = mtimes(folder)
-    monkeypatch.setattr(data, "prepare", lambda *a, **k: pytest.fail("prepared again"))
+    monkeypatch.setattr(corpus, "prepare", lambda *a, **k: pytest.fail("prepared again"))
     assert data.prepare_corpus([small_corpus], os.path.dirname(folder), vocab=fixed_vocab) == (folder, meta)
     assert mtimes(folder) == before
 
@@ -200,14 +201,14 @@ def test_prepare_corpus_rejects_bad_input_in_one_line_and_writes_nothing(
 def test_prepare_corpus_loses_a_race_gracefully(small_corpus, fixed_vocab, tmp_path, monkeypatch):
     """Another process finishes the same corpus between our check and our rename: we use its folder."""
     winner, winner_meta = data.prepare_corpus([small_corpus], str(tmp_path / "other"), vocab=fixed_vocab)
-    real_prepare, root = data.prepare, tmp_path / "cache"
+    real_prepare, root = corpus.prepare, tmp_path / "cache"
 
     def prepare_while_another_finishes(*args, **kwargs):
         meta = real_prepare(*args, **kwargs)
         shutil.copytree(winner, root / os.path.basename(winner))
         (root / os.path.basename(winner) / "winner").write_text("")
         return meta
-    monkeypatch.setattr(data, "prepare", prepare_while_another_finishes)
+    monkeypatch.setattr(corpus, "prepare", prepare_while_another_finishes)
     folder, meta = data.prepare_corpus([small_corpus], str(root), vocab=fixed_vocab)
     assert folder == str(root / os.path.basename(winner)) and meta == winner_meta
     assert os.path.exists(os.path.join(folder, "winner"))  # theirs, not overwritten by ours
@@ -223,7 +224,7 @@ def test_a_crashed_preparation_is_never_taken_for_a_cache(small_corpus, fixed_vo
         with open(os.path.join(out_dir, "meta.json"), "w") as f:
             f.write('{"half": "written"}')
         raise KeyboardInterrupt
-    monkeypatch.setattr(data, "prepare", crash)
+    monkeypatch.setattr(corpus, "prepare", crash)
     with pytest.raises(KeyboardInterrupt):
         data.prepare_corpus([small_corpus], str(root), vocab=fixed_vocab)
     assert os.listdir(root) == []  # the temporary folder was removed

@@ -238,7 +238,7 @@ def rte_100(tmp_path, glue_folder):
 @pytest.fixture
 def no_plot(monkeypatch):
     """The mask-distance picture takes a second to draw; tests that do not look at it skip it."""
-    monkeypatch.setattr("ticket.plot_distances", lambda *args, **kwargs: None)
+    monkeypatch.setattr("figures.plot_distances", lambda *args, **kwargs: None)
 
 
 def test_the_early_bird_rule_fires_before_the_longest_search_with_masks_spaced_to_fit_it(tmp_path, tiny_model,

@@ -1,6 +1,6 @@
-"""reproduce.py: the pure parts (the equal-time read-off, the mean ± std table, the library
-task, which runs are skipped or resumed) on literal inputs, and the whole script at tiny sizes
-(--quick). WordNet is faked by a few lines in data.noun's format, so no Debian package is needed."""
+"""reproduce.py: the pure parts (the library task, which runs are skipped or resumed) on literal
+inputs, and the whole script at tiny sizes (--quick). WordNet is faked by a few lines in data.noun's
+format, so no Debian package is needed."""
 import importlib.util
 import json
 import os
@@ -12,68 +12,6 @@ import pytest
 
 import corpus
 import reproduce
-
-
-# ----------------------------------------------------------------------------- the read-off
-
-LOG = [  # a full run's log.jsonl: evaluations (val_*) and training records (elapsed_s) every 10 steps
-    {"step": 0, "val_loss": 9.0, "val_acc": 0.0},
-    {"step": 10, "loss": 8.5, "elapsed_s": 10.0},
-    {"step": 15, "val_loss": 8.0, "val_acc": 0.1},  # between log records: at 20 s (interpolated)
-    {"step": 20, "loss": 7.5, "elapsed_s": 30.0},
-    {"step": 20, "val_loss": 7.0, "val_acc": 0.2},
-    {"step": 30, "loss": 6.5, "elapsed_s": 40.0},
-    {"step": 30, "val_loss": 6.0, "val_acc": 0.3},
-]
-
-
-def test_equal_time_read_off_takes_the_last_evaluation_within_the_budget():
-    assert reproduce.equal_time_point(LOG, 25.0) == {"steps": 15, "train_seconds": 20.0, "val_loss": 8.0,
-                                                     "val_acc": 0.1}
-    assert reproduce.equal_time_point(LOG, 30.0)["steps"] == 20  # reached exactly at the budget
-    assert reproduce.equal_time_point(LOG, 19.9)["steps"] == 0  # step 15 came at 20 s: too late
-    assert reproduce.equal_time_point(LOG, 1e9)["val_loss"] == 6.0
-
-
-def test_equal_time_read_off_counts_a_step_redone_after_resume_once():
-    resumed = LOG[:4] + [{"step": 20, "loss": 7.5, "elapsed_s": 50.0}, {"step": 20, "val_loss": 7.1, "val_acc": 0.2}]
-    point = reproduce.equal_time_point(resumed, 45.0)  # step 20 now came at 50 s: the later record counts
-    assert point["steps"] == 15 and point["train_seconds"] == 30.0  # 10 s + half of 10 -> 50 s
-
-
-# ----------------------------------------------------------------------------- the table
-
-def numbers(steps, seconds, loss, acc):
-    return {"steps": steps, "train_seconds": seconds, "val_loss": loss, "val_acc": acc}
-
-
-PER_SEED = {"0": {"full": numbers(300, 100.0, 5.0, 0.20), "earlybert": numbers(300, 70.0, 5.1, 0.19),
-                  "random": numbers(300, 68.0, 5.4, 0.15), "full_equal_time": numbers(200, 66.0, 5.3, 0.17)},
-            "1": {"full": numbers(300, 110.0, 5.2, 0.22), "earlybert": numbers(300, 80.0, 5.3, 0.23),
-                  "random": numbers(300, 78.0, 5.6, 0.17), "full_equal_time": numbers(220, 74.0, 5.5, 0.19)}}
-
-
-def test_pretrain_table_gives_mean_and_sample_std_over_seeds():
-    lines = reproduce.pretrain_table(PER_SEED)
-    assert lines[0].startswith("| run (2 seeds) |") and len(lines) == 2 + 4
-    # full: seconds 105 ± 7.07, loss 5.100 ± 0.141 (n - 1 in the std); EarlyBERT: 75 s, 75 / 105 = 0.71 of full
-    assert lines[2] == "| full | 300 ± 0 | 105 ± 7 | 1.00 | 5.100 ± 0.141 | 0.210 ± 0.014 |"
-    assert lines[3] == "| EarlyBERT (search + efficient) | 300 ± 0 | 75 ± 7 | 0.71 | 5.200 ± 0.141 | 0.210 ± 0.028 |"
-    assert lines[5].startswith("| full at EarlyBERT's time (read off its curve) | 210 ± 14 | 70 ± 6 | 0.67 |")
-    assert reproduce.mean_std([0.5]) == (0.5, 0.0)
-
-
-def test_the_reading_gives_paired_differences_per_seed():
-    """A seed sets the initialisation, data order, masking and held-out sample (the held-out documents
-    are the same), so runs are compared within a seed: EarlyBERT is behind the full model on seed 0
-    and ahead on seed 1 (no difference shown), ahead of random on both."""
-    downstream = {"none": [{"accuracy": 0.5}, {"accuracy": 0.6}], "full": [{"accuracy": 0.75}, {"accuracy": 0.78}],
-                  "earlybert": [{"accuracy": 0.76}, {"accuracy": 0.77}], "random": [{"accuracy": 0.70}, {"accuracy": 0.79}]}
-    text = reproduce.reading(PER_SEED, downstream)
-    assert "EarlyBERT minus full -0.010 / +0.010, minus the full model at its time +0.020 / +0.040;" in text
-    assert "random minus EarlyBERT -0.040 / -0.060;" in text
-    assert "fine-tuned, EarlyBERT minus full +0.010 / -0.010, random minus EarlyBERT -0.060 / +0.020." in text
-    assert "a seed sets the initialisation, data order, masking and held-out sample" in text
 
 
 # ----------------------------------------------------------------------------- the library task
@@ -302,16 +240,3 @@ def test_later_seeds_train_on_the_first_seeds_vocabulary(tmp_path):
         if seed != 0:  # filled in with seed 0's trained vocabulary when its search is done
             assert job["args"][job["args"].index("--vocab") + 1] == reproduce.VOCAB
         assert job["args"][job["args"].index("--seed") + 1] == str(seed)
-
-
-
-def test_claim_c_table_gives_each_seed_and_where_the_search_drew():
-    def tuned(acc, seconds, steps=0, drawn_by=None):
-        return {"accuracy": acc, "seconds": seconds, "search_seconds": 0.0, "parameters": 22_000_000,
-                "search_steps": steps, "longest_search": 60 if drawn_by else None, "drawn_by": drawn_by}
-    results = {"wordnet": {"plain": [tuned(0.70, 100), tuned(0.72, 102)],
-                           "earlybert": [tuned(0.69, 80, 30, "earlybird"), tuned(0.71, 90, 60, "last-step")],
-                           "random": [tuned(0.65, 70), tuned(0.66, 71)]}}
-    lines = reproduce.markdown(results).splitlines()
-    assert "| plain | 0.710 ± 0.014 | 0.700 / 0.720 | 101 ± 1 | - |" in lines
-    assert "| earlybert | 0.700 ± 0.014 | 0.690 / 0.710 | 85 ± 7 | 30 (60) earlybird, 60 (60) last-step |" in lines

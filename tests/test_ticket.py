@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from checkpoint import load_pretrained, read_safetensors, save_pretrained
+from figures import plot_distances
 from helpers import TICKETS, literal_ticket as literal, one_line_value_error
 from helpers import ticket_config as tiny_config, ticket_logits as logits
 from model import Bert, BertClassifier, BertMLM
 from ticket import (EarlyBird, Ticket, current_masks, distance_matrix, draw_ticket, full_ticket, main, mask_distance,
-                    parameters_and_flops, plot_distances, random_ticket, save_mask_distances, ticket_masks)
+                    parameters_and_flops, random_ticket, save_mask_distances, ticket_masks)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

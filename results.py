@@ -1,0 +1,213 @@
+"""What reproduce.py's finished runs say: their numbers, read from the runs' files, and the
+tables of OUT/results.md (mean ± std over seeds, and the differences paired per seed).
+
+    pretrain_results   (a) and (b): each seed's search, full, EarlyBERT and random-ticket runs, and the
+                       full run read off at EarlyBERT's time (equal_time_point)
+    finetune_numbers   a finetune.py run's dev accuracy, seconds and search
+    markdown           the tables of (a), (b), (c) and the controls (controls.markdown)
+"""
+import json
+import os
+import sys
+
+import numpy as np
+
+import controls
+import figures
+from checkpoint import atomic, load_checkpoint, read_json, write_json
+
+
+def beside(job: dict, name: str) -> str:
+    """A file in a run's own folder, beside its result file (job: reproduce.py's {script, args, result})."""
+    return os.path.join(os.path.dirname(job["result"]), name)
+
+
+def equal_time_point(records: list[dict], seconds: float) -> dict:
+    """The full run's last held-out evaluation whose step was reached within `seconds` of training.
+    A step logged twice (a resumed run redoes the steps after its last checkpoint) counts once: its later record."""
+    return [e for e in timed_evaluations(records) if e["train_seconds"] <= seconds][-1]
+
+
+def timed_evaluations(records: list[dict], first_step: int = 0) -> list[dict]:
+    """A run's held-out evaluations in step order, each with the training time at its step:
+    interpolated between the log records' elapsed_s, which is 0 at the run's first step."""
+    elapsed = {first_step: 0.0, **{r["step"]: r["elapsed_s"] for r in records if "elapsed_s" in r}}
+    evals = {r["step"]: r for r in records if "val_loss" in r}
+    steps = sorted(elapsed)
+    return [{"steps": s, "train_seconds": float(np.interp(s, steps, [elapsed[t] for t in steps])),
+             "val_loss": evals[s]["val_loss"], "val_acc": evals[s]["val_acc"]} for s in sorted(evals)]
+
+
+def read_log(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def draw_curves(jobs: dict, seeds: list[int], path: str):
+    """figures.plot_curves of the pre-training runs: the full run, and EarlyBERT and the random
+    ticket (the search's curve, then theirs, shifted by the search's seconds)."""
+    curves = {}
+    for seed in seeds:
+        logs = {run: read_log(beside(jobs[seed, run], "log.jsonl"))
+                for run in ("search", "earlybert", "random", "full")}
+        search = timed_evaluations(logs["search"])
+        drawn = search[-1]  # the efficient runs go on from the draw, after the search's seconds
+        curves[seed] = {run: search + [{**e, "train_seconds": e["train_seconds"] + drawn["train_seconds"]}
+                                       for e in timed_evaluations(logs[run], drawn["steps"])]
+                        for run in ("earlybert", "random")}
+        curves[seed]["full"] = timed_evaluations(logs["full"])
+    if figures.plot_curves(curves, path) is None:
+        print(f"no {path}: pip install matplotlib to draw the curves", file=sys.stderr)
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1) over seeds; 0 for a single seed."""
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def pm(values, digits: int) -> str:
+    m, s = mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def each(values) -> str:
+    """Every seed's value, in the seeds' order."""
+    return " / ".join(f"{v:.3f}" for v in values)
+
+
+ROWS = {"full": "full", "earlybert": "EarlyBERT (search + efficient)", "random": "random ticket (search + efficient)",
+        "full_equal_time": "full at EarlyBERT's time (read off its curve)"}
+
+
+def pretrain_table(per_seed: dict) -> list[str]:
+    """(b)'s markdown table from {seed: {run: {steps, train_seconds, val_loss, val_acc}}}."""
+    seeds = list(per_seed)
+    full_time = mean_std([per_seed[s]["full"]["train_seconds"] for s in seeds])[0]
+    lines = [f"| run ({len(seeds)} seeds) | steps | training seconds | vs full | held-out MLM loss | "
+             "held-out MLM accuracy |", "|---|---:|---:|---:|---:|---:|"]
+    for run, name in ROWS.items():
+        col = lambda key: [per_seed[s][run][key] for s in seeds]
+        lines.append(f"| {name} | {pm(col('steps'), 0)} | {pm(col('train_seconds'), 0)} | "
+                     f"{mean_std(col('train_seconds'))[0] / full_time:.2f} | {pm(col('val_loss'), 3)} | "
+                     f"{pm(col('val_acc'), 3)} |")
+    return lines
+
+
+def pretrain_results(jobs: dict, seeds: list[int]) -> dict:
+    """{seed: {run: numbers}} from the finished runs; EarlyBERT's and the random ticket's time is
+    the search's plus their own (the efficient phase starts at the draw step)."""
+    out = {}
+    for seed in seeds:
+        search = read_json(jobs[seed, "search"]["result"])
+        history = read_json(beside(jobs[seed, "search"], "ticket.json"))["history"]
+        state = load_checkpoint(beside(jobs[seed, "search"], "ckpt.pt"))["model"]
+        spread = {unit: np.quantile(np.concatenate([v.abs().numpy() for k, v in state.items() if k.endswith(
+            f"{unit}_coef")]), [0.1, 0.9]).tolist() for unit in ("head", "ffn")}  # |c| at the draw: 10% and 90%
+        r = {"search": {**{k: v for k, v in search.items() if k in ("drawn_at", "rule", "train_seconds") or
+                           k.startswith(("kept", "total", "val"))}, "distances": history[-1] if history else None,
+                        "coefficients": spread}}
+        for run in ("earlybert", "random", "full"):
+            s = read_json(jobs[seed, run]["result"])
+            own = s["train_seconds"] + (search["train_seconds"] if run != "full" else 0)
+            r[run] = {"steps": s["steps"], "train_seconds": own, "val_loss": s["val_loss"], "val_acc": s["val_acc"],
+                      "parameters": s["parameters"]}
+        records = read_log(beside(jobs[seed, "full"], "log.jsonl"))
+        r["full_equal_time"] = equal_time_point(records, r["earlybert"]["train_seconds"])  # step 0: 0 s, always
+        out[str(seed)] = r  # str: as JSON keeps it
+    return out
+
+
+def finetune_numbers(r: dict) -> dict:
+    search = r.get("search") or {}  # an EarlyBERT run's: how long it searched, of the longest search
+    return {"accuracy": r["metrics"]["dev"]["accuracy"], "seconds": r["total_seconds"],
+            "search_seconds": r["search_seconds"], "parameters": r["parameters"],
+            "search_steps": r.get("search_steps", 0), "longest_search": search.get("longest"),
+            "drawn_by": (r.get("ticket") or {}).get("rule")}
+
+
+# ----------------------------------------------------------------------------- results.md
+
+def markdown(results: dict) -> str:
+    lines = []
+    if "pretrain" in results:
+        p, recipe = results["pretrain"], results["recipe"]
+        lines += ["### (a) Early-bird tickets in pre-training", "",
+                  "| seed | ticket drawn at step | drawn by | heads kept | FFN neurons kept | last mask distances "
+                  "(heads, FFN) | coefficients' \\|c\\| then, 10%-90% (heads; FFN) |",
+                  "|---:|---:|---|---:|---:|---:|---:|"]
+        for seed, r in p.items():
+            s, d, c = r["search"], r["search"]["distances"], r["search"]["coefficients"]
+            dist = f"{d['head_distance']:.3f}, {d['ffn_distance']:.3f}" if d and d["head_distance"] is not None else "-"
+            lines.append(f"| {seed} | {s['drawn_at']} of {recipe['max_steps']} | {s['rule']} | {s['kept_heads']}/"
+                         f"{s['total_heads']} | {s['kept_ffn']}/{s['total_ffn']} | {dist} | {c['head'][0]:.3f}-"
+                         f"{c['head'][1]:.3f}; {c['ffn'][0]:.3f}-{c['ffn'][1]:.3f} |")
+        lines += ["", "### (b) Pre-training: held-out MLM loss and accuracy, mean ± std over seeds", ""]
+        lines += pretrain_table(p)
+    if "downstream" in results:
+        d = results["downstream"]
+        lines += ["", f"### (b) Fine-tuned on which library a sentence is from ({', '.join(d['classes'])}: "
+                  f"{d['train']} training and {d['dev']} dev sentences each), each seed's models", "",
+                  f"| pre-trained model | parameters | dev accuracy ({len(d['seeds'])} seeds) | per seed "
+                  f"({', '.join(map(str, d['seeds']))}) | fine-tuning seconds |", "|---|---:|---:|---:|---:|"]
+        names = {"none": "none (the untrained start)", "earlybert": "EarlyBERT", "random": "random ticket"}
+        for k, rs in d["runs"].items():
+            accs = [r["accuracy"] for r in rs]
+            lines.append(f"| {names.get(k, k)} | {rs[0]['parameters'] / 1e6:.2f}M | {pm(accs, 3)} | "
+                         f"{each(accs)} | {pm([r['seconds'] for r in rs], 0)} |")
+    if "pretrain" in results and "downstream" in results:
+        lines += ["", reading(results["pretrain"], results["downstream"]["runs"])]
+    if "controls" in results:
+        lines += ["", *controls.markdown(results["controls"])]
+    if "wordnet" in results:
+        w = results["wordnet"]
+        lines += ["", "### (c) Fine-tuning all-MiniLM-L6-v2 on WordNet noun classes (8 classes)", ""]
+        if "skipped" in w:
+            lines.append(f"Skipped: {w['skipped']}")
+        else:
+            lines += ["| variant | dev accuracy (mean ± std) | per seed | seconds (mean ± std) | search steps "
+                      "(of the longest) and what drew the ticket, per seed |", "|---|---:|---:|---:|---|"]
+            lines += [f"| {v} | {pm([r['accuracy'] for r in rs], 3)} | {each(r['accuracy'] for r in rs)} | "
+                      f"{pm([r['seconds'] for r in rs], 0)} | {searched(rs)} |" for v, rs in w.items()]
+    return "\n".join(lines) + "\n"
+
+
+def searched(runs: list[dict]) -> str:
+    """An EarlyBERT fine-tuning run's search per seed: steps (of the longest it may take), drawn by what."""
+    if not runs[0].get("search_steps"):  # plain fine-tuning, or a random ticket: no search
+        return "-"
+    return ", ".join(f"{r['search_steps']} ({r['longest_search']}) {r['drawn_by']}" for r in runs)
+
+
+def reading(per_seed: dict, downstream: dict) -> str:
+    """The numbers a plain-language reading of (b) needs, in one paragraph."""
+    col = lambda run, key: [r[run][key] for r in per_seed.values()]
+    full_time = mean_std(col("full", "train_seconds"))[0]
+    ratio = lambda run: mean_std(col(run, "train_seconds"))[0] / full_time
+    mlm = lambda run: f"held-out MLM loss {pm(col(run, 'val_loss'), 3)}, accuracy {pm(col(run, 'val_acc'), 3)}"
+    tuned = lambda k: [r["accuracy"] for r in downstream[k]]
+    acc = lambda k: pm(tuned(k), 3)
+    pre = lambda run: col(run, "val_acc")
+    paired = lambda a, b, get=pre: " / ".join(f"{x - y:+.3f}" for x, y in zip(get(a), get(b)))
+    return (f"Numbers for the reading: over {len(per_seed)} seeds, EarlyBERT trained in {ratio('earlybert'):.2f} of "
+            f"the full model's time ({full_time:.0f} s) to {mlm('earlybert')}; the full model reached {mlm('full')} "
+            f"with all its time and {mlm('full_equal_time')} at EarlyBERT's time (step "
+            f"{pm(col('full_equal_time', 'steps'), 0)}); the random ticket, in {ratio('random'):.2f} of the time, "
+            f"{mlm('random')}. Fine-tuned on the library task, dev accuracy: untrained {acc('none')}, "
+            f"full {acc('full')}, EarlyBERT {acc('earlybert')}, random ticket {acc('random')}. Paired per seed "
+            f"({', '.join(per_seed)}; a seed sets the initialisation, data order, masking and held-out sample), "
+            f"accuracy: EarlyBERT minus full "
+            f"{paired('earlybert', 'full')}, minus the full model at its time "
+            f"{paired('earlybert', 'full_equal_time')}; random minus EarlyBERT {paired('random', 'earlybert')}; "
+            f"fine-tuned, EarlyBERT minus full {paired('earlybert', 'full', tuned)}, random minus EarlyBERT "
+            f"{paired('random', 'earlybert', tuned)}. A difference whose sign changes from seed to seed is not shown "
+            "to be one.")
+
+
+def write_results(results: dict, out: str) -> str:
+    """OUT/results.json and OUT/results.md (its tables); returns the tables."""
+    write_json(results, os.path.join(out, "results.json"))
+    table = markdown(results)
+    with atomic(os.path.join(out, "results.md")) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(table)
+    return table
