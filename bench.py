@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 import corpus
 import data
-from model import BertConfig, BertMLM, configure_optimizers, flops_per_sequence, set_attention
-from runtime import BF16_MIN_SPEEDUP, Precision, choose_precision, ffn_multiple_for, pick_device
+from model import BertConfig, BertMLM, flops_per_sequence, set_attention
+from runtime import BF16_MIN_SPEEDUP, Precision, choose_precision, configure_optimizers, ffn_multiple_for, pick_device
 from ticket import full_ticket, random_ticket
 
 SIZES = {"small": dict(layers=4, hidden=256, heads=4, ffn=1024),  # runs on a laptop CPU

@@ -23,7 +23,8 @@ import data
 import prune
 import slim
 from checkpoint import load_checkpoint, read_json, write_json
-from model import BertConfig, BertMLM, evaluate
+from model import BertConfig, BertMLM
+from runtime import evaluate
 from ticket import Ticket, mask_distance, random_ticket, random_ticket_like, ticket_masks, ticket_of_sizes
 
 

@@ -1,5 +1,5 @@
-"""One experiment, several runs of train.py: where each run writes, the corpus and the recipe they share, when a
-run has finished, and the commands that go on.
+"""One experiment, several runs of train.py: where each run writes, the corpus and the recipe they share, the model
+the efficient phase takes from the search, when a run has finished, and the commands that go on.
 
 One rule for every flag of train.py's Config. A flag either changes what is computed (the
 *recipe*: model sizes, data, vocabulary, length, masking, optimisation, schedule, search and
@@ -19,8 +19,12 @@ from dataclasses import asdict, fields, replace
 
 import corpus
 import data
-from checkpoint import load_checkpoint, read_json
-from runtime import broadcast
+import prune
+from checkpoint import load_checkpoint, load_pretrained, read_json
+from model import BertConfig, BertMLM
+from runtime import broadcast, configure_optimizers
+from slim import add_coefficients, coefficient_parameters
+from ticket import Ticket, random_ticket, random_ticket_like
 
 # The flags whose values a run's results do not depend on: they may differ between the search and
 # the efficient phase and on --resume. Every other field of train.py's Config is the recipe.
@@ -127,6 +131,41 @@ def search_settings(cfg):
     return keep_recipe(cfg, read_json(path, "train config"), path, "the search",
                        "the efficient phase continues the search's recipe: leave the flag out (for another "
                        "recipe, search again into another --out-dir)", own=("phase", "init", "ticket", "search_dir"))
+
+
+def efficient_model(cfg):
+    """EarlyBERT stage 3 (sec. 3.3): the physically smaller BERT that the search's ticket describes.
+
+    --init continue (our pre-training default): the weights at the draw step, and training
+    goes on from that step (schedule, data position, and AdamW's moments sliced like the
+    weights: `at_draw`), so search + efficient together take --max-steps steps, as the full
+    baseline does; only the steps after the draw are cheaper.
+    --init rewind (the official fine-tuning code's choice): the weights the search started
+    from, trained for --max-steps steps anew; in pre-training that throws the search away."""
+    search = search_folder(cfg)
+    ticket_path = os.path.join(search, "ticket.json")
+    ticket = Ticket.load(ticket_path)
+    if cfg.ticket == "random-per-layer":  # the second control: the drawn widths, units at random
+        ticket = random_ticket_like(ticket, cfg.seed)
+    if cfg.ticket == "random":  # the control: same ratios, units chosen at random
+        ticket = random_ticket(ticket.full_heads, ticket.full_ffn, ticket.head_ratio, ticket.ffn_ratio, cfg.seed,
+                               ticket.ffn_multiple)  # rounded as the drawn one
+    if cfg.init == "rewind":  # the weights the search started from (the official code's choice)
+        model = load_pretrained(BertMLM, os.path.join(search, "start"), verbose=False)
+        ticket.check_fits(model.config, ticket_path)
+        return prune.rebuild(model, ticket), ticket, None
+    state = load_checkpoint(os.path.join(search, "ckpt.pt"))
+    if state["step"] >= cfg.max_steps:
+        raise ValueError(f"{ticket_path}: drawn at step {state['step']}, the search's last: nothing is left to train "
+                         f"with --init continue; {command(cfg, init='rewind')} trains the ticket from the start")
+    model = add_coefficients(BertMLM(BertConfig.from_dict(state["model_config"])))
+    model.load_state_dict(state["model"])
+    ticket.check_fits(model.config, ticket_path)
+    sgd = coefficient_parameters(model) if cfg.coef_optimizer == "sgd" else ()  # not AdamW's in that search
+    optimizer = configure_optimizers(model, cfg.lr, cfg.weight_decay, exclude=sgd)  # the search's parameter order
+    optimizer.load_state_dict(state["optimizer"])
+    at_draw = {"step": state["step"], "loader": state["loader"], "moments": prune.adamw_state(model, optimizer, ticket)}
+    return prune.rebuild(model, ticket), ticket, at_draw
 
 
 def finished(cfg, run_dir: str) -> dict | None:

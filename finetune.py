@@ -35,10 +35,10 @@ from tqdm import tqdm
 import prune
 from checkpoint import load_pretrained, read_json, save_pretrained, write_json
 from data import checkpoint_tokenizer
-from model import configure_optimizers, count_parameters, flops_per_sequence, lr_lambda, set_attention
+from model import count_parameters, flops_per_sequence, set_attention
 from runtime import (ABOVE_0, AT_LEAST_1, FRACTION, NOT_NEGATIVE, broadcast, check_limits, choose_precision,
-                     ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock, setup_distributed,
-                     to_device)
+                     configure_optimizers, ffn_multiple_for, finish_distributed, lr_lambda, parse_config, pick_device,
+                     run_lock, setup_distributed, to_device)
 from slim import Search
 from tasks import Task, batches, collate, load_task, task_name
 from ticket import EarlyBird, full_ticket, random_ticket

@@ -16,9 +16,7 @@ EarlyBERT needs two things from the model, both here:
   None otherwise and then cost nothing.
 
 Parameter names are a contract: checkpoint.py maps them onto the reference
-implementation's, so real BERT checkpoints load. The optimizer set-up and the learning-rate
-schedule that train.py and finetune.py share, and the held-out evaluation, are at the end
-(`configure_optimizers`, `lr_lambda`, `evaluate`).
+implementation's, so real BERT checkpoints load. A training step's FLOPs are at the end.
 """
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
@@ -386,53 +384,6 @@ class BertQA(BertPreTrainedBase):
         if start_positions is not None:
             loss = (F.cross_entropy(start, start_positions) + F.cross_entropy(end, end_positions)) / 2
         return (start, end), loss
-
-
-# ----------------------------------------------------------------------------- training set-up
-
-def configure_optimizers(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.98),
-                         device_type: str = "cpu", exclude=()) -> torch.optim.AdamW:
-    """AdamW with two parameter groups: weight decay on matrices and embeddings, none on
-    biases, LayerNorms and slimming coefficients (every 1-D parameter). beta2 0.98 for
-    pre-training (RoBERTa, cramming); fine-tuning passes BERT's 0.999. The fused kernel (one
-    pass over each parameter instead of a dozen) on CUDA and on the CPU, where it runs the
-    update about 3x faster than the default multi-tensor one. `exclude`: parameters another
-    optimizer trains (slimming coefficients under network slimming's SGD)."""
-    params = [p for p in model.parameters() if p.requires_grad and not any(p is q for q in exclude)]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-6, fused=device_type in ("cuda", "cpu"))
-
-
-def lr_lambda(warmup_steps: int, total_steps: int, start: int = 0):
-    """BERT's schedule as a LambdaLR factor: linear warm-up over `warmup_steps` (0: none),
-    then linear decay to 0 at `total_steps`. `start` is the step the scheduler's count 0
-    stands for (efficient training that goes on from a search's draw step)."""
-    def factor(s: int) -> float:
-        s += start
-        if s < warmup_steps:
-            return (s + 1) / warmup_steps
-        return max(0.0, (total_steps - s) / max(1, total_steps - warmup_steps))
-    return factor
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, batches, device, autocast) -> tuple[float, float]:
-    """Held-out MLM loss and accuracy over fixed batches (data.MLMBatches.eval_batches: the same
-    masking every time), averaged over the predicted tokens."""
-    model.eval()
-    total, correct, count = 0.0, 0, 0
-    for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items() if v is not None}
-        with autocast:
-            logits, loss = model(**batch)
-        labels = batch["mlm_labels"]
-        n = int((labels != -100).sum())
-        total += loss.item() * n
-        correct += int(((logits.argmax(-1) == labels) & (labels != -100)).sum())
-        count += n
-    model.train()
-    return total / max(count, 1), correct / max(count, 1)
 
 
 def flops_per_sequence(config: BertConfig, seq_len: int, n_predictions: int) -> int:

@@ -34,15 +34,15 @@ from tqdm import tqdm
 
 import data
 import prune
-from checkpoint import load_checkpoint, load_pretrained, resume, save_pretrained, save_training_state, write_json
-from experiment import (check_run_dir, command, finished, prepare_data, report, resumed_settings, run_name,
-                        search_folder, search_settings, stopped, train_on)
-from model import BertConfig, BertMLM, configure_optimizers, count_parameters, evaluate, lr_lambda, set_attention
+from checkpoint import load_pretrained, resume, save_pretrained, save_training_state, write_json
+from experiment import (check_run_dir, command, efficient_model, finished, prepare_data, report, resumed_settings,
+                        run_name, search_settings, stopped, train_on)
+from model import BertConfig, BertMLM, count_parameters, set_attention
 from runtime import (ABOVE_0, AT_LEAST_1, FRACTION, NOT_NEGATIVE, any_rank, broadcast, check_limits, choose_precision,
-                     deferred_interrupt, ffn_multiple_for, finish_distributed, parse_config, pick_device, run_lock,
-                     setup_distributed, sum_ranks, to_device)
-from slim import Search, add_coefficients, coefficient_parameters
-from ticket import EarlyBird, Ticket, full_ticket, random_ticket, random_ticket_like
+                     configure_optimizers, deferred_interrupt, evaluate, ffn_multiple_for, finish_distributed,
+                     lr_lambda, parse_config, pick_device, run_lock, setup_distributed, sum_ranks, to_device)
+from slim import Search
+from ticket import EarlyBird, Ticket, full_ticket
 
 
 @dataclass
@@ -147,41 +147,6 @@ def build_model(cfg: Config, vocab_path: str, n_vocab: int):
     if model.config.vocab_size < n_vocab:
         raise ValueError(f"{vocab_path}: {n_vocab} tokens, but the model's vocab_size is {model.config.vocab_size}")
     return model, None, None
-
-
-def efficient_model(cfg: Config):
-    """EarlyBERT stage 3 (sec. 3.3): the physically smaller BERT that the search's ticket describes.
-
-    --init continue (our pre-training default): the weights at the draw step, and training
-    goes on from that step (schedule, data position, and AdamW's moments sliced like the
-    weights: `at_draw`), so search + efficient together take --max-steps steps, as the full
-    baseline does; only the steps after the draw are cheaper.
-    --init rewind (the official fine-tuning code's choice): the weights the search started
-    from, trained for --max-steps steps anew; in pre-training that throws the search away."""
-    search = search_folder(cfg)
-    ticket_path = os.path.join(search, "ticket.json")
-    ticket = Ticket.load(ticket_path)
-    if cfg.ticket == "random-per-layer":  # the second control: the drawn widths, units at random
-        ticket = random_ticket_like(ticket, cfg.seed)
-    if cfg.ticket == "random":  # the control: same ratios, units chosen at random
-        ticket = random_ticket(ticket.full_heads, ticket.full_ffn, ticket.head_ratio, ticket.ffn_ratio, cfg.seed,
-                               ticket.ffn_multiple)  # rounded as the drawn one
-    if cfg.init == "rewind":  # the weights the search started from (the official code's choice)
-        model = load_pretrained(BertMLM, os.path.join(search, "start"), verbose=False)
-        ticket.check_fits(model.config, ticket_path)
-        return prune.rebuild(model, ticket), ticket, None
-    state = load_checkpoint(os.path.join(search, "ckpt.pt"))
-    if state["step"] >= cfg.max_steps:
-        raise ValueError(f"{ticket_path}: drawn at step {state['step']}, the search's last: nothing is left to train "
-                         f"with --init continue; {command(cfg, init='rewind')} trains the ticket from the start")
-    model = add_coefficients(BertMLM(BertConfig.from_dict(state["model_config"])))
-    model.load_state_dict(state["model"])
-    ticket.check_fits(model.config, ticket_path)
-    sgd = coefficient_parameters(model) if cfg.coef_optimizer == "sgd" else ()  # not AdamW's in that search
-    optimizer = configure_optimizers(model, cfg.lr, cfg.weight_decay, exclude=sgd)  # the search's parameter order
-    optimizer.load_state_dict(state["optimizer"])
-    at_draw = {"step": state["step"], "loader": state["loader"], "moments": prune.adamw_state(model, optimizer, ticket)}
-    return prune.rebuild(model, ticket), ticket, at_draw
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -299,7 +264,7 @@ def set_up(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, de
         drawn = Ticket(**state["drawn"]) if state.get("drawn") else None
         if rank == 0:
             print(f"{run_dir}: resuming from step {step} ({ckpt_path})"
-                  + (f"; the ticket was drawn there: finishing the draw" if drawn else ""), file=sys.stderr)
+                  + ("; the ticket was drawn there: finishing the draw" if drawn else ""), file=sys.stderr)
     if rank == 0:
         with open(log_path, "a" if state else "w") as log:  # resumed: the records after the checkpoint are made
             if state and state.get("log_bytes") is not None and os.path.getsize(log_path) > state["log_bytes"]:

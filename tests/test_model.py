@@ -11,8 +11,6 @@ A course can blank out one function of model.py and grade it with `-k`:
     python -m pytest tests/test_model.py -k mlm_head       # BertMLM.forward (sparse head, loss)
     python -m pytest tests/test_model.py -k tied_decoder   # MLMHead.forward
     python -m pytest tests/test_model.py -k "classifier or qa_head"  # BertClassifier / BertQA.forward
-    python -m pytest tests/test_model.py -k optimizer      # configure_optimizers
-    python -m pytest tests/test_model.py -k lr_schedule    # lr_lambda
     python -m pytest tests/test_model.py -k frozen         # all of it, against numbers printed once
 
 Sizes are tiny and seeds fixed; the hand-written references use plain tensor algebra only
@@ -28,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model import (Bert, BertClassifier, BertConfig, BertMLM, BertQA, ChunkedCrossEntropy, Embeddings, FeedForward,
-                   Layer, SelfAttention, configure_optimizers, init_weights, lr_lambda, mlm_loss, set_attention)
+                   Layer, SelfAttention, init_weights, mlm_loss, set_attention)
 
 ATOL = 1e-5
 
@@ -443,62 +441,6 @@ def test_qa_head_start_end_logits_and_loss_by_hand():
     assert torch.allclose(start, both[..., 0], atol=ATOL) and torch.allclose(end, both[..., 1], atol=ATOL)
     nll = lambda x, y: (torch.logsumexp(x, -1) - x[torch.arange(2), y]).mean()  # noqa: E731
     assert torch.allclose(loss, (nll(start, starts) + nll(end, ends)) / 2, atol=ATOL)
-
-
-# ----------------------------------------------------------------------------- optimizer and schedule
-
-def test_optimizer_decays_matrices_only():
-    model = BertMLM(tiny_config())
-    model.bert.layers[0].attn.head_coef = nn.Parameter(torch.ones(4))  # as slim.add_coefficients does
-    model.bert.layers[0].ffn.ffn_coef = nn.Parameter(torch.ones(48))
-    model.bert.embeddings.position.weight.requires_grad_(False)  # frozen: left out
-    opt = configure_optimizers(model, lr=1e-3, weight_decay=0.1)
-    decay, no_decay = opt.param_groups
-    named = dict(model.named_parameters())
-    ids = lambda group: {id(p) for p in group["params"]}  # noqa: E731
-    assert ids(decay) == {id(p) for n, p in named.items() if p.dim() == 2 and n != "bert.embeddings.position.weight"}
-    assert ids(no_decay) == {id(p) for p in named.values() if p.dim() == 1}
-    assert {id(named[n]) for n in ("bert.layers.0.attn.head_coef", "bert.layers.0.ffn.ffn_coef",
-                                   "mlm.bias", "bert.layers.1.ffn_norm.weight")} <= ids(no_decay)
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert opt.defaults["lr"] == 1e-3 and opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["fused"]  # fused on the CPU too
-
-
-def test_optimizer_step_with_zero_gradient_only_shrinks_matrices():
-    """AdamW's decoupled weight decay: with zero gradients a step multiplies each decayed
-    weight by (1 - lr * weight_decay) and leaves the no-decay group exactly as it was."""
-    model = randomize(BertMLM(tiny_config()))
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = configure_optimizers(model, lr=0.01, weight_decay=0.5)
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
-    opt.step()
-    for n, p in model.named_parameters():
-        factor = 1 - 0.01 * 0.5 if p.dim() == 2 else 1.0
-        assert torch.allclose(p, before[n] * factor, atol=1e-7), n
-
-
-@pytest.mark.parametrize("warmup, total, start, expected", [
-    (2, 6, 0, [0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]),  # up over 2 steps, then down to 0 at step 6
-    (2, 6, 3, [0.75, 0.5, 0.25, 0.0]),  # going on from step 3 of the same schedule
-    (0, 4, 0, [1.0, 0.75, 0.5, 0.25, 0.0]),  # no warm-up
-    (4, 8, 0, [0.25, 0.5, 0.75, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]),
-])
-def test_lr_schedule_by_hand(warmup, total, start, expected):
-    factor = lr_lambda(warmup, total, start)
-    assert [factor(s) for s in range(len(expected))] == pytest.approx(expected)
-
-
-def test_lr_schedule_drives_adamw():
-    param = nn.Parameter(torch.zeros(2, 2))
-    opt = torch.optim.AdamW([param], lr=0.4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(2, 6))
-    seen = []
-    for _ in range(6):
-        seen.append(opt.param_groups[0]["lr"])
-        opt.step()
-        scheduler.step()
-    assert seen == pytest.approx([0.2, 0.4, 0.4, 0.3, 0.2, 0.1])
 
 
 # ----------------------------------------------------------------------------- frozen numbers

@@ -81,7 +81,7 @@ def test_every_repository_file_the_readme_names_exists():
 
 
 def test_every_function_the_readme_points_to_is_there():
-    """`train.py:efficient_model`, `ticket.py:EarlyBird.update`: each name is defined in that file."""
+    """`experiment.py:efficient_model`, `ticket.py:EarlyBird.update`: each name is defined in that file."""
     pointers = re.findall(r"\b(\w+\.py):([A-Za-z_][\w.]*\w)", README)
     assert len(pointers) > 15
     for doc in DOCS:

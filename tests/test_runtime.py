@@ -1,5 +1,6 @@
 """runtime.py: the command line built from a config dataclass, the device and its
-precision, single-process distributed defaults, and the lock on an output folder."""
+precision, single-process distributed defaults, the lock on an output folder, and the
+optimizer and learning-rate schedule (`-k optimizer`, `-k lr_schedule`)."""
 import ctypes
 import multiprocessing
 import os
@@ -10,11 +11,12 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+import torch.nn as nn
 
-from model import BertConfig
-from runtime import (AT_LEAST_1, FRACTION, NOT_NEGATIVE, broadcast, check_limits, choose_precision, deferred_interrupt,
-                     ffn_multiple_for, finish_distributed, keep_freed_memory, parse_config, pick_device, run_lock,
-                     setup_distributed, to_device)
+from model import BertConfig, BertMLM
+from runtime import (AT_LEAST_1, FRACTION, NOT_NEGATIVE, broadcast, check_limits, choose_precision, configure_optimizers,
+                     deferred_interrupt, ffn_multiple_for, finish_distributed, keep_freed_memory, lr_lambda,
+                     parse_config, pick_device, run_lock, setup_distributed, to_device)
 from runtime import probe_bf16 as real_probe_bf16  # conftest answers runtime.probe_bf16 for every test
 
 
@@ -310,3 +312,68 @@ def test_distributed_backend_follows_the_device(monkeypatch, device, has_gpu, ba
 def test_ffn_multiple_rounds_for_gpus_unless_asked():
     assert ffn_multiple_for(torch.device("cuda", 0)) == 64 and ffn_multiple_for(torch.device("cpu")) == 8
     assert ffn_multiple_for(torch.device("cuda", 0), 8) == 8 and ffn_multiple_for(torch.device("cpu"), 8) == 8
+
+
+def tiny_config():
+    return BertConfig(vocab_size=101, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
+                      max_position_embeddings=64)
+
+
+# ----------------------------------------------------------------------------- optimizer and schedule
+
+def test_optimizer_decays_matrices_only():
+    model = BertMLM(tiny_config())
+    model.bert.layers[0].attn.head_coef = nn.Parameter(torch.ones(4))  # as slim.add_coefficients does
+    model.bert.layers[0].ffn.ffn_coef = nn.Parameter(torch.ones(48))
+    model.bert.embeddings.position.weight.requires_grad_(False)  # frozen: left out
+    opt = configure_optimizers(model, lr=1e-3, weight_decay=0.1)
+    decay, no_decay = opt.param_groups
+    named = dict(model.named_parameters())
+    ids = lambda group: {id(p) for p in group["params"]}  # noqa: E731
+    assert ids(decay) == {id(p) for n, p in named.items() if p.dim() == 2 and n != "bert.embeddings.position.weight"}
+    assert ids(no_decay) == {id(p) for p in named.values() if p.dim() == 1}
+    assert {id(named[n]) for n in ("bert.layers.0.attn.head_coef", "bert.layers.0.ffn.ffn_coef",
+                                   "mlm.bias", "bert.layers.1.ffn_norm.weight")} <= ids(no_decay)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert opt.defaults["lr"] == 1e-3 and opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["fused"]  # fused on the CPU too
+
+
+def test_optimizer_step_with_zero_gradient_only_shrinks_matrices():
+    """AdamW's decoupled weight decay: with zero gradients a step multiplies each decayed
+    weight by (1 - lr * weight_decay) and leaves the no-decay group exactly as it was."""
+    model = BertMLM(tiny_config())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # biases and LayerNorms too, so that decaying one of them would show
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = configure_optimizers(model, lr=0.01, weight_decay=0.5)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        factor = 1 - 0.01 * 0.5 if p.dim() == 2 else 1.0
+        assert torch.allclose(p, before[n] * factor, atol=1e-7), n
+
+
+@pytest.mark.parametrize("warmup, total, start, expected", [
+    (2, 6, 0, [0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]),  # up over 2 steps, then down to 0 at step 6
+    (2, 6, 3, [0.75, 0.5, 0.25, 0.0]),  # going on from step 3 of the same schedule
+    (0, 4, 0, [1.0, 0.75, 0.5, 0.25, 0.0]),  # no warm-up
+    (4, 8, 0, [0.25, 0.5, 0.75, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]),
+])
+def test_lr_schedule_by_hand(warmup, total, start, expected):
+    factor = lr_lambda(warmup, total, start)
+    assert [factor(s) for s in range(len(expected))] == pytest.approx(expected)
+
+
+def test_lr_schedule_drives_adamw():
+    param = nn.Parameter(torch.zeros(2, 2))
+    opt = torch.optim.AdamW([param], lr=0.4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(2, 6))
+    seen = []
+    for _ in range(6):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    assert seen == pytest.approx([0.2, 0.4, 0.4, 0.3, 0.2, 0.1])

@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 
 from helpers import ticket_config
-from model import Bert, BertClassifier, BertConfig, BertMLM, configure_optimizers
+from model import Bert, BertClassifier, BertConfig, BertMLM
+from runtime import configure_optimizers
 from slim import Search, add_coefficients, coefficient_parameters, coefficients, l1_penalty, remove_coefficients
 from ticket import EarlyBird, Ticket
 

@@ -20,7 +20,8 @@ import train
 from checkpoint import load_pretrained
 from helpers import DDP_ONE, DDP_TWO, EARLY_BIRD, SEARCH, error_of, files_under, log, tiny, torchrun_two_processes
 from data import n_predictions
-from model import BertConfig, BertMLM, configure_optimizers, lr_lambda
+from model import BertConfig, BertMLM
+from runtime import configure_optimizers, lr_lambda
 from ticket import Ticket, random_ticket, show
 
 
