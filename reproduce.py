@@ -140,17 +140,18 @@ def downstream_jobs(out: str, seeds: list[int], quick: bool) -> dict:
             for seed in seeds for name, model in models.items()}
 
 
-def wordnet_jobs(out: str, seeds: list[int], model: str, quick: bool) -> dict:
-    """(seed, variant) -> job: all-MiniLM-L6-v2 on the WordNet task, plain, EarlyBERT, random."""
+def wordnet_jobs(out: str, seeds: list[int], model: str, quick: bool, name: str = "wordnet") -> dict:
+    """(seed, variant) -> job: all-MiniLM-L6-v2 on the WordNet task in OUT/NAME, plain, EarlyBERT, random."""
     variants = {"plain": ([], "full"), "earlybert": (["--earlybert"], "earlybert"),
                 "random": (["--earlybert", "--ticket", "random"], "random")}
-    return {(seed, v): finetune_job(os.path.join(out, "wordnet", f"seed{seed}"), kind,
-                                    ["--data", os.path.join(out, "wordnet", "task"), "--model", model,
+    return {(seed, v): finetune_job(os.path.join(out, name, f"seed{seed}"), kind,
+                                    ["--data", os.path.join(out, name, "task"), "--model", model,
                                      "--seed", str(seed), *extra], quick)
             for seed in seeds for v, (extra, kind) in variants.items()}
 
 
-def estimate_seconds(recipe: dict, n_seeds: int, eval_every: int, n_downstream: int, n_wordnet: int) -> float:
+def estimate_seconds(recipe: dict, n_seeds: int, eval_every: int, n_downstream: int, n_wordnet: int,
+                     wordnet_train: int = 1200) -> float:
     """A rough wall-clock estimate at CPU_FLOPS: per seed the full run, the search (a quarter of the
     steps), two efficient runs (a pruned step costs 0.75), the evaluations; then the fine-tuning runs."""
     r = recipe
@@ -162,7 +163,7 @@ def estimate_seconds(recipe: dict, n_seeds: int, eval_every: int, n_downstream: 
     evaluations = (r["max_steps"] // eval_every + 6) * r["eval_batches"] / 3  # forward only
     minilm = BertConfig(hidden_size=384, num_hidden_layers=6, intermediate_size=1536)
     finetune = 3 * (4 * n_seeds * n_downstream * flops_per_sequence(config, 32, 0)
-                    + n_wordnet * 1200 * flops_per_sequence(minilm, 32, 0)) / CPU_FLOPS
+                    + n_wordnet * wordnet_train * flops_per_sequence(minilm, 32, 0)) / CPU_FLOPS
     return n_seeds * (steps + evaluations) * sequence + finetune
 
 
@@ -181,6 +182,9 @@ def parse_args(argv=None):
     p.add_argument("--mask-prob", type=float, default=0.0, help="train.py's --mask-prob [its 0.4; BERT's is 0.15]")
     p.add_argument("--force", action="store_true", help="run every run again, replacing its results")
     p.add_argument("--wordnet", default=WORDNET, help="WordNet's data.noun (Debian package wordnet-base)")
+    p.add_argument("--wordnet-per-class", type=int, default=150,
+                   help="(c)'s training glosses per class, and a third as many dev glosses; another size than 150 "
+                        "goes to OUT/wordnet-N [150; 12 with --quick]")
     args = p.parse_args(argv)
     if args.max_steps < 0 or (args.quick and args.max_steps):
         raise ValueError(f"--max-steps {args.max_steps}: give a positive number of steps, and not with --quick")
@@ -192,6 +196,8 @@ def parse_args(argv=None):
     args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     if args.data:  # a bad --data: one line now, before any run
         corpus.resolve_files(args.data, "")
+    if not 3 <= args.wordnet_per_class <= 1500:  # the smallest class, body, has 2,010 glosses
+        raise ValueError(f"--wordnet-per-class {args.wordnet_per_class}: give 3 to 1500 glosses per class")
     if len(set(args.seeds)) != len(args.seeds):
         raise ValueError(f"--seeds {' '.join(map(str, args.seeds))}: a seed given twice")
     return args
@@ -245,13 +251,15 @@ def main(argv=None):
     pretrain = pretrain_jobs(out, seeds, overrides, args.data, eval_every) if args.part in ("all", "pretrain") else {}
     downstream = downstream_jobs(out, seeds, args.quick) if pretrain else {}
     minilm, skip = wordnet_model(args.wordnet) if args.part in ("all", "wordnet") else (None, None)
-    wordnet = wordnet_jobs(out, seeds, minilm, args.quick) if minilm else {}
+    per_class = 12 if args.quick else args.wordnet_per_class
+    wordnet_name = "wordnet" if args.quick or per_class == 150 else f"wordnet-{per_class}"  # never mixed up
+    wordnet = wordnet_jobs(out, seeds, minilm, args.quick, wordnet_name) if minilm else {}
     common = [*(["--data", args.data] if args.data else []), *flags(overrides)]
     checks = controls.jobs(out, seeds, common, recipe["max_steps"], VOCAB) if args.part == "controls" else {}
     jobs = [*pretrain.values(), *downstream.values(), *wordnet.values(), *checks.values()]
     todo = [j for j in jobs if command(j, args.force)]
     seconds = estimate_seconds(recipe, len(seeds) if pretrain else 0, eval_every, 3 * n_train if pretrain else 0,
-                               len(wordnet))
+                               len(wordnet), len(corpus.CLASSES) * per_class)
     seconds += len(checks) * 200  # controls: a run's few minutes (measured: 1.5 hours for 3 seeds in bf16)
     took = f"{seconds / 3600:.1f} hours" if seconds > 3600 else f"{seconds / 60:.0f} minutes"
     plan = [f"  {'' if j in todo else '(finished) '}{show([sys.executable, j['script'], *j['args']])}" for j in jobs]
@@ -280,13 +288,13 @@ def main(argv=None):
     if checks:
         run_controls(checks, seeds, recipe["max_steps"], args.force, results, path)
     if skip:
-        results["wordnet"] = {"skipped": skip}
+        results[wordnet_name] = {"skipped": skip}
     elif wordnet:
-        task = os.path.join(out, "wordnet", "task")
+        task = os.path.join(out, wordnet_name, "task")
         if args.force or not os.path.exists(os.path.join(task, "dev.tsv")):
-            wordnet_task(task, 12 if args.quick else 150, 4 if args.quick else 50, source=args.wordnet)
+            wordnet_task(task, per_class, per_class // 3, source=args.wordnet)
         runs = {k: finetune_numbers(run(j, args.force)) for k, j in wordnet.items()}
-        results["wordnet"] = {v: [runs[s, v] for s in seeds] for v in ("plain", "earlybert", "random")}
+        results[wordnet_name] = {v: [runs[s, v] for s in seeds] for v in ("plain", "earlybert", "random")}
     print(write_results(results, out))
     return results
 

@@ -159,9 +159,10 @@ def markdown(results: dict) -> str:
         lines += ["", reading(results["pretrain"], results["downstream"]["runs"])]
     if "controls" in results:
         lines += ["", *controls.markdown(results["controls"])]
-    if "wordnet" in results:
-        w = results["wordnet"]
-        lines += ["", "### (c) Fine-tuning all-MiniLM-L6-v2 on WordNet noun classes (8 classes)", ""]
+    for name, w in ((k, v) for k, v in results.items() if k == "wordnet" or k.startswith("wordnet-")):
+        size = name.split("-")[1] if "-" in name else "150"
+        lines += ["", f"### (c) Fine-tuning all-MiniLM-L6-v2 on WordNet noun classes (8 classes, {size} training "
+                  "glosses each)", ""]
         if "skipped" in w:
             lines.append(f"Skipped: {w['skipped']}")
         else:

@@ -232,6 +232,19 @@ def test_wordnet_part_is_skipped_with_a_reason_without_wordnet(tmp_path):
     assert "Skipped:" in open(tmp_path / "results.md").read()
 
 
+def test_another_wordnet_size_goes_to_a_folder_and_results_of_its_own(tmp_path):
+    """--wordnet-per-class 1500: OUT/wordnet-1500 and results["wordnet-1500"]; the 150-gloss runs stay."""
+    jobs = reproduce.wordnet_jobs(str(tmp_path), [0], "minilm", False, "wordnet-1500")
+    assert all(os.path.join(str(tmp_path), "wordnet-1500", "seed0") in j["result"] for j in jobs.values())
+    assert os.path.join(str(tmp_path), "wordnet-1500", "task") in jobs[0, "earlybert"]["args"]
+    (tmp_path / "results.json").write_text(json.dumps({"wordnet": {"skipped": "an earlier run"}}))
+    results = reproduce.main(["--part", "wordnet", "--out", str(tmp_path), "--wordnet", str(tmp_path / "none"),
+                              "--wordnet-per-class", "1500"])
+    assert "wordnet-base" in results["wordnet-1500"]["skipped"] and results["wordnet"] == {"skipped": "an earlier run"}
+    with pytest.raises(ValueError, match="--wordnet-per-class 2000: "):
+        reproduce.parse_args(["--wordnet-per-class", "2000"])
+
+
 def test_later_seeds_train_on_the_first_seeds_vocabulary(tmp_path):
     jobs = reproduce.pretrain_jobs(str(tmp_path), [0, 1, 2], {}, "", eval_every=10)
     assert {seed for seed, _ in jobs} == {0, 1, 2} and len(jobs) == 12

@@ -74,3 +74,6 @@ def test_claim_c_table_gives_each_seed_and_where_the_search_drew():
     lines = results.markdown(claims).splitlines()
     assert "| plain | 0.710 ± 0.014 | 0.700 / 0.720 | 101 ± 1 | - |" in lines
     assert "| earlybert | 0.700 ± 0.014 | 0.690 / 0.710 | 85 ± 7 | 30 (60) earlybird, 60 (60) last-step |" in lines
+    assert "### (c) Fine-tuning all-MiniLM-L6-v2 on WordNet noun classes (8 classes, 150 training glosses each)" in lines
+    bigger = results.markdown({"wordnet-1500": claims["wordnet"]}).splitlines()
+    assert "### (c) Fine-tuning all-MiniLM-L6-v2 on WordNet noun classes (8 classes, 1500 training glosses each)" in bigger
