@@ -4,7 +4,7 @@ tables of OUT/results.md (mean ± std over seeds, and the differences paired per
     pretrain_results   (a) and (b): each seed's search, full, EarlyBERT and random-ticket runs, and the
                        full run read off at EarlyBERT's time (equal_time_point)
     finetune_numbers   a finetune.py run's dev accuracy, seconds and search
-    markdown           the tables of (a), (b), (c) and the controls (controls.markdown)
+    markdown           the tables of (a), (b), (c) and the controls (controls_markdown)
 """
 import json
 import os
@@ -158,7 +158,7 @@ def markdown(results: dict) -> str:
     if "pretrain" in results and "downstream" in results:
         lines += ["", reading(results["pretrain"], results["downstream"]["runs"])]
     if "controls" in results:
-        lines += ["", *controls.markdown(results["controls"])]
+        lines += ["", *controls_markdown(results["controls"])]
     for name, w in ((k, v) for k, v in results.items() if k == "wordnet" or k.startswith("wordnet-")):
         size = name.split("-")[1] if "-" in name else "150"
         lines += ["", f"### (c) Fine-tuning all-MiniLM-L6-v2 on WordNet noun classes (8 classes, {size} training "
@@ -203,6 +203,79 @@ def reading(per_seed: dict, downstream: dict) -> str:
             f"fine-tuned, EarlyBERT minus full {paired('earlybert', 'full', tuned)}, random minus EarlyBERT "
             f"{paired('random', 'earlybert', tuned)}. A difference whose sign changes from seed to seed is not shown "
             "to be one.")
+
+
+def ticket_score(scored: dict, name: str, metric: int) -> float:
+    """A seed's held-out loss (metric 0) or accuracy (1) for a kind of ticket: "drawn", or the mean
+    over the random draws of a kind ("random 0", "random 1", ... for "random")."""
+    return float(np.mean([v[metric] for k, v in scored["scores"].items() if k == name or k.startswith(name + " ")]))
+
+
+def paired(a: list, b: list) -> str:
+    """Per-seed differences a - b."""
+    return " / ".join(f"{x - y:+.3f}" for x, y in zip(a, b))
+
+
+def controls_markdown(r: dict) -> list[str]:
+    """controls.results()' tables: mean ± std over seeds, and the paired per-seed differences that matter."""
+    lines = ["### Does the ticket matter? At the draw, no training after", "",
+             "Held-out MLM loss and accuracy of the search's model rebuilt with each ticket (random: the mean of 5 "
+             "tickets per seed), mean ± std over seeds.", "",
+             "| drawn at | step | | searched, unpruned | drawn | random, drawn's per-layer sizes | random "
+             "| anti-ticket | drawn − random per-layer, per seed |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for draw, per_seed in r["at_draw"].items():
+        seeds = list(per_seed.values())
+        for i, metric in enumerate(("loss", "accuracy")):
+            score = lambda name: [ticket_score(s, name, i) for s in seeds]
+            first = f"| {draw} | {pm([s['step'] for s in seeds], 0)} |" if i == 0 else "| | |"
+            lines.append(f"{first} {metric} | " + " | ".join(pm(score(name), 3) for name in (
+                "searched", "drawn", "random-per-layer", "random", "anti"))
+                + f" | {paired(score('drawn'), score('random-per-layer'))} |")
+    lines += ["", "The coefficients' spread at the draw (over the seeds' means): how far the L1 search has told the "
+              "units apart.", "", "| drawn at | head \\|c\\| 10%-90% | FFN \\|c\\| 10%-90% | FFN \\|c\\| within 0.05 "
+              "of the median |", "|---|---:|---:|---:|"]
+    lines += [f"| {draw} | {spread_cells(list(per_seed.values()))} |" for draw, per_seed in r["at_draw"].items()]
+    lines += ["", "### The coefficients' optimizer", "",
+              "Searches drawn by the rule (else at their last step), scored at the draw as above; \"adamw\" is the "
+              "rule's search of the first table. Loss: held-out MLM loss, mean ± std over seeds.", "",
+              "| coefficients | seeds | rule fired at | head \\|c\\| 10%-90% | FFN \\|c\\| 10%-90% | FFN within 0.05 "
+              "of the median | drawn | random, drawn's per-layer sizes | anti-ticket | drawn − random per-layer, "
+              "per seed |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for variant, per_seed in {"adamw": r["at_draw"].get("rule", {}), **r.get("coef_search", {})}.items():
+        seeds = list(per_seed.values())
+        loss = lambda name: [ticket_score(s, name, 0) for s in seeds]
+        steps = " / ".join(f"{s['step']}" + ("" if s["kind"] == "earlybird" else f" ({s['kind']})") for s in seeds)
+        lines += [f"| {variant} | {len(seeds)} | {steps} | {spread_cells(seeds)} | "
+                  + " | ".join(pm(loss(name), 3) for name in ("drawn", "random-per-layer", "anti"))
+                  + f" | {paired(loss('drawn'), loss('random-per-layer'))} |"] if seeds else []
+    lines += ["", "### How alike are the tickets?", "",
+              "| tickets | pairs | FFN mask distance | chance (random, same sizes) | head mask distance | chance |",
+              "|---|---:|---:|---:|---:|---:|"]
+    rows = [(f"the seeds' searches, drawn at {draw}", a) for draw, a in r["alike"].items()]
+    rows += [(f"seed {s}: same initial weights, another data order (steps {' and '.join(map(str, a['steps']))})", a)
+             for s, a in r["reordered"].items()]
+    lines += [f"| {name} | {a['pairs']} | {a['distance']['ffn']:.3f} | {a['chance']['ffn']:.3f} | "
+              f"{a['distance']['heads']:.3f} | {a['chance']['heads']:.3f} |" for name, a in rows]
+    lines += ["", "### Trained on from the draw (efficient phase to the end of the schedule)", "",
+              "| drawn at | seeds | | drawn | random, drawn's per-layer sizes | random | drawn − random per-layer, "
+              "per seed | random per-layer − random, per seed |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for draw, per_seed in r["trained"].items():
+        done = [s for s in per_seed.values() if len(s) == len(controls.TICKETS)]
+        for i, (metric, key) in enumerate((("loss", "val_loss"), ("accuracy", "val_acc")) if done else ()):
+            value = lambda t: [s[t][key] for s in done]
+            first = f"| {draw} | {len(done)} |" if i == 0 else "| | |"
+            means = " | ".join(pm(value(t), 3) for t in ("earlybird", "random-per-layer", "random"))
+            lines.append(f"{first} {metric} | {means} | {paired(value('earlybird'), value('random-per-layer'))} | "
+                         f"{paired(value('random-per-layer'), value('random'))} |")
+    return lines
+
+
+def spread_cells(seeds: list[dict]) -> str:
+    """The coefficients' spread at a draw, averaged over seeds: head and FFN |c| 10%-90%, and the
+    share of FFN |c| within 0.05 of the median."""
+    mean = lambda unit, key: np.mean([s[unit + "_spread"][key] for s in seeds])
+    return (f"{mean('head', 'q10'):.3f}-{mean('head', 'q90'):.3f} | {mean('ffn', 'q10'):.3f}-{mean('ffn', 'q90'):.3f} "
+            f"| {mean('ffn', 'near_median'):.2f}")
 
 
 def write_results(results: dict, out: str) -> str:
