@@ -233,14 +233,14 @@ def controls_markdown(r: dict) -> list[str]:
                 + f" | {paired(score('drawn'), score('random-per-layer'))} |")
     lines += ["", "The coefficients' spread at the draw (over the seeds' means): how far the L1 search has told the "
               "units apart.", "", "| drawn at | head \\|c\\| 10%-90% | FFN \\|c\\| 10%-90% | FFN \\|c\\| within 0.05 "
-              "of the median |", "|---|---:|---:|---:|"]
+              "of the median | FFN (90% - 10%) / median |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {draw} | {spread_cells(list(per_seed.values()))} |" for draw, per_seed in r["at_draw"].items()]
     lines += ["", "### The coefficients' optimizer", "",
               "Searches drawn by the rule (else at their last step), scored at the draw as above; \"adamw\" is the "
               "rule's search of the first table. Loss: held-out MLM loss, mean ± std over seeds.", "",
               "| coefficients | seeds | rule fired at | head \\|c\\| 10%-90% | FFN \\|c\\| 10%-90% | FFN within 0.05 "
-              "of the median | drawn | random, drawn's per-layer sizes | anti-ticket | drawn − random per-layer, "
-              "per seed |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "of the median | FFN (90% - 10%) / median | drawn | random, drawn's per-layer sizes | anti-ticket | drawn − random per-layer, "
+              "per seed |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for variant, per_seed in {"adamw": r["at_draw"].get("rule", {}), **r.get("coef_search", {})}.items():
         seeds = list(per_seed.values())
         loss = lambda name: [ticket_score(s, name, 0) for s in seeds]
@@ -271,11 +271,16 @@ def controls_markdown(r: dict) -> list[str]:
 
 
 def spread_cells(seeds: list[dict]) -> str:
-    """The coefficients' spread at a draw, averaged over seeds: head and FFN |c| 10%-90%, and the
-    share of FFN |c| within 0.05 of the median."""
+    """The coefficients' spread at a draw, averaged over seeds: head and FFN |c| 10%-90%, the share
+    of FFN |c| within 0.05 of the median, and the FFN 10%-90% range relative to the median (the
+    absolute width says little when the L1 pull has moved every coefficient far from 1)."""
     mean = lambda unit, key: np.mean([s[unit + "_spread"][key] for s in seeds])
     return (f"{mean('head', 'q10'):.3f}-{mean('head', 'q90'):.3f} | {mean('ffn', 'q10'):.3f}-{mean('ffn', 'q90'):.3f} "
-            f"| {mean('ffn', 'near_median'):.2f}")
+            f"| {mean('ffn', 'near_median'):.2f} | {np.mean([relative(s['ffn_spread']) for s in seeds]):.4f}")
+
+
+def relative(spread: dict) -> float:
+    return (spread["q90"] - spread["q10"]) / spread["median"]
 
 
 def write_results(results: dict, out: str) -> str:
