@@ -52,6 +52,7 @@ QUICK_FINETUNE = {"epochs": 1, "max_steps": 3}
 LIBRARY = (700, 300)  # the library task's training and dev sentences per library (numpy's docs have about 1000)
 QUICK_LIBRARY = (12, 6), {"python": "json", "torch": "optim", "numpy": "polynomial"}  # from these folders only
 VOCAB = "SEED0_VOCAB"  # stands for the first seed's vocabulary until its search has trained it
+LONG = 4  # --part long: the schedule's length, in recipes
 CPU_FLOPS = 80e9  # model FLOP/s of a training step on a 2-core AMD EPYC, fp32 (bench.py): for the estimate
 
 
@@ -107,17 +108,23 @@ def run_all(jobs: list[dict], force: bool, vocab: str | None = None) -> str:
     return vocab
 
 
-def pretrain_jobs(out: str, seeds: list[int], overrides: dict, data: str, eval_every: int) -> dict:
-    """(seed, run) -> job: train.py's four runs per seed, each seed in OUT/pretrain/seed{S}."""
+def pretrain_jobs(out: str, seeds: list[int], overrides: dict, data: str, eval_every: int, long: bool = False) -> dict:
+    """(seed, run) -> job: train.py's runs per seed, each seed in OUT/pretrain/seed{S}: the search, the full
+    run, EarlyBERT and the random ticket; `long` (--part long) adds the random ticket of the drawn ticket's
+    per-layer sizes, and held-out evaluations along the efficient runs as along the full one."""
     jobs = {}
+    every = ["--eval-every", str(eval_every)]
     for seed in seeds:
         folder = os.path.join(out, "pretrain", f"seed{seed}")
         common = ["--out-dir", folder, "--seed", str(seed), *(["--data", data] if data else []), *flags(overrides),
                   *(["--vocab", VOCAB] if seed != seeds[0] else [])]
-        for name, args in (("search", ["--phase", "search"]), ("earlybert", ["--phase", "efficient"]),
-                           ("random", ["--phase", "efficient", "--ticket", "random"]),
-                           ("full", ["--phase", "full", "--eval-every", str(eval_every)])):
-            sub = {"earlybert": "efficient", "random": "efficient-random"}.get(name, name)
+        runs = [("search", ["--phase", "search"]), ("full", ["--phase", "full", *every]),
+                ("earlybert", ["--phase", "efficient", *every * long]),
+                ("random", ["--phase", "efficient", "--ticket", "random", *every * long])]
+        for name, args in runs + [("random-per-layer", ["--phase", "efficient", "--ticket", "random-per-layer",
+                                                        *every])] * long:
+            sub = {"earlybert": "efficient", "random": "efficient-random"}.get(name, f"efficient-{name}"
+                                                                               if name.startswith("random") else name)
             jobs[seed, name] = {"script": os.path.join(HERE, "train.py"), "args": args + common,
                                 "result": os.path.join(folder, sub, "summary.json")}
     return jobs
@@ -129,10 +136,11 @@ def finetune_job(out_dir: str, kind: str, args: list[str], quick: bool) -> dict:
             "result": os.path.join(out_dir, f"text-{kind}", "results.json")}
 
 
-def downstream_jobs(out: str, seeds: list[int], quick: bool) -> dict:
+def downstream_jobs(out: str, seeds: list[int], quick: bool, long: bool = False) -> dict:
     """(seed, name) -> job: finetune.py on the library task, one per pre-trained model of each seed."""
     models = {"none": "search/start", "full": "full/model", "earlybert": "efficient/model",
-              "random": "efficient-random/model"}
+              "random": "efficient-random/model", **({"random-per-layer": "efficient-random-per-layer/model"}
+                                                     if long else {})}
     return {(seed, name): finetune_job(os.path.join(out, "downstream", f"seed{seed}", name), "full",
                                        ["--data", os.path.join(out, "downstream", "library"),
                                         "--model", os.path.join(out, "pretrain", f"seed{seed}", model),
@@ -151,18 +159,18 @@ def wordnet_jobs(out: str, seeds: list[int], model: str, quick: bool, name: str 
 
 
 def estimate_seconds(recipe: dict, n_seeds: int, eval_every: int, n_downstream: int, n_wordnet: int,
-                     wordnet_train: int = 1200) -> float:
+                     wordnet_train: int = 1200, n_efficient: int = 2) -> float:
     """A rough wall-clock estimate at CPU_FLOPS: per seed the full run, the search (a quarter of the
-    steps), two efficient runs (a pruned step costs 0.75), the evaluations; then the fine-tuning runs."""
+    steps), the efficient runs (a pruned step costs 0.75), the evaluations; then the fine-tuning runs."""
     r = recipe
     config = BertConfig(vocab_size=r["vocab_size"], hidden_size=r["hidden"], num_hidden_layers=r["layers"],
                         num_attention_heads=r["heads"], intermediate_size=r["ffn"])
     P = n_predictions(r["max_len"], r["mask_prob"])
     sequence = flops_per_sequence(config, r["max_len"], P) * r["batch_size"] / CPU_FLOPS
-    steps = r["max_steps"] * (1 + 0.25 + 2 * 0.75 * 0.75) * r["grad_accum"]
-    evaluations = (r["max_steps"] // eval_every + 6) * r["eval_batches"] / 3  # forward only
+    steps = r["max_steps"] * (1 + 0.25 + n_efficient * 0.75 * 0.75) * r["grad_accum"]
+    evaluations = (r["max_steps"] // eval_every + 6) * (1 + n_efficient) * r["eval_batches"] / 3  # forward only
     minilm = BertConfig(hidden_size=384, num_hidden_layers=6, intermediate_size=1536)
-    finetune = 3 * (4 * n_seeds * n_downstream * flops_per_sequence(config, 32, 0)
+    finetune = 3 * ((2 + n_efficient) * n_seeds * n_downstream * flops_per_sequence(config, 32, 0)
                     + n_wordnet * wordnet_train * flops_per_sequence(minilm, 32, 0)) / CPU_FLOPS
     return n_seeds * (steps + evaluations) * sequence + finetune
 
@@ -172,9 +180,11 @@ def estimate_seconds(recipe: dict, n_seeds: int, eval_every: int, n_downstream: 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", help="every run's folder goes under it [runs/reproduce, -quick, -STEPS, -maskPERCENT]")
-    p.add_argument("--part", choices=("all", "pretrain", "wordnet", "controls"), default="all",
+    p.add_argument("--part", choices=("all", "pretrain", "wordnet", "controls", "long"), default="all",
                    help="all: (a)-(c); pretrain: (a), (b) and the library-task fine-tuning; wordnet: (c); "
-                        "controls: does the drawn ticket matter (controls.py), not part of all")
+                        "controls: does the drawn ticket matter (controls.py), not part of all; long: pretrain "
+                        f"on a schedule {LONG}x as long, with the per-layer random ticket and the ticket scored at "
+                        "the draw, in OUT-long")
     p.add_argument("--seeds", type=int, nargs="+", help="[0 1 2; 0 1 with --quick]")
     p.add_argument("--data", default="", help="train.py's --data [its built-in corpus]")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that every step runs")
@@ -190,8 +200,11 @@ def parse_args(argv=None):
         raise ValueError(f"--max-steps {args.max_steps}: give a positive number of steps, and not with --quick")
     if not 0 <= args.mask_prob < 1:
         raise ValueError(f"--mask-prob {args.mask_prob}: give a fraction of the tokens, in (0, 1)")
-    suffix = (("-quick" if args.quick else "") + (f"-{args.max_steps}" if args.max_steps else "")
+    suffix = (("-quick" if args.quick else "") + ("-long" if args.part == "long" else "")
+              + (f"-{args.max_steps}" if args.max_steps else "")
               + (f"-mask{100 * args.mask_prob:g}" if args.mask_prob else ""))
+    if args.part == "long":  # the recipe LONG times as long: warm-up and decay are fractions of it, so they scale
+        args.max_steps = LONG * (args.max_steps or (QUICK if args.quick else train_defaults())["max_steps"])
     args.out = args.out or f"runs/reproduce{suffix}"  # another recipe, another folder: never mixed up
     args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     if args.data:  # a bad --data: one line now, before any run
@@ -243,13 +256,15 @@ def run_controls(checks: dict, seeds: list[int], max_steps: int, force: bool, re
 def main(argv=None):
     args = parse_args(argv)
     out, seeds = args.out, args.seeds
-    overrides = QUICK if args.quick else {"max_steps": args.max_steps} if args.max_steps else {}
+    overrides = {**(QUICK if args.quick else {}), **({"max_steps": args.max_steps} if args.max_steps else {})}
     overrides = {**overrides, "mask_prob": args.mask_prob} if args.mask_prob else overrides
     recipe = {**train_defaults(), **overrides, "auto_ffn_multiple": AUTO_FFN_MULTIPLE}  # how tickets are rounded
     eval_every = max(1, recipe["max_steps"] // EVALUATIONS)
     (n_train, n_dev), folders = QUICK_LIBRARY if args.quick else (LIBRARY, None)
-    pretrain = pretrain_jobs(out, seeds, overrides, args.data, eval_every) if args.part in ("all", "pretrain") else {}
-    downstream = downstream_jobs(out, seeds, args.quick) if pretrain else {}
+    long = args.part == "long"
+    pretrain = (pretrain_jobs(out, seeds, overrides, args.data, eval_every, long)
+                if args.part in ("all", "pretrain", "long") else {})
+    downstream = downstream_jobs(out, seeds, args.quick, long) if pretrain else {}
     minilm, skip = wordnet_model(args.wordnet) if args.part in ("all", "wordnet") else (None, None)
     per_class = 12 if args.quick else args.wordnet_per_class
     wordnet_name = "wordnet" if args.quick or per_class == 150 else f"wordnet-{per_class}"  # never mixed up
@@ -259,7 +274,7 @@ def main(argv=None):
     jobs = [*pretrain.values(), *downstream.values(), *wordnet.values(), *checks.values()]
     todo = [j for j in jobs if command(j, args.force)]
     seconds = estimate_seconds(recipe, len(seeds) if pretrain else 0, eval_every, 3 * n_train if pretrain else 0,
-                               len(wordnet), len(corpus.CLASSES) * per_class)
+                               len(wordnet), len(corpus.CLASSES) * per_class, 3 if long else 2)
     seconds += len(checks) * 200  # controls: a run's few minutes (measured: 1.5 hours for 3 seeds in bf16)
     took = f"{seconds / 3600:.1f} hours" if seconds > 3600 else f"{seconds / 60:.0f} minutes"
     plan = [f"  {'' if j in todo else '(finished) '}{show([sys.executable, j['script'], *j['args']])}" for j in jobs]
@@ -275,6 +290,9 @@ def main(argv=None):
     if pretrain:
         run_all(list(pretrain.values()), args.force)  # seed by seed: search, EarlyBERT, random, full
         results["pretrain"] = pretrain_results(pretrain, seeds)
+        if long:  # comparison 1 of the controls at the long schedule's draw: forward passes only
+            results["at_draw"] = {str(s): controls.scored(os.path.dirname(pretrain[s, "search"]["result"]), s)
+                                  for s in seeds}
         draw_curves(pretrain, seeds, os.path.join(out, "curves.png"))
         task = os.path.join(out, "downstream", "library")
         if args.force or not os.path.exists(os.path.join(task, "dev.tsv")):  # made once: the runs read it

@@ -77,6 +77,7 @@ def each(values) -> str:
 
 
 ROWS = {"full": "full", "earlybert": "EarlyBERT (search + efficient)", "random": "random ticket (search + efficient)",
+        "random-per-layer": "random ticket of the drawn per-layer sizes (search + efficient)",
         "full_equal_time": "full at EarlyBERT's time (read off its curve)"}
 
 
@@ -86,7 +87,7 @@ def pretrain_table(per_seed: dict) -> list[str]:
     full_time = mean_std([per_seed[s]["full"]["train_seconds"] for s in seeds])[0]
     lines = [f"| run ({len(seeds)} seeds) | steps | training seconds | vs full | held-out MLM loss | "
              "held-out MLM accuracy |", "|---|---:|---:|---:|---:|---:|"]
-    for run, name in ROWS.items():
+    for run, name in ((k, v) for k, v in ROWS.items() if k in per_seed[seeds[0]]):
         col = lambda key: [per_seed[s][run][key] for s in seeds]
         lines.append(f"| {name} | {pm(col('steps'), 0)} | {pm(col('train_seconds'), 0)} | "
                      f"{mean_std(col('train_seconds'))[0] / full_time:.2f} | {pm(col('val_loss'), 3)} | "
@@ -107,7 +108,7 @@ def pretrain_results(jobs: dict, seeds: list[int]) -> dict:
         r = {"search": {**{k: v for k, v in search.items() if k in ("drawn_at", "rule", "train_seconds") or
                            k.startswith(("kept", "total", "val"))}, "distances": history[-1] if history else None,
                         "coefficients": spread}}
-        for run in ("earlybert", "random", "full"):
+        for run in (r for r in ("earlybert", "random", "random-per-layer", "full") if (seed, r) in jobs):
             s = read_json(jobs[seed, run]["result"])
             own = s["train_seconds"] + (search["train_seconds"] if run != "full" else 0)
             r[run] = {"steps": s["steps"], "train_seconds": own, "val_loss": s["val_loss"], "val_acc": s["val_acc"],

@@ -99,6 +99,9 @@ class Config:
 CHOICES = {"phase": ("full", "search", "efficient"), "init": ("continue", "rewind"),
            "ticket": ("earlybird", "random", "random-per-layer"), "device": ("auto", "cpu", "cuda"),
            "precision": ("auto", "fp32", "bf16"), "coef_optimizer": ("adamw", "sgd")}
+# summary.json's "time" besides the steps: the corpus, the model (efficient: reloading the search, rebuilding), the
+# probe, the first FIRST_STEPS steps of a process (within the steps: new shapes), the search's masks and draw, ...
+CLOCK, FIRST_STEPS = ("data", "model", "probe", "first_steps", "masks_and_draw", "evaluation", "checkpoints"), 5
 
 # The values that cannot work, refused before anything else is looked at (check_config).
 LIMITS = {**{name: AT_LEAST_1 for name in ("layers", "hidden", "heads", "ffn", "batch_size", "grad_accum", "max_steps",
@@ -227,13 +230,19 @@ def set_up(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, de
     """Everything the loop works with: the data, the model (with the search's coefficients), its
     precision, optimizer and schedule, and where it starts: step 0, the search's draw (--init
     continue) or the checkpoint (--resume), as one namespace. Writes train_config.json, starts log.jsonl."""
+    # where this process's time goes, in seconds (summary.json "time"; kept over --resume in the checkpoint)
+    clock = dict.fromkeys(CLOCK, 0.0) | ((state or {}).get("clock") or {})
+    t0 = time.time()
     data_dir, meta = prepare_data(cfg, rank, world)
     tokenizer = data.load_tokenizer(meta["vocab_path"], meta["lowercase"])
     n_vocab, special = tokenizer.get_vocab_size(), {t: tokenizer.token_to_id(t) for t in data.SPECIALS}
-    model, ticket, at_draw = build_model(cfg, meta["vocab_path"], n_vocab)
+    t1 = time.time()
+    model, ticket, at_draw = build_model(cfg, meta["vocab_path"], n_vocab)  # efficient: reload and rebuild
+    t2 = time.time()
     # bf16 or fp32: rank 0 decides (on a CPU by a probe at the model's shapes), every rank follows
     precision = broadcast(choose_precision(cfg.precision, device, model.config, cfg.batch_size, cfg.max_len)
                           if rank == 0 else None, rank, world)
+    clock.update(data=clock["data"] + t1 - t0, model=clock["model"] + t2 - t1, probe=clock["probe"] + time.time() - t2)
     set_attention(model, precision.plain_attention)
     search = None
     if cfg.phase == "search":
@@ -283,7 +292,7 @@ def set_up(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, de
                            search=search, ticket=ticket, train_batches=train_batches, val_batches=val_batches,
                            precision=precision, autocast=precision.autocast(device), data_dir=data_dir, meta=meta,
                            first_step=first_step, step=step, elapsed=elapsed, drawn=drawn, ckpt_path=ckpt_path,
-                           log_path=log_path)
+                           log_path=log_path, clock=clock)
 
 
 def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, device, stop_after,
@@ -292,6 +301,13 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
     training = set_up(cfg, run_dir, rank, world, local_rank, device, state)
     model, optimizer, scheduler, search = training.model, training.optimizer, training.scheduler, training.search
     step, elapsed, drawn, first_step = training.step, training.elapsed, training.drawn, training.first_step
+    clock, started = training.clock, training.step  # the first steps at this process's shapes: warm-up
+
+    def timed(key, f, *args):
+        t = time.time()
+        out = f(*args)
+        clock[key] += time.time() - t
+        return out
 
     def write(record):  # a line of log.jsonl
         if rank == 0:
@@ -299,7 +315,7 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
                 log.write(json.dumps(record) + "\n")
 
     def held_out():
-        val_loss, val_acc = evaluate(model, training.val_batches, device, training.autocast)
+        val_loss, val_acc = timed("evaluation", evaluate, model, training.val_batches, device, training.autocast)
         write({"step": step, "val_loss": val_loss, "val_acc": val_acc})
         return val_loss, val_acc
 
@@ -312,7 +328,7 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
                             coef_sgd=search.sgd.state_dict() if search and search.sgd else None,
                             config=dict(asdict(cfg), precision=training.precision.name),
                             ticket=asdict(training.ticket) if training.ticket else None,
-                            drawn=asdict(drawn) if drawn else None,
+                            drawn=asdict(drawn) if drawn else None, clock=clock,
                             log_bytes=os.path.getsize(training.log_path) if rank == 0 else None)
 
     if not state and rank == 0:
@@ -328,6 +344,7 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
             count_sum += optimizer_step(training.wrapped, micro_batches, optimizer, scheduler, training.scaler, search,
                                         cfg, world, device, training.autocast, loss_sum)
             step, steps_since_log, elapsed = step + 1, steps_since_log + 1, elapsed + time.time() - t0
+            clock["first_steps"] += (time.time() - t0) * (step - started <= FIRST_STEPS)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 now = time.time()  # .item() only here: it waits for the GPU
                 record = {"step": step, "loss": loss_sum.item() / count_sum, "lr": scheduler.get_last_lr()[0],
@@ -339,14 +356,14 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
                 loss_sum.zero_()
                 t_log, steps_since_log, count_sum = now, 0, 0
             if search:  # the masks for the early-bird rule; the ticket once it is time (sec. 3.2)
-                drawn = search.after_step(step, last=step == cfg.max_steps)
+                drawn = timed("masks_and_draw", search.after_step, step, step == cfg.max_steps)
                 if search.recorded:
                     write(search.recorded)
             if step % cfg.eval_every == 0 and step < cfg.max_steps and rank == 0:
                 held_out()
             out_of_time, interrupted = stop_now(cfg, step, elapsed, pressed, world, device)
             if step % cfg.ckpt_every == 0 or drawn or out_of_time or interrupted or step in (cfg.max_steps, stop_after):
-                checkpoint()
+                timed("checkpoints", checkpoint)
             bar.update(1)
             if out_of_time or interrupted or step == stop_after:
                 break
@@ -370,7 +387,8 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
                "val_acc": val_acc, "parameters": count_parameters(model), "first_step": first_step,
                "tokens": (step - first_step) * tokens_per_step, "mean_step_ms": 1000 * elapsed / max(step - first_step, 1),
                "data_dir": training.data_dir, "vocab": vocab, "precision": training.precision.name,
-               "bf16_speedup": training.precision.speedup}
+               "bf16_speedup": training.precision.speedup, "threads": torch.get_num_threads(),
+               "time": dict(clock, steps=elapsed)}
     final = model
     if drawn:
         summary.update(drawn.summary(), plot=search.save(run_dir, drawn))
