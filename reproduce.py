@@ -39,7 +39,7 @@ from checkpoint import read_json, write_json
 from corpus import WORDNET, library_rows, wordnet_task, write_task  # built without the network
 from data import n_predictions
 from model import BertConfig, flops_per_sequence
-from results import beside, draw_curves, finetune_numbers, pretrain_results, write_results
+from results import beside, draw_curves, finetune_numbers, long_results, pretrain_results, write_results
 from runtime import AUTO_FFN_MULTIPLE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -100,11 +100,14 @@ def run(job: dict, force: bool = False, vocab: str | None = None) -> dict:
     return read_json(job["result"], "run result")
 
 
-def run_all(jobs: list[dict], force: bool, vocab: str | None = None) -> str:
-    """Runs train.py jobs in turn; the first one's vocabulary stands for VOCAB in the later ones'."""
+def run_all(jobs: list[dict], force: bool, vocab: str | None = None, after=None) -> str:
+    """Runs train.py jobs in turn; the first one's vocabulary stands for VOCAB in the later ones'.
+    `after()`, if given, runs after each job (--part long writes what has finished so far)."""
     for job in jobs:
         summary = run(job, force, vocab)
         vocab = vocab or read_json(os.path.join(summary["data_dir"], "meta.json"))["vocab_path"]
+        if after:
+            after()
     return vocab
 
 
@@ -287,13 +290,19 @@ def main(argv=None):
     path = os.path.join(out, "results.json")
     results = read_json(path) if os.path.exists(path) else {}  # the other --part's results stay
     results.update(recipe=recipe, seeds=seeds, eval_every=eval_every)
-    if pretrain:
-        run_all(list(pretrain.values()), args.force)  # seed by seed: search, EarlyBERT, random, full
-        results["pretrain"] = pretrain_results(pretrain, seeds)
-        if long:  # comparison 1 of the controls at the long schedule's draw: forward passes only
+    if pretrain and long:  # every seed's search first, then seed by seed; what has finished is written after each run
+        def so_far():
+            results["long"] = long_results(pretrain, seeds, recipe["max_steps"])
             results["at_draw"] = {str(s): controls.scored(os.path.dirname(pretrain[s, "search"]["result"]), s)
-                                  for s in seeds}
+                                  for s in seeds if os.path.exists(pretrain[s, "search"]["result"])}  # comparison 1
+            write_results(results, out)
+        run_all(sorted(pretrain.values(), key=lambda job: "--phase search" not in shlex.join(job["args"])),
+                args.force, after=so_far)
+    elif pretrain:
+        run_all(list(pretrain.values()), args.force)  # seed by seed: search, full, EarlyBERT, random
+        results["pretrain"] = pretrain_results(pretrain, seeds)
         draw_curves(pretrain, seeds, os.path.join(out, "curves.png"))
+    if pretrain:
         task = os.path.join(out, "downstream", "library")
         if args.force or not os.path.exists(os.path.join(task, "dev.tsv")):  # made once: the runs read it
             roots = {k: os.path.join(v, folders[k]) for k, v in corpus.library_roots().items()} if folders else None
@@ -301,8 +310,7 @@ def main(argv=None):
         runs = {k: finetune_numbers(run(j, args.force)) for k, j in downstream.items()}
         results["downstream"] = {"seeds": seeds, "train": n_train, "dev": n_dev,
                                  "classes": list(corpus.library_roots()),
-                                 "runs": {v: [runs[s, v] for s in seeds]
-                                          for v in ("none", "full", "earlybert", "random")}}
+                                 "runs": {v: [runs[s, v] for s in seeds] for v in dict.fromkeys(k for _, k in runs)}}
     if checks:
         run_controls(checks, seeds, recipe["max_steps"], args.force, results, path)
     if skip:

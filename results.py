@@ -160,6 +160,10 @@ def markdown(results: dict) -> str:
         lines += ["", reading(results["pretrain"], results["downstream"]["runs"])]
     if "controls" in results:
         lines += ["", *controls_markdown(results["controls"])]
+    if "long" in results:
+        lines += ["", *long_markdown(results["long"], results["recipe"]["max_steps"])]
+    if "at_draw" in results:  # comparison 1 at the long schedule's draw
+        lines += ["", *controls_markdown({"at_draw": {"the rule": results["at_draw"]}}, only_at_draw=True)]
     for name, w in ((k, v) for k, v in results.items() if k == "wordnet" or k.startswith("wordnet-")):
         size = name.split("-")[1] if "-" in name else "150"
         lines += ["", f"### (c) Fine-tuning all-MiniLM-L6-v2 on WordNet noun classes (8 classes, {size} training "
@@ -214,10 +218,14 @@ def ticket_score(scored: dict, name: str, metric: int) -> float:
 
 def paired(a: list, b: list) -> str:
     """Per-seed differences a - b."""
-    return " / ".join(f"{x - y:+.3f}" for x, y in zip(a, b))
+    return signed([x - y for x, y in zip(a, b)])
 
 
-def controls_markdown(r: dict) -> list[str]:
+def signed(diffs: list) -> str:
+    return " / ".join(f"{d:+.3f}" for d in diffs)
+
+
+def controls_markdown(r: dict, only_at_draw: bool = False) -> list[str]:
     """controls.results()' tables: mean ± std over seeds, and the paired per-seed differences that matter."""
     lines = ["### Does the ticket matter? At the draw, no training after", "",
              "Held-out MLM loss and accuracy of the search's model rebuilt with each ticket (random: the mean of 5 "
@@ -236,6 +244,8 @@ def controls_markdown(r: dict) -> list[str]:
               "units apart.", "", "| drawn at | head \\|c\\| 10%-90% | FFN \\|c\\| 10%-90% | FFN \\|c\\| within 0.05 "
               "of the median | FFN (90% - 10%) / median |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {draw} | {spread_cells(list(per_seed.values()))} |" for draw, per_seed in r["at_draw"].items()]
+    if only_at_draw:
+        return lines
     lines += ["", "### The coefficients' optimizer", "",
               "Searches drawn by the rule (else at their last step), scored at the draw as above; \"adamw\" is the "
               "rule's search of the first table. Loss: held-out MLM loss, mean ± std over seeds.", "",
@@ -291,3 +301,113 @@ def write_results(results: dict, out: str) -> str:
     with atomic(os.path.join(out, "results.md")) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(table)
     return table
+
+
+# ----------------------------------------------------------------------------- --part long
+
+def verdict(diffs: list[float]) -> str:
+    """The declared rule for a paired difference over seeds: signal if it has the same sign on every
+    seed (three at least) and its mean is larger than the differences' standard deviation."""
+    if len(diffs) < 3:
+        return f"{len(diffs)} seed(s): too few to say"
+    mean, std = mean_std(diffs)
+    same = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
+    return "a difference" if same and abs(mean) > std else "no difference found"
+
+
+def accounted(search: dict, efficient: dict) -> dict:
+    """EarlyBERT's training time: the search's steps, its masks and draw, the efficient phase's
+    reloading and rebuilding, its steps. The corpus, the probe, evaluations and checkpoints are
+    left out, as they are of the full run's time (its steps)."""
+    s, e = search["time"], efficient["time"]
+    parts = {"search steps": s["steps"], "masks and draw": s["masks_and_draw"], "reload and rebuild": e["model"],
+             "efficient steps": e["steps"]}
+    return {**parts, "total": sum(parts.values()), "first steps": e["first_steps"]}
+
+
+def long_results(jobs: dict, seeds: list[int], max_steps: int) -> dict:
+    """{seed: ...} for --part long from whatever has finished: the search; each run's numbers and
+    held-out curve; and, once EarlyBERT and the full run are done, EarlyBERT's accounted time against
+    its bounds (the measured step ratio, the FLOP ratio) and the full run read off at that time."""
+    from data import n_predictions
+    from model import BertConfig, flops_per_sequence
+    out = {}
+    for seed in (s for s in seeds if os.path.exists(jobs[s, "search"]["result"])):
+        search = read_json(jobs[seed, "search"]["result"])
+        r = {"search": {k: search[k] for k in ("drawn_at", "rule", "kept_heads", "total_heads", "kept_ffn",
+                                               "total_ffn", "train_seconds", "time")}, "runs": {}}
+        r["search"]["fraction"] = search["drawn_at"] / max_steps
+        for run in ("full", "earlybert", "random", "random-per-layer"):
+            if (seed, run) in jobs and os.path.exists(jobs[seed, run]["result"]):
+                s = read_json(jobs[seed, run]["result"])
+                curve = timed_evaluations(read_log(beside(jobs[seed, run], "log.jsonl")), s["first_step"])
+                r["runs"][run] = {**{k: s[k] for k in ("steps", "first_step", "val_loss", "val_acc", "train_seconds",
+                                                       "mean_step_ms", "parameters", "time", "precision")},
+                                  "threads": s.get("threads"), "curve": curve}
+        if {"full", "earlybert"} <= set(r["runs"]):
+            full, eb = r["runs"]["full"], r["runs"]["earlybert"]
+            config = lambda run: BertConfig.from_dict(read_json(beside(jobs[seed, run], os.path.join("model",
+                                                                                                     "config.json"))))
+            recipe = read_json(beside(jobs[seed, "full"], "train_config.json"))
+            P = n_predictions(recipe["max_len"], recipe["mask_prob"])
+            flops = lambda run: flops_per_sequence(config(run), recipe["max_len"], P)
+            f, time = r["search"]["fraction"], accounted(search, read_json(jobs[seed, "earlybert"]["result"]))
+            step_ratio, flop_ratio = eb["mean_step_ms"] / full["mean_step_ms"], flops("earlybert") / flops("full")
+            r["time"] = {"earlybert": time, "full": full["time"]["steps"], "ratio": time["total"] / full["time"]["steps"],
+                         "step_ratio": step_ratio, "bound_steps": f + (1 - f) * step_ratio, "flop_ratio": flop_ratio,
+                         "bound_flops": f + (1 - f) * flop_ratio}
+            r["full_equal_time"] = interpolated(full["curve"], time["total"])
+        out[str(seed)] = r
+    return out
+
+
+def interpolated(curve: list[dict], seconds: float) -> dict:
+    """A run's held-out numbers at `seconds` of training, linear between the evaluations around it."""
+    at = lambda key: float(np.interp(seconds, [e["train_seconds"] for e in curve], [e[key] for e in curve]))
+    return {key: at(key) for key in ("steps", "val_loss", "val_acc")} | {"train_seconds": seconds}
+
+
+def long_markdown(r: dict, max_steps: int) -> list[str]:
+    """--part long's tables: (a) the draw, (b) time against its bounds, (c) the end, (e) along the way."""
+    seeds = list(r)
+    lines = [f"### The long schedule ({max_steps} steps): (a) the draw and (b) EarlyBERT's time", "",
+             "| seed | drawn at (of the schedule) | EarlyBERT s (search steps + masks and draw + reload and rebuild + "
+             "efficient steps) | full s | EarlyBERT / full | bound: measured steps | bound: FLOPs | pruned/full "
+             "step | first 5 efficient steps s |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for seed, x in r.items():
+        s, t = x["search"], x.get("time")
+        drawn = f"{s['drawn_at']} ({s['fraction']:.1%}, {s['rule']})"
+        if not t:
+            lines.append(f"| {seed} | {drawn} | not yet run | | | | | | |")
+            continue
+        e = t["earlybert"]
+        lines.append(f"| {seed} | {drawn} | {e['total']:.0f} ({e['search steps']:.0f} + {e['masks and draw']:.1f} + "
+                     f"{e['reload and rebuild']:.1f} + {e['efficient steps']:.0f}) | {t['full']:.0f} | {t['ratio']:.3f} "
+                     f"| {t['bound_steps']:.3f} | {t['bound_flops']:.3f} | {t['step_ratio']:.3f} | "
+                     f"{e['first steps']:.1f} |")
+    runs = ("full", "earlybert", "random", "random-per-layer")
+    done = [s for s in seeds if set(runs) <= set(r[s]["runs"])]
+    if not done:
+        return lines
+    value = lambda run, key: [r[s]["runs"][run][key] if run in r[s]["runs"] else r[s][run][key] for s in done]
+    lines += ["", f"### The long schedule: (c) at step {max_steps}, seeds {', '.join(done)}", "",
+              "| run | held-out MLM loss | accuracy | per seed: loss | accuracy |", "|---|---:|---:|---:|---:|"]
+    for run in (*runs, "full_equal_time"):
+        lines.append(f"| {ROWS[run]} | {pm(value(run, 'val_loss'), 3)} | {pm(value(run, 'val_acc'), 3)} | "
+                     f"{each(value(run, 'val_loss'))} | {each(value(run, 'val_acc'))} |")
+    lines += ["", "| paired per seed | loss | verdict | accuracy | verdict |", "|---|---:|---|---:|---|"]
+    for a, b in (("earlybert", "random"), ("earlybert", "random-per-layer"), ("earlybert", "full"),
+                 ("earlybert", "full_equal_time")):
+        d = {k: [x - y for x, y in zip(value(a, k), value(b, k))] for k in ("val_loss", "val_acc")}
+        lines.append(f"| {ROWS[a].split(' (')[0]} − {ROWS[b].split(' (')[0]} | {signed(d['val_loss'])} | "
+                     f"{verdict(d['val_loss'])} | {signed(d['val_acc'])} | {verdict(d['val_acc'])} |")
+    lines += ["", "### The long schedule: (e) along efficient training, drawn − random per-layer and drawn − random "
+              "(held-out MLM loss, per seed)", "", "| step | drawn − random per-layer | verdict | drawn − random | "
+              "verdict |", "|---:|---:|---|---:|---|"]
+    curve = lambda s, run: {e["steps"]: e["val_loss"] for e in r[s]["runs"][run]["curve"]}
+    steps = sorted(set.intersection(*[set(curve(s, run)) for s in done for run in runs[1:]]))
+    for step in steps:
+        d = {b: [curve(s, "earlybert")[step] - curve(s, b)[step] for s in done] for b in runs[2:]}
+        lines.append(f"| {step} | {signed(d['random-per-layer'])} | {verdict(d['random-per-layer'])} | "
+                     f"{signed(d['random'])} | {verdict(d['random'])} |")
+    return lines
