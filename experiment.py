@@ -9,8 +9,8 @@ ticket settings, seed) or only where and how often things are written or shown (
     --phase efficient   takes every recipe flag from the search's train_config.json
     --resume            takes every recipe flag from the checkpoint (ckpt.pt)
 
-A recipe flag left at its default takes the recorded value; one given with another value is
-refused in one line naming the flag and both values (keep_recipe). The schedule is part of the
+A recipe flag left out takes the recorded value; one typed with another value, its default or not,
+is refused in one line naming the flag and both values (keep_recipe). The schedule is part of the
 recipe, so a finished run is not extended: a new run starts from its model (`--init-from`).
 """
 import os
@@ -35,15 +35,22 @@ def recipe(cfg) -> dict:
     return {k: v for k, v in asdict(cfg).items() if k not in PRESENTATION}
 
 
-def keep_recipe(cfg, recorded: dict, path: str, who: str, advice: str, own=()):
+def typed(cfg) -> frozenset:
+    """The fields given on the command line (runtime.parse_config records them); for a config made
+    in code, the fields that differ from their defaults."""
+    return getattr(cfg, "typed", None) or frozenset(k for k, v in asdict(cfg).items() if v != getattr(type(cfg), k))
+
+
+def keep_recipe(cfg, recorded: dict, path: str, who: str, advice: str, own=(), given=None):
     """cfg with the recipe recorded in `path` (a search's train_config.json, a checkpoint's config):
-    a recipe flag left at its default takes the recorded value; one given with another value is
-    refused in one line naming the flag and both values. `own`: the fields this run chooses itself."""
-    taken = {}
+    a recipe flag left out takes the recorded value; one typed (`given`: typed(cfg) by default) with
+    another value is refused in one line naming the flag and both values. `own`: the fields this run
+    chooses itself."""
+    taken, given = {}, typed(cfg) if given is None else given
     for key, value in recipe(cfg).items():
         if key in own or key not in recorded or recorded[key] == value:
             continue
-        if value != getattr(type(cfg), key):  # given on the command line
+        if key in given:  # typed on the command line
             flag = "--" + key.replace("_", "-")
             raise ValueError(f"{path}: {who} ran with {flag} {recorded[key]}, this command gives {flag} {value}; "
                              f"{advice}")
@@ -104,21 +111,23 @@ def check_run_dir(cfg, run_dir: str):
                          f"it, or choose another --out-dir")
 
 
-def resumed_settings(cfg, run_dir: str) -> tuple:
+def resumed_settings(cfg, run_dir: str, given=None) -> tuple:
     """--resume: (cfg with the checkpoint's recipe, the checkpoint). A larger --max-steps would
-    stretch the schedule, whose learning rate decays to 0 at the old one: refused, saying what to do."""
+    stretch the schedule, whose learning rate decays to 0 at the old one: refused, saying what to do.
+    `given`: the flags typed on the command line (typed)."""
     path = os.path.join(run_dir, "ckpt.pt")
     state = load_checkpoint(path)
     was = state["config"].get("max_steps", cfg.max_steps)
-    if cfg.max_steps > was and cfg.max_steps != type(cfg).max_steps:
+    given = typed(cfg) if given is None else given
+    if cfg.max_steps > was and "max_steps" in given:
         raise ValueError(f"{path}: --max-steps {cfg.max_steps} would extend this run's schedule of {was} steps (its "
                          f"learning rate decays to 0 there), which --resume does not do; {train_on(cfg, run_dir)}")
     cfg = keep_recipe(cfg, state["config"], path, "the run", "--resume continues a run as it was: leave the flag out, "
-                      "or start afresh (--force or another --out-dir)")
+                      "or start afresh (--force or another --out-dir)", given=given)
     return cfg, state
 
 
-def search_settings(cfg):
+def search_settings(cfg, given=None):
     """The efficient phase continues the search's experiment: every recipe flag from its
     train_config.json (keep_recipe), but the phase's own choices (which ticket, which init)."""
     search = search_folder(cfg)
@@ -130,7 +139,8 @@ def search_settings(cfg):
     path = os.path.join(search, "train_config.json")
     return keep_recipe(cfg, read_json(path, "train config"), path, "the search",
                        "the efficient phase continues the search's recipe: leave the flag out (for another "
-                       "recipe, search again into another --out-dir)", own=("phase", "init", "ticket", "search_dir"))
+                       "recipe, search again into another --out-dir)", own=("phase", "init", "ticket", "search_dir"),
+                       given=given)
 
 
 def efficient_model(cfg):

@@ -25,7 +25,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from types import SimpleNamespace
 
 import torch
@@ -36,7 +36,7 @@ import data
 import prune
 from checkpoint import load_pretrained, resume, save_pretrained, save_training_state, write_json
 from experiment import (check_run_dir, command, efficient_model, finished, prepare_data, report, resumed_settings,
-                        run_name, search_settings, stopped, train_on)
+                        run_name, search_settings, stopped, train_on, typed)
 from model import BertConfig, BertMLM, count_parameters, set_attention
 from runtime import (ABOVE_0, AT_LEAST_1, FRACTION, NOT_NEGATIVE, any_rank, broadcast, check_limits, choose_precision,
                      configure_optimizers, deferred_interrupt, evaluate, ffn_multiple_for, finish_distributed,
@@ -202,16 +202,18 @@ def stop_now(cfg: Config, step: int, elapsed: float, pressed: list, world: int, 
 def train(cfg: Config, stop_after: int | None = None):
     """Runs one phase. `stop_after` stops early as an interruption would (tests use it)."""
     check_config(cfg)
-    given = cfg  # the user's own flags, for the commands a run prints
+    given, flags = cfg, typed(cfg)  # the user's own flags: for the commands a run prints, and which were typed
     run_dir = os.path.join(cfg.out_dir, run_name(cfg))
     check_run_dir(cfg, run_dir)
     state = None
     if cfg.resume:
-        cfg, state = resumed_settings(cfg, run_dir)
+        cfg, state = resumed_settings(cfg, run_dir, flags)
     if cfg.phase == "efficient":
-        cfg = search_settings(cfg)
+        cfg = search_settings(cfg, flags)
     rank, world, local_rank = setup_distributed(cfg.device)
     device = pick_device(cfg.device, local_rank)
+    # the ticket's rounding as resolved on this device is the recipe, recorded: a search resumed elsewhere keeps it
+    cfg = replace(cfg, ffn_multiple=ffn_multiple_for(device, cfg.ffn_multiple))
     torch.manual_seed(cfg.seed + rank)
     done = finished(cfg, run_dir) if state else None
     if done:
@@ -249,7 +251,7 @@ def set_up(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, de
         if rank == 0:  # the weights before the search, for --init rewind
             save_pretrained(model, os.path.join(run_dir, "start"), meta["vocab_path"], meta["lowercase"])
         search = Search(model, EarlyBird(cfg.eb_k, cfg.eb_epsilon), cfg.ticket_every, cfg.lambda_head, cfg.lambda_ffn,
-                        cfg.head_ratio, cfg.ffn_ratio, cfg.draw_step, ffn_multiple_for(device, cfg.ffn_multiple),
+                        cfg.head_ratio, cfg.ffn_ratio, cfg.draw_step, cfg.ffn_multiple,
                         cfg.coef_optimizer, cfg.coef_lr)
     model.to(device)  # with the coefficients, added before the optimizer so that they train
     optimizer = configure_optimizers(model, cfg.lr, cfg.weight_decay, device_type=device.type,
@@ -269,8 +271,10 @@ def set_up(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, de
     if state:
         step, elapsed = resume(state, ckpt_path, precision.name, world, rank, model, optimizer, scheduler, scaler,
                                train_batches, search)
-        # a search stopped between its draw's checkpoint and its summary finishes the draw, training no further
+        # a search stopped between its draw's checkpoint and its summary finishes the draw, training no further;
+        # one saved at its last step without a ticket (before the last-step draw moved into the loop) draws it now
         drawn = Ticket(**state["drawn"]) if state.get("drawn") else None
+        drawn = drawn or (search.draw(step, "last-step") if search and step >= cfg.max_steps else None)
         if rank == 0:
             print(f"{run_dir}: resuming from step {step} ({ckpt_path})"
                   + ("; the ticket was drawn there: finishing the draw" if drawn else ""), file=sys.stderr)

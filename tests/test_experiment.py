@@ -3,11 +3,13 @@ experiment that never changes silently: the efficient phase takes the search's r
 the checkpoint's, and a recipe flag given with another value is refused in one line naming both
 values, before anything is written. The tiny runs come from helpers.py, the shared search from conftest.py."""
 import json
+import os
 import shutil
 from dataclasses import asdict, fields, replace
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import experiment
 import train
@@ -84,9 +86,11 @@ def test_resume_without_flags_goes_on_with_the_checkpoints_recipe(stopped, tmp_p
                        ckpt_every=1000)
     resumed = train.train(cfg)
     assert (resumed["steps"], resumed["val_loss"]) == (12, stopped.straight["val_loss"])
-    # --precision auto went on as the precision it chose (fp32 here: the probe is not run again)
+    # --precision auto went on as the precision it chose (fp32 here: the probe is not run again), and
+    # --ffn-multiple 0 as what it resolved to on the CPU (8)
     assert json.load(open(out / "full" / "train_config.json")) == dict(asdict(replace(
-        stopped.cfg, out_dir=str(out), resume=True, precision="fp32")), precision_asked="fp32", bf16_speedup=None)
+        stopped.cfg, out_dir=str(out), resume=True, precision="fp32", ffn_multiple=8)), precision_asked="fp32",
+        bf16_speedup=None)
     assert "full: resuming from step 6" in capsys.readouterr().err
 
 
@@ -95,3 +99,52 @@ def test_a_command_carries_the_users_out_dir_and_flags():
     assert experiment.command(cfg, phase="efficient") == ("python train.py --phase efficient --out-dir 'my runs' "
                                                           "--max-steps 300 --compile")
     assert experiment.command(replace(cfg, force=True), resume=True).endswith("--compile --resume")
+
+
+def test_the_parser_knows_which_flags_were_typed():
+    """A flag typed at its default value is typed: keep_recipe compares it like any other value."""
+    cfg = train.parse_args(["--phase", "full", "--lr", "0.0007", "--no-compile"])
+    assert cfg.typed == {"phase", "lr", "compile"} and cfg.lr == train.Config.lr and not cfg.compile
+    assert experiment.typed(train.Config(lr=1e-3)) == {"lr"}  # made in code: what differs from the defaults
+
+
+def test_resume_refuses_a_flag_typed_at_its_default_value(stopped):
+    """The run used --mask-prob 0.3; `--resume --mask-prob 0.4` types the default, and is refused all the same
+    (left out, the flag takes the checkpoint's 0.3)."""
+    before = files_under(stopped.out)
+    cfg = train.parse_args(["--phase", "full", "--out-dir", str(stopped.out), "--resume", "--device", "cpu",
+                            "--mask-prob", str(train.Config.mask_prob)])
+    assert error_of(cfg).startswith(f"{stopped.out / 'full' / 'ckpt.pt'}: the run ran with --mask-prob 0.3, this "
+                                    f"command gives --mask-prob {train.Config.mask_prob}; --resume continues")
+    assert files_under(stopped.out) == before
+
+
+def test_the_efficient_phase_refuses_a_flag_typed_at_its_default_value(searched):
+    assert searched.cfg.lr != train.Config.lr
+    cfg = train.parse_args(["--phase", "efficient", "--out-dir", str(searched.out), "--device", "cpu",
+                            "--lr", str(train.Config.lr)])
+    assert error_of(cfg).startswith(f"{searched.out / 'search' / 'train_config.json'}: the search ran with --lr "
+                                    f"{searched.cfg.lr}, this command gives --lr {train.Config.lr}")
+
+
+def test_an_old_search_checkpoint_at_its_last_step_without_a_ticket_draws_one(corpus, tmp_path):
+    """Before the last-step draw moved into the loop, a search could save its last step's checkpoint
+    with no ticket drawn; --resume draws the last-step ticket from it, training no further."""
+    cfg = tiny(corpus, tmp_path, phase="search", max_steps=4, eb_epsilon=0.0)  # the rule never fires
+    first = train.train(cfg)
+    # --ffn-multiple 0 means "8 on the CPU, 64 on a GPU": recorded as resolved, so a search resumed on
+    # another device rounds its ticket as it began
+    recorded = json.load(open(tmp_path / "search" / "train_config.json"))["ffn_multiple"]
+    assert cfg.ffn_multiple == 0 and recorded == 8
+    assert json.load(open(tmp_path / "search" / "ticket.json"))["ffn_multiple"] == recorded
+    ckpt = tmp_path / "search" / "ckpt.pt"
+    state = torch.load(ckpt, weights_only=False)
+    assert state["step"] == 4 and state["drawn"]
+    torch.save(dict(state, drawn=None), ckpt)  # as the older code left it
+    drawn = json.load(open(tmp_path / "search" / "ticket.json"))
+    for name in ("ticket.json", "summary.json"):
+        os.remove(tmp_path / "search" / name)
+    resumed = train.train(replace(cfg, resume=True))
+    assert (resumed["drawn_at"], resumed["rule"], resumed["steps"]) == (4, "last-step", first["steps"])
+    again = json.load(open(tmp_path / "search" / "ticket.json"))
+    assert (again["heads"], again["ffn"]) == (drawn["heads"], drawn["ffn"])  # the same coefficients, the same ticket
