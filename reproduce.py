@@ -30,6 +30,7 @@ import contextlib
 import importlib.util
 import os
 import shlex
+import signal
 import subprocess
 import sys
 
@@ -94,7 +95,18 @@ def run(job: dict, force: bool = False, vocab: str | None = None) -> dict:
     if cmd:
         cmd = [vocab if a == VOCAB else a for a in cmd]
         print(f"\n$ {show(cmd)}", file=sys.stderr, flush=True)
-        code = subprocess.run(cmd, cwd=os.getcwd()).returncode
+        # in a process group of its own, Ctrl-C reaches this process only, which passes it on once: train.py
+        # ends its step, saves its checkpoint and stops (a second Ctrl-C stops it at once)
+        child = subprocess.Popen(cmd, cwd=os.getcwd(), process_group=0)
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:
+            while child.poll() is None:
+                child.send_signal(signal.SIGINT)
+                with contextlib.suppress(KeyboardInterrupt):
+                    child.wait()
+            raise KeyboardInterrupt(f"{os.path.dirname(job['result'])}: stopped (Ctrl-C) after its checkpoint; "
+                                    f"`python reproduce.py` with the same flags goes on from there") from None
         if code:
             raise ValueError(f"{os.path.dirname(job['result'])}: the run failed (exit code {code}); its error is above")
     return read_json(job["result"], "run result")
@@ -330,3 +342,6 @@ if __name__ == "__main__":
         main()
     except ValueError as e:  # bad input or a failed run: one clear line, no traceback
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt as e:
+        print(e or "stopped (Ctrl-C)", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)

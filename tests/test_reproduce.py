@@ -5,8 +5,10 @@ import importlib.util
 import json
 import os
 import runpy
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -253,3 +255,37 @@ def test_later_seeds_train_on_the_first_seeds_vocabulary(tmp_path):
         if seed != 0:  # filled in with seed 0's trained vocabulary when its search is done
             assert job["args"][job["args"].index("--vocab") + 1] == reproduce.VOCAB
         assert job["args"][job["args"].index("--seed") + 1] == str(seed)
+
+
+FAKE_RUN = """import os, signal, sys, time
+pressed = []
+signal.signal(signal.SIGINT, lambda *_: pressed.append(1))
+folder = os.path.dirname(sys.argv[1])
+open(os.path.join(folder, "started"), "w").close()
+while not pressed:
+    time.sleep(0.02)
+time.sleep(1.0)  # a step ends and the checkpoint is written: longer than subprocess.run's 0.25 s of grace
+open(os.path.join(folder, "ckpt.pt"), "w").close()
+sys.exit(130)
+"""
+
+
+def test_ctrl_c_reaches_the_run_which_saves_its_checkpoint_before_reproduce_stops(tmp_path):
+    """Ctrl-C to reproduce.py (only: its run has a process group of its own) is passed on to the run,
+    and reproduce.py waits for it to save its checkpoint; the next `python reproduce.py` resumes it."""
+    script, run_dir = tmp_path / "fake_train.py", tmp_path / "run"
+    script.write_text(FAKE_RUN)
+    run_dir.mkdir()
+    job = {"script": str(script), "args": [str(run_dir / "summary.json")], "result": str(run_dir / "summary.json")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (f"import sys; sys.path[:0] = [{root!r}]; import reproduce\ntry:\n    reproduce.run({job!r})\n"
+            "except KeyboardInterrupt as e:\n    print(e, file=sys.stderr); sys.exit(130)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    for _ in range(1500):  # until the run is up (its handler set)
+        if (run_dir / "started").exists():
+            break
+        time.sleep(0.02)
+    parent.send_signal(signal.SIGINT)
+    _, err = parent.communicate(timeout=60)
+    assert parent.returncode == 130 and (run_dir / "ckpt.pt").exists()
+    assert f"{run_dir}: stopped (Ctrl-C) after its checkpoint" in err
