@@ -89,24 +89,29 @@ def show(cmd: list[str]) -> str:
     return shlex.join(["python", os.path.relpath(cmd[1]), *cmd[2:]])
 
 
+def execute(cmd: list[str], folder: str) -> int:
+    """Runs a command to its end and returns its exit code. In a process group of its own, Ctrl-C reaches
+    this process only, which passes it on once: train.py ends its step, saves its checkpoint and stops
+    (a second Ctrl-C stops it at once); then this process stops too, saying how to go on."""
+    child = subprocess.Popen(cmd, cwd=os.getcwd(), process_group=0)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        while child.poll() is None:
+            child.send_signal(signal.SIGINT)
+            with contextlib.suppress(KeyboardInterrupt):
+                child.wait()
+        raise KeyboardInterrupt(f"{folder}: stopped (Ctrl-C) after its checkpoint; `python reproduce.py` with the "
+                                "same flags goes on from there") from None
+
+
 def run(job: dict, force: bool = False, vocab: str | None = None) -> dict:
     """Runs a job (unless finished) and returns its result file's content."""
     cmd = command(job, force)
     if cmd:
         cmd = [vocab if a == VOCAB else a for a in cmd]
         print(f"\n$ {show(cmd)}", file=sys.stderr, flush=True)
-        # in a process group of its own, Ctrl-C reaches this process only, which passes it on once: train.py
-        # ends its step, saves its checkpoint and stops (a second Ctrl-C stops it at once)
-        child = subprocess.Popen(cmd, cwd=os.getcwd(), process_group=0)
-        try:
-            code = child.wait()
-        except KeyboardInterrupt:
-            while child.poll() is None:
-                child.send_signal(signal.SIGINT)
-                with contextlib.suppress(KeyboardInterrupt):
-                    child.wait()
-            raise KeyboardInterrupt(f"{os.path.dirname(job['result'])}: stopped (Ctrl-C) after its checkpoint; "
-                                    f"`python reproduce.py` with the same flags goes on from there") from None
+        code = execute(cmd, os.path.dirname(job["result"]))
         if code:
             raise ValueError(f"{os.path.dirname(job['result'])}: the run failed (exit code {code}); its error is above")
     return read_json(job["result"], "run result")

@@ -14,6 +14,8 @@ import pytest
 
 import corpus
 import reproduce
+import results
+import train
 
 
 # ----------------------------------------------------------------------------- the library task
@@ -126,23 +128,23 @@ def test_another_length_or_masking_gets_a_folder_of_its_own():
 
 # ----------------------------------------------------------------------------- the whole script
 
-def in_process(cmd: list[str], cwd=None) -> subprocess.CompletedProcess:
-    """subprocess.run for `python script.py args`, run in this process: the same code as the
+def in_process(cmd: list[str], folder: str) -> int:
+    """reproduce.execute for `python script.py args`, run in this process: the same code as the
     command line, without a new Python importing torch for each run (that was half the time)."""
     argv = sys.argv
     sys.argv = cmd[1:]
     try:
         runpy.run_path(cmd[1], run_name="__main__")
-        return subprocess.CompletedProcess(cmd, 0)
+        return 0
     except SystemExit as e:
-        return subprocess.CompletedProcess(cmd, e.code if isinstance(e.code, int) else 1)
+        return e.code if isinstance(e.code, int) else 1
     finally:
         sys.argv = argv
 
 
 @pytest.mark.slow
 def test_the_quick_reproduction_runs_and_resumes(tmp_path, small_corpus, monkeypatch):
-    monkeypatch.setattr(reproduce.subprocess, "run", in_process)
+    monkeypatch.setattr(reproduce, "execute", in_process)
     out = tmp_path / "out"
     results = reproduce.main(["--quick", "--out", str(out), "--part", "pretrain", "--data", small_corpus,
                               "--seeds", "0"])  # one seed (test_later_seeds_... checks the others' commands)
@@ -166,7 +168,7 @@ def test_the_quick_reproduction_runs_and_resumes(tmp_path, small_corpus, monkeyp
 
     def no_run(*args, **kwargs):
         raise AssertionError("a finished run was started again")
-    monkeypatch.setattr(reproduce.subprocess, "run", no_run)
+    monkeypatch.setattr(reproduce, "execute", no_run)
     again = reproduce.main(["--quick", "--out", str(out), "--part", "pretrain", "--data", small_corpus,
                             "--seeds", "0"])
     assert again["pretrain"] == results["pretrain"] and again["downstream"] == results["downstream"]
@@ -177,7 +179,7 @@ def test_the_quick_controls_run_and_resume(tmp_path, small_corpus, monkeypatch):
     """--part controls at tiny sizes, 2 seeds: searches drawn by the rule and at 25/50/75% of the
     schedule, each scored with every ticket; the tickets compared; efficient training of the drawn
     ticket and both random controls from three draws. Run again, nothing runs."""
-    monkeypatch.setattr(reproduce.subprocess, "run", in_process)
+    monkeypatch.setattr(reproduce, "execute", in_process)
     out = tmp_path / "out"
     r = reproduce.main(["--quick", "--out", str(out), "--part", "controls", "--data", small_corpus])["controls"]
     assert list(r["at_draw"]) == ["rule", "step3", "step6", "step9"]  # --quick draws at 6 (its --draw-step)
@@ -202,7 +204,7 @@ def test_the_quick_controls_run_and_resume(tmp_path, small_corpus, monkeypatch):
 
     def no_run(*args, **kwargs):
         raise AssertionError("a finished run was run again")
-    monkeypatch.setattr(reproduce.subprocess, "run", no_run)
+    monkeypatch.setattr(reproduce, "execute", no_run)
     assert reproduce.main(["--quick", "--out", str(out), "--part", "controls", "--data", small_corpus])["controls"] == r
 
 
@@ -289,3 +291,34 @@ def test_ctrl_c_reaches_the_run_which_saves_its_checkpoint_before_reproduce_stop
     _, err = parent.communicate(timeout=60)
     assert parent.returncode == 130 and (run_dir / "ckpt.pt").exists()
     assert f"{run_dir}: stopped (Ctrl-C) after its checkpoint" in err
+
+
+def test_the_long_part_is_the_recipe_four_times_as_long_in_a_folder_of_its_own():
+    assert reproduce.parse_args(["--part", "long"]).out == "runs/reproduce-long"
+    assert reproduce.parse_args(["--part", "long"]).max_steps == 4 * reproduce.train_defaults()["max_steps"]
+    assert reproduce.parse_args(["--part", "long", "--max-steps", "600"]).out == "runs/reproduce-long-600"
+    assert reproduce.parse_args(["--part", "long", "--max-steps", "600"]).max_steps == 2400
+
+
+@pytest.mark.slow
+def test_the_long_parts_runs_account_for_earlyberts_time_against_its_bounds(tmp_path, small_corpus):
+    """--part long's runs (tiny, in this process): every seed's search first, then the full run and the three
+    tickets' efficient runs, with held-out curves; EarlyBERT's time is accounted part by part and set
+    against its bounds, and the full run is read off at that time."""
+    jobs = reproduce.pretrain_jobs(str(tmp_path), [0], {**reproduce.QUICK, "max_steps": 24}, small_corpus, 4, long=True)
+    assert [run for _, run in jobs] == ["search", "full", "earlybert", "random", "random-per-layer"]
+    for job in jobs.values():
+        train.train(train.parse_args(job["args"]))
+    r = results.long_results(jobs, [0], 24)["0"]
+    assert (r["search"]["drawn_at"], r["search"]["fraction"]) == (6, 0.25)
+    for run, x in r["runs"].items():
+        assert x["time"]["steps"] == x["train_seconds"] and min(x["time"].values()) >= 0, run
+        assert [e["steps"] for e in x["curve"]] == ([0, 4] if run == "full" else [6]) + list(range(8, 25, 4)), run
+    search = json.load(open(tmp_path / "pretrain" / "seed0" / "search" / "summary.json"))["time"]
+    assert search["masks_and_draw"] > 0 and r["runs"]["earlybert"]["time"]["model"] > 0  # the draw, the rebuild
+    t = r["time"]
+    assert t["ratio"] == t["earlybert"]["total"] / r["runs"]["full"]["time"]["steps"]
+    assert t["bound_steps"] == 0.25 + 0.75 * t["step_ratio"] and 0.5 < t["flop_ratio"] < 1
+    assert r["full_equal_time"]["train_seconds"] == t["earlybert"]["total"]
+    table = "\n".join(results.long_markdown({"0": r}, 24))
+    assert "(a) the draw and (b) EarlyBERT's time" in table and "1 seed(s): too few to say" in table

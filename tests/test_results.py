@@ -77,3 +77,27 @@ def test_claim_c_table_gives_each_seed_and_where_the_search_drew():
     assert "### (c) Fine-tuning all-MiniLM-L6-v2 on WordNet noun classes (8 classes, 150 training glosses each)" in lines
     bigger = results.markdown({"wordnet-1500": claims["wordnet"]}).splitlines()
     assert "### (c) Fine-tuning all-MiniLM-L6-v2 on WordNet noun classes (8 classes, 1500 training glosses each)" in bigger
+
+
+# ----------------------------------------------------------------------------- --part long
+
+def test_the_declared_rule_needs_one_sign_on_every_seed_and_a_mean_beyond_the_spread():
+    assert results.verdict([-0.027, -0.031, -0.041]) == "a difference"  # comparison 1 at the recipe's draw
+    assert results.verdict([0.01, -0.02, 0.03]) == "no difference found"  # signs differ
+    assert results.verdict([0.01, 0.02, 0.5]) == "no difference found"  # one sign, but mean 0.18 < std 0.28
+    assert results.verdict([0.01, 0.02]) == "2 seed(s): too few to say"
+
+
+def test_the_full_run_at_earlyberts_time_is_interpolated_between_its_evaluations():
+    curve = [{"steps": 0, "train_seconds": 0.0, "val_loss": 9.0, "val_acc": 0.0},
+             {"steps": 100, "train_seconds": 10.0, "val_loss": 7.0, "val_acc": 0.2},
+             {"steps": 200, "train_seconds": 30.0, "val_loss": 6.0, "val_acc": 0.3}]
+    assert results.interpolated(curve, 20.0) == {"steps": 150.0, "val_loss": 6.5, "val_acc": 0.25,
+                                                  "train_seconds": 20.0}
+
+
+def test_earlyberts_time_is_its_search_masks_rebuild_and_efficient_steps():
+    search = {"time": {"steps": 30.0, "masks_and_draw": 1.5, "model": 0.1, "first_steps": 2.0}}
+    efficient = {"time": {"steps": 50.0, "masks_and_draw": 0.0, "model": 2.5, "first_steps": 1.0}}
+    t = results.accounted(search, efficient)
+    assert t["total"] == 30.0 + 1.5 + 2.5 + 50.0 and t["first steps"] == 1.0
