@@ -1,11 +1,12 @@
 """Reproduce EarlyBERT's claims at laptop scale, over seeds, with the project's own entry points.
 
-    python reproduce.py                   # all of it: about 3 hours on a 2-core CPU; it resumes
+    python reproduce.py                   # all of it: about 3 hours in fp32 on a 2-core AMD EPYC; it resumes
     python reproduce.py --part pretrain   # (a) and (b) only;  --part wordnet: (c) only
     python reproduce.py --quick           # tiny sizes, 2 seeds, a few minutes: the smoke test's run
-    python reproduce.py --max-steps 1200  # the recipe at half length: about 1.5 hours (runs/reproduce-1200)
+    python reproduce.py --max-steps 1200  # the recipe at half length: about 1.5 hours in fp32 (runs/reproduce-1200)
     python reproduce.py --mask-prob 0.15  # BERT's 15% of tokens masked in pre-training (runs/reproduce-mask15)
-    python reproduce.py --part controls   # does the ticket matter? (controls.py): about 1.5 hours in bf16
+    python reproduce.py --part controls   # does the ticket matter? (controls.py): 1.5 hours in bf16 on a 2-core Xeon (AMX)
+    python reproduce.py --part long       # the recipe 4x as long, with the per-layer random ticket (runs/reproduce-long)
 
 The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's default recipe:
  (a) structured winning tickets emerge early (sec. 3.2): where `train.py --phase search` draws the ticket
@@ -34,6 +35,8 @@ import signal
 import subprocess
 import sys
 
+import torch
+
 import controls
 import corpus
 from checkpoint import read_json, write_json
@@ -41,7 +44,7 @@ from corpus import WORDNET, library_rows, wordnet_task, write_task  # built with
 from data import n_predictions
 from model import BertConfig, flops_per_sequence
 from results import beside, draw_curves, finetune_numbers, long_results, pretrain_results, write_results
-from runtime import AUTO_FFN_MULTIPLE
+from runtime import AUTO_FFN_MULTIPLE, choose_precision
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EVALUATIONS = 20  # held-out evaluations along the full run, for the read-off at EarlyBERT's time
@@ -295,11 +298,15 @@ def main(argv=None):
     todo = [j for j in jobs if command(j, args.force)]
     seconds = estimate_seconds(recipe, len(seeds) if pretrain else 0, eval_every, 3 * n_train if pretrain else 0,
                                len(wordnet), len(corpus.CLASSES) * per_class, 3 if long else 2)
+    config = BertConfig(hidden_size=recipe["hidden"], num_hidden_layers=1, num_attention_heads=recipe["heads"],
+                        intermediate_size=recipe["ffn"])  # the runs' precision, as --precision auto will choose it
+    precision = choose_precision("auto", torch.device("cpu"), config, recipe["batch_size"], recipe["max_len"])
+    seconds /= precision.speedup if precision.name == "bf16" else 1
     seconds += len(checks) * 200  # controls: a run's few minutes (measured: 1.5 hours for 3 seeds in bf16)
     took = f"{seconds / 3600:.1f} hours" if seconds > 3600 else f"{seconds / 60:.0f} minutes"
     plan = [f"  {'' if j in todo else '(finished) '}{show([sys.executable, j['script'], *j['args']])}" for j in jobs]
     print(f"reproduce.py: {len(jobs)} runs ({len(jobs) - len(todo)} finished already: read, not run again), about "
-          f"{took} on a 2-core CPU (a GPU is much faster), plus building the corpus. "
+          f"{took} on a 2-core CPU in {precision.name} (a GPU is much faster), plus building the corpus. "
           f"{VOCAB} is the vocabulary seed {seeds[0]}'s search trains:", *plan,
           *([f"(c) is skipped: {skip}"] if skip else []), sep="\n", file=sys.stderr)
 
