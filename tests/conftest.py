@@ -5,10 +5,18 @@ import io
 import os
 import subprocess
 import sys
+import tempfile
 from types import SimpleNamespace
 
-import pytest
-import torch
+# torch.compile's kernel cache (inductor's, in the temp folder) is not keyed by the CPU that
+# ATEN_CPU_CAPABILITY emulates (tests/cpu_matrix.py): kernels built under one crashed under another
+# (a SystemError, or an abort). Each emulated capability gets a cache of its own.
+if os.environ.get("ATEN_CPU_CAPABILITY"):
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                          os.path.join(tempfile.gettempdir(), f"torchinductor-{os.environ['ATEN_CPU_CAPABILITY']}"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # the project's modules and helpers.py, importable whatever pytest's --import-mode
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -30,14 +38,16 @@ def minilm_dir():
 
 
 @pytest.fixture(scope="session", autouse=True)
-def one_thread():
-    """The tests' tiny models are too small to share between threads: on a 2-core CPU one
-    thread trains them several times faster than two (18 against 130-330 ms a step on a busy
-    machine); torchrun workers in the tests are given one each too."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def threads():
+    """One thread, or EARLYBERT_TEST_THREADS (tests/cpu_matrix.py runs the suite with 1 and 4). The
+    tests' tiny models are too small to share between threads: on a 2-core CPU one thread trains
+    them several times faster than two (18 against 130-330 ms a step on a busy machine); torchrun
+    workers in the tests are given one each too."""
+    before, asked = torch.get_num_threads(), int(os.environ.get("EARLYBERT_TEST_THREADS", "1"))
+    torch.set_num_threads(asked)
+    assert torch.get_num_threads() == asked
     yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,34 @@ from ticket import Ticket
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# ----------------------------------------------------------------------------- comparing numbers
+# Two computations of the same value agree only up to rounding, and how closely depends on the
+# kernels a CPU runs: AVX-512, AVX2 and more threads sum in other orders, over other blocks. Summing
+# K terms in any order errs by at most about K * eps times the terms' magnitude (Higham, Accuracy
+# and Stability of Numerical Algorithms, 2nd ed., sec. 3.1), and along a chain of sums the K's add
+# up. So the tests compare relative to a tensor's magnitude, with a tolerance counted in roundings
+# from the computation it checks, never a bare atol printed on one machine.
+
+FP32_EPS = torch.finfo(torch.float32).eps  # 2**-23 = 1.2e-7: one fp32 rounding, relative
+BF16_EPS = torch.finfo(torch.bfloat16).eps  # 2**-7 = 7.8e-3: one bf16 rounding, relative
+# A whole model is too deep for the worst case: a tiny test model (2-3 layers of hidden 32) sums
+# about 1000 terms along its longest chain (tests/test_model.py counts them), and 1000 roundings
+# (1.2e-4) would let an error of 1e-3 in one part through, which the residuals and LayerNorms
+# dilute. Independent roundings grow like sqrt(1000) = 32 of them (Higham, sec. 2.8): 3 times that.
+TINY_MODEL = 100 * FP32_EPS  # 1.2e-5 of the largest value compared
+
+
+def relative_error(actual, expected, scale=None) -> float:
+    """max |actual - expected| over the largest |expected|, or over `scale` where the computation
+    cancels terms larger than its result (their size is what its rounding scales with). One
+    magnitude for the whole tensor, not elementwise: an entry near 0 is held to the rounding of the
+    terms that made it, not to its own size."""
+    actual, expected = (torch.as_tensor(t).detach().double() for t in (actual, expected))
+    scale = expected.abs().max() if scale is None else torch.as_tensor(scale).double()
+    assert scale > 0, "a scale of 0 says nothing: give the terms' magnitude"
+    return float((actual - expected).abs().max() / scale)
+
+
 # ----------------------------------------------------------------------------- pre-training data
 # A fixed vocabulary and a generated corpus, the same on every machine and Python version, so
 # tests do not train a WordPiece vocabulary (which `tokenizers` does not repeat exactly).

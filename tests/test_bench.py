@@ -112,8 +112,11 @@ def test_peak_flops_by_gpu_name():
 
 
 @pytest.mark.slow
-def test_benchmark_runs_end_to_end_on_cpu(capsys):
+def test_benchmark_runs_end_to_end_on_cpu(capsys, monkeypatch):
     """On a CPU, --precision auto times every variant in fp32 and in bf16, in turn, each against its own matmul peak."""
+    # a 256 x 256 peak matmul, not 2048 x 2048: a CPU without AVX-512 emulates bf16 at ~1 GFLOP/s
+    square_matmul = bench.square_matmul
+    monkeypatch.setattr(bench, "square_matmul", lambda device, dtype: square_matmul(device, dtype, n=256))
     results = bench.main(["--device", "cpu", "--layers", "1", "--hidden", "32", "--heads", "2", "--ffn", "64",
                           "--vocab", "100", "--batch", "2", "--seq", "16", "--seq", "24", "--steps", "2",
                           "--mask-prob", "0.4"])

@@ -19,6 +19,7 @@ from tokenizers import BertWordPieceTokenizer
 from checkpoint import (atomic, from_reference_name, load_checkpoint, load_pretrained, read_config, read_json,
                         read_safetensors, remove_stale, save_checkpoint, save_pretrained, temporary,
                         to_reference_name, write_json, write_safetensors)
+from helpers import FP32_EPS, relative_error
 from model import Bert, BertClassifier, BertConfig, BertMLM, BertQA
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -47,9 +48,13 @@ def test_minilm_hidden_states_match_reference(minilm_dir):
     with torch.no_grad():
         h = model(torch.tensor(g["input_ids"]), torch.tensor(g["token_type_ids"]), torch.tensor(g["attention_mask"]))
     real = torch.tensor(g["attention_mask"]).bool()
-    assert (h[..., :8] - torch.tensor(g["hidden_first8"]))[real].abs().max() <= 1e-5
-    assert (h.sum(-1) - torch.tensor(g["hidden_sum"]))[real].abs().max() <= 1e-4  # a sum of 384 values
-    assert (h.abs().amax(-1) - torch.tensor(g["hidden_absmax"]))[real].abs().max() <= 1e-5
+    # 6 layers of 384 (FFN 1536) sum some 26,000 terms along the chain: as for helpers.TINY_MODEL,
+    # 3 sqrt(26,000) roundings, relative to the largest value
+    minilm = 480 * FP32_EPS
+    assert relative_error(h[..., :8][real], torch.tensor(g["hidden_first8"])[real]) <= minilm
+    sums = h.sum(-1)[real]  # 384 values each: relative to their magnitudes' sum
+    assert relative_error(sums, torch.tensor(g["hidden_sum"])[real], h.abs().sum(-1).max()) <= minilm
+    assert relative_error(h.abs().amax(-1)[real], torch.tensor(g["hidden_absmax"])[real]) <= minilm
 
 
 @pytest.mark.slow

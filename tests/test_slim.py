@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from helpers import ticket_config
+from helpers import FP32_EPS, TINY_MODEL, relative_error, ticket_config
 from model import Bert, BertClassifier, BertConfig, BertMLM
 from runtime import configure_optimizers
 from slim import Search, add_coefficients, coefficient_parameters, coefficients, l1_penalty, remove_coefficients
@@ -113,7 +113,7 @@ def test_zero_head_coefficient_removes_that_head():
         model.bert.layers[1].attn.out.weight[:, 2 * head_dim:3 * head_dim] = 0.0
         model.bert.layers[2].ffn.down.weight[:, 7] = 0.0
         removed = model(ids, attention_mask=mask)[0]
-    assert torch.allclose(with_zero_coefs, removed, atol=1e-6)
+    assert relative_error(with_zero_coefs, removed) <= TINY_MODEL  # the same sums, some terms 0 another way
 
 
 def set_by_hand(model, head_values, ffn_values):
@@ -176,7 +176,7 @@ def test_sgd_trains_the_coefficients_apart_from_adamw():
         buffers = grads if buffers is None else [0.9 * b + g for b, g in zip(buffers, grads)]
         expected = [e - 0.5 * lr_scale * b for e, b in zip(expected, buffers)]
         for c, e in zip(coefs, expected):
-            torch.testing.assert_close(c.detach(), e, rtol=1e-6, atol=1e-7)
+            assert relative_error(c, e) <= 8 * FP32_EPS  # a few roundings a step, of values near 1
         assert all(c.grad is None for c in coefs)
     assert not any(p in adamw.state for p in coefs)
 
