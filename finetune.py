@@ -45,6 +45,7 @@ from ticket import EarlyBird, full_ticket, random_ticket
 
 # The official search is a fine-tuning run of its own, 3 epochs long, cut at the draw step.
 SEARCH_EPOCHS = 3
+FIRST_STEPS = 5  # results.json "time": the first steps at the model's shapes, timed apart
 
 
 @dataclass
@@ -139,7 +140,8 @@ def fit(model, task: Task, cfg: Config, process, lr: float, warmup_steps: int, t
     optimizer = configure_optimizers(model, lr, cfg.weight_decay, (0.9, 0.999), process.device.type)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup_steps, total_steps))
     scaler = torch.amp.GradScaler("cuda", enabled=process.dtype == torch.float16)
-    run = {"steps": 0, "seconds": 0.0, "ticket": None, "history": [], "metrics": None, "predictions": None}
+    run = {"steps": 0, "seconds": 0.0, "ticket": None, "history": [], "metrics": None, "predictions": None,
+           "clock": {"first_steps": 0.0, "masks_and_draw": 0.0, "evaluation": 0.0}}  # within seconds, but evaluation
     bar = tqdm(total=stop_at, desc=desc, disable=process.rank != 0, dynamic_ncols=True)
     epoch, t0 = 0, time.time()
     while run["steps"] < stop_at and not run["ticket"]:
@@ -163,8 +165,12 @@ def fit(model, task: Task, cfg: Config, process, lr: float, warmup_steps: int, t
             step = run["steps"]
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{losses[-1].item():.3f}")
+            if step == FIRST_STEPS:  # the first steps at the model's shapes (warm-up), within the seconds
+                run["clock"]["first_steps"] = time.time() - t0
             if search:  # the masks for the early-bird rule; the ticket once it is time (sec. 3.2)
+                t = time.time()
                 run["ticket"] = search.after_step(step, last=step == stop_at)
+                run["clock"]["masks_and_draw"] += time.time() - t
             if step >= stop_at or run["ticket"]:
                 break
         if epoch == 0:  # where the loss started, for the underfitting hint
@@ -173,7 +179,9 @@ def fit(model, task: Task, cfg: Config, process, lr: float, warmup_steps: int, t
         run["seconds"] += time.time() - t0
         record = {"epoch": epoch, "step": run["steps"], "loss": torch.stack(losses).mean().item(), "lr": last_lr}
         if not search:
+            t = time.time()
             run["metrics"], run["predictions"] = evaluate(model, task, cfg, process)
+            run["clock"]["evaluation"] += time.time() - t
             record["metrics"] = run["metrics"]
         run["history"].append(record)
         if process.rank == 0:
@@ -205,7 +213,8 @@ def search(model, task: Task, cfg: Config, process, early_bird: EarlyBird, epoch
     searching = Search(model, early_bird, every, cfg.l1, cfg.l1, cfg.head_ratio, cfg.ffn_ratio,
                        ffn_multiple=process.ffn_multiple)  # adds the coefficients before fit makes the optimizer
     run = fit(model, task, cfg, process, cfg.search_lr, 0, SEARCH_EPOCHS * epoch_steps, longest, searching, "search")
-    return searching, run["ticket"], {"steps": run["steps"], "seconds": run["seconds"], "longest": longest,
+    return searching, run["ticket"], {"steps": run["steps"], "seconds": run["seconds"], "clock": run["clock"],
+                                      "longest": longest,
                                       "epoch_steps": epoch_steps, "every": every, "k": early_bird.k,
                                       "epsilon": early_bird.epsilon, "fired": run["ticket"].kind == "earlybird",
                                       "history": run["history"]}
@@ -256,19 +265,22 @@ def run_stages(cfg: Config, process, kind: str, run_dir: str, early_bird) -> dic
     if process.rank == 0:
         print(f"{task.name}: {process.precision.describe(cfg.precision)}", file=sys.stderr)
     # search_seconds: the search's steps (with the draw) and the rebuild, not a process's one-time costs
-    ticket, searching, searched, search_seconds = None, None, None, 0.0
+    ticket, searching, searched, search_seconds, clock = None, None, None, 0.0, {"reload": 0.0, "rebuild": 0.0}
     if kind == "random":  # the control: no search, the same numbers pruned at random
         full = full_ticket(model.config)
         ticket = random_ticket(full.full_heads, full.full_ffn, cfg.head_ratio, cfg.ffn_ratio, cfg.seed,
                                process.ffn_multiple)
     elif kind == "earlybert":
         searching, ticket, searched = search(model, task, cfg, process, early_bird, epoch_steps)
+        t0 = time.time()
         model = pretrained(verbose=False)  # rewind to the pre-trained weights
-        search_seconds = searched["seconds"]
+        clock["reload"] = time.time() - t0
+        search_seconds = searched["seconds"] + clock["reload"]
     if ticket:
         t0 = time.time()
         model = prune.rebuild(model, ticket)  # physically smaller; the coefficients are all 1
-        search_seconds += time.time() - t0
+        clock["rebuild"] = time.time() - t0
+        search_seconds += clock["rebuild"]
     torch.manual_seed(cfg.seed)
     run = fit(model, task, cfg, process, cfg.lr, int(cfg.warmup * total), total, total)
     results = {"task": task.name, "mode": kind, "metrics": run["metrics"],
@@ -280,7 +292,12 @@ def run_stages(cfg: Config, process, kind: str, run_dir: str, early_bird) -> dic
                                                    for f in task.train])),
                "ticket": {**ticket.summary(), "parameters_before": full_parameters} if ticket else None,
                "search": searched, "history": run["history"], "config": asdict(cfg),
-               "precision": process.precision.name, "bf16_speedup": process.precision.speedup}
+               "precision": process.precision.name, "bf16_speedup": process.precision.speedup,
+               # where the seconds went: the search's steps and its masks and draw, reloading the pre-trained
+               # weights, the rebuild, then training (its first FIRST_STEPS steps apart); evaluation is not counted
+               "time": {"search": searched["seconds"] if searched else 0.0, "search masks and draw": searched[
+                   "clock"]["masks_and_draw"] if searched else 0.0, **clock, "training": run["seconds"],
+                   "first steps": run["clock"]["first_steps"], "evaluation": run["clock"]["evaluation"]}}
     if process.rank == 0:
         save_pretrained(model, os.path.join(run_dir, "model"), vocab, lowercase=lowercase)
         plot = searching.save(run_dir, ticket) if searching else None  # ticket.json and the mask distances

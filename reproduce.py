@@ -3,9 +3,9 @@
     python reproduce.py                   # all of it: about 3 hours in fp32 on a 2-core AMD EPYC; it resumes
     python reproduce.py --part pretrain   # (a) and (b) only;  --part wordnet: (c) only
     python reproduce.py --quick           # tiny sizes, 2 seeds, a few minutes: the smoke test's run
-    python reproduce.py --max-steps 1200  # the recipe at half length: about 1.5 hours in fp32 (runs/reproduce-1200)
+    python reproduce.py --max-steps 1200  # the recipe at half length: 1.5 hours in fp32 (runs/reproduce-1200)
     python reproduce.py --mask-prob 0.15  # BERT's 15% of tokens masked in pre-training (runs/reproduce-mask15)
-    python reproduce.py --part controls   # does the ticket matter? (controls.py): 1.5 hours in bf16 on a 2-core Xeon (AMX)
+    python reproduce.py --part controls   # does the ticket matter? (controls.py): 1.5 h in bf16, 2-core Xeon (AMX)
     python reproduce.py --part long       # the recipe 4x as long, with the per-layer random ticket (runs/reproduce-long)
 
 The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's default recipe:

@@ -15,6 +15,8 @@ import numpy as np
 import controls
 import figures
 from checkpoint import atomic, load_checkpoint, read_json, write_json
+from data import n_predictions
+from model import BertConfig, flops_per_sequence
 
 
 def beside(job: dict, name: str) -> str:
@@ -124,7 +126,7 @@ def finetune_numbers(r: dict) -> dict:
     return {"accuracy": r["metrics"]["dev"]["accuracy"], "seconds": r["total_seconds"],
             "search_seconds": r["search_seconds"], "parameters": r["parameters"],
             "search_steps": r.get("search_steps", 0), "longest_search": search.get("longest"),
-            "drawn_by": (r.get("ticket") or {}).get("rule")}
+            "drawn_by": (r.get("ticket") or {}).get("rule"), "time": r.get("time")}  # its parts, from today's code on
 
 
 # ----------------------------------------------------------------------------- results.md
@@ -171,11 +173,21 @@ def markdown(results: dict) -> str:
         if "skipped" in w:
             lines.append(f"Skipped: {w['skipped']}")
         else:
-            lines += ["| variant | dev accuracy (mean ± std) | per seed | seconds (mean ± std) | search steps "
-                      "(of the longest) and what drew the ticket, per seed |", "|---|---:|---:|---:|---|"]
+            lines += ["| variant | dev accuracy (mean ± std) | per seed | seconds (mean ± std) | search + reload + "
+                      "rebuild + training (first 5 steps) s, mean | search steps (of the longest) and what drew the "
+                      "ticket, per seed |", "|---|---:|---:|---:|---:|---|"]
             lines += [f"| {v} | {pm([r['accuracy'] for r in rs], 3)} | {each(r['accuracy'] for r in rs)} | "
-                      f"{pm([r['seconds'] for r in rs], 0)} | {searched(rs)} |" for v, rs in w.items()]
+                      f"{pm([r['seconds'] for r in rs], 0)} | {parts(rs)} | {searched(rs)} |" for v, rs in w.items()]
     return "\n".join(lines) + "\n"
+
+
+def parts(runs: list[dict]) -> str:
+    """Where a fine-tuning variant's seconds went, as means over seeds (runs from before the parts were recorded: -)."""
+    if not all(r.get("time") for r in runs):
+        return "-"
+    t = lambda key: np.mean([r["time"][key] for r in runs])
+    return (f"{t('search'):.1f} + {t('reload'):.1f} + {t('rebuild'):.1f} + {t('training'):.1f} "
+            f"({t('first steps'):.1f})")
 
 
 def searched(runs: list[dict]) -> str:
@@ -221,8 +233,7 @@ def paired(a: list, b: list) -> str:
     return signed([x - y for x, y in zip(a, b)])
 
 
-def signed(diffs: list) -> str:
-    return " / ".join(f"{d:+.3f}" for d in diffs)
+signed = lambda diffs: " / ".join(f"{d:+.3f}" for d in diffs)  # per-seed differences
 
 
 def controls_markdown(r: dict, only_at_draw: bool = False) -> list[str]:
@@ -329,8 +340,6 @@ def long_results(jobs: dict, seeds: list[int], max_steps: int) -> dict:
     """{seed: ...} for --part long from whatever has finished: the search; each run's numbers and
     held-out curve; and, once EarlyBERT and the full run are done, EarlyBERT's accounted time against
     its bounds (the measured step ratio, the FLOP ratio) and the full run read off at that time."""
-    from data import n_predictions
-    from model import BertConfig, flops_per_sequence
     out = {}
     for seed in (s for s in seeds if os.path.exists(jobs[s, "search"]["result"])):
         search = read_json(jobs[seed, "search"]["result"])

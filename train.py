@@ -62,7 +62,7 @@ class Config:
     mask_prob: float = 0.4  # fraction of tokens masked and predicted in training (BERT's: 0.15); held-out: 0.15
     batch_size: int = 32  # sequences per process per micro-step
     grad_accum: int = 1  # micro-steps per optimizer step
-    max_steps: int = 2400  # optimizer steps; the learning rate decays to 0 here (a 2-core AMD EPYC: 22 min fp32, 4.5 bf16)
+    max_steps: int = 2400  # optimizer steps; the learning rate decays to 0 here (2-core AMD EPYC: fp32 22 min, bf16 4.5)
     max_minutes: float = 0.0  # > 0: also stop after this much training time (checked at log steps)
     lr: float = 7e-4  # peak learning rate (AdamW); 1e-3 and more stall post-LN BERT on the unigram plateau
     warmup: float = 0.04  # linear warm-up, as a fraction of max_steps (~100 steps; 18 were unstable)

@@ -313,6 +313,13 @@ def test_the_three_variants_report_the_same_budget_fields_in_one_table(tmp_path,
     assert full["flops_per_example"] == pytest.approx(np.mean([flops_per_sequence(config, T, 0) for T in lengths]))
     assert (full["search_steps"], eb["search_steps"], rnd["search_steps"]) == (0, 4, 0)  # 0.4 of 10 steps
     assert all(r["total_seconds"] == pytest.approx(r["search_seconds"] + r["train_seconds"]) for r in runs.values())
+    # where EarlyBERT's seconds went: the search (its masks and draw within it), reloading, rebuilding, training
+    t = eb["time"]
+    assert eb["search_seconds"] == pytest.approx(t["search"] + t["reload"] + t["rebuild"]) and t["reload"] > 0
+    assert 0 < t["search masks and draw"] < t["search"] and t["training"] == eb["train_seconds"]
+    assert 0 < t["first steps"] < t["training"] and t["evaluation"] > 0
+    assert (full["time"]["search"], full["time"]["reload"], full["time"]["rebuild"]) == (0, 0, 0)
+    assert rnd["time"]["rebuild"] > 0 and rnd["time"]["search"] == 0
 
     folders = [str(tmp_path / "out" / f"sst-2-{kind}") for kind in runs]
     capsys.readouterr()

@@ -65,15 +65,18 @@ def test_the_reading_gives_paired_differences_per_seed():
 
 
 def test_claim_c_table_gives_each_seed_and_where_the_search_drew():
-    def tuned(acc, seconds, steps=0, drawn_by=None):
+    def tuned(acc, seconds, steps=0, drawn_by=None, search=0.0):
         return {"accuracy": acc, "seconds": seconds, "search_seconds": 0.0, "parameters": 22_000_000,
-                "search_steps": steps, "longest_search": 60 if drawn_by else None, "drawn_by": drawn_by}
+                "search_steps": steps, "longest_search": 60 if drawn_by else None, "drawn_by": drawn_by,
+                "time": {"search": search, "reload": 0.5 * bool(search), "rebuild": 0.1, "training": seconds - search,
+                         "first steps": 2.0}}
     claims = {"wordnet": {"plain": [tuned(0.70, 100), tuned(0.72, 102)],
-                           "earlybert": [tuned(0.69, 80, 30, "earlybird"), tuned(0.71, 90, 60, "last-step")],
+                           "earlybert": [tuned(0.69, 80, 30, "earlybird", 10), tuned(0.71, 90, 60, "last-step", 20)],
                            "random": [tuned(0.65, 70), tuned(0.66, 71)]}}
     lines = results.markdown(claims).splitlines()
-    assert "| plain | 0.710 ± 0.014 | 0.700 / 0.720 | 101 ± 1 | - |" in lines
-    assert "| earlybert | 0.700 ± 0.014 | 0.690 / 0.710 | 85 ± 7 | 30 (60) earlybird, 60 (60) last-step |" in lines
+    assert "| plain | 0.710 ± 0.014 | 0.700 / 0.720 | 101 ± 1 | 0.0 + 0.0 + 0.1 + 101.0 (2.0) | - |" in lines
+    assert ("| earlybert | 0.700 ± 0.014 | 0.690 / 0.710 | 85 ± 7 | 15.0 + 0.5 + 0.1 + 70.0 (2.0) | 30 (60) earlybird, "
+            "60 (60) last-step |") in lines
     assert "### (c) Fine-tuning all-MiniLM-L6-v2 on WordNet noun classes (8 classes, 150 training glosses each)" in lines
     bigger = results.markdown({"wordnet-1500": claims["wordnet"]}).splitlines()
     assert "### (c) Fine-tuning all-MiniLM-L6-v2 on WordNet noun classes (8 classes, 1500 training glosses each)" in bigger
