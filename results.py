@@ -87,12 +87,14 @@ def pretrain_table(per_seed: dict) -> list[str]:
     """(b)'s markdown table from {seed: {run: {steps, train_seconds, val_loss, val_acc}}}."""
     seeds = list(per_seed)
     full_time = mean_std([per_seed[s]["full"]["train_seconds"] for s in seeds])[0]
-    lines = [f"| run ({len(seeds)} seeds) | steps | training seconds | vs full | held-out MLM loss | "
-             "held-out MLM accuracy |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [f"| run ({len(seeds)} seeds) | steps | training seconds | vs full | its bound: measured steps; FLOPs | "
+             "held-out MLM loss | held-out MLM accuracy |", "|---|---:|---:|---:|---:|---:|---:|"]
     for run, name in ((k, v) for k, v in ROWS.items() if k in per_seed[seeds[0]]):
         col = lambda key: [per_seed[s][run][key] for s in seeds]
+        bound = (f"{mean_std(col('bound_steps'))[0]:.2f}; {mean_std(col('bound_flops'))[0]:.2f}"
+                 if "bound_steps" in per_seed[seeds[0]][run] else "-")
         lines.append(f"| {name} | {pm(col('steps'), 0)} | {pm(col('train_seconds'), 0)} | "
-                     f"{mean_std(col('train_seconds'))[0] / full_time:.2f} | {pm(col('val_loss'), 3)} | "
+                     f"{mean_std(col('train_seconds'))[0] / full_time:.2f} | {bound} | {pm(col('val_loss'), 3)} | "
                      f"{pm(col('val_acc'), 3)} |")
     return lines
 
@@ -114,7 +116,8 @@ def pretrain_results(jobs: dict, seeds: list[int]) -> dict:
             s = read_json(jobs[seed, run]["result"])
             own = s["train_seconds"] + (search["train_seconds"] if run != "full" else 0)
             r[run] = {"steps": s["steps"], "train_seconds": own, "val_loss": s["val_loss"], "val_acc": s["val_acc"],
-                      "parameters": s["parameters"]}
+                      "parameters": s["parameters"],
+                      **(bounds(jobs, seed, run, search["drawn_at"] / s["steps"]) if run != "full" else {})}
         records = read_log(beside(jobs[seed, "full"], "log.jsonl"))
         r["full_equal_time"] = equal_time_point(records, r["earlybert"]["train_seconds"])  # step 0: 0 s, always
         out[str(seed)] = r  # str: as JSON keeps it
@@ -293,9 +296,9 @@ def controls_markdown(r: dict, only_at_draw: bool = False) -> list[str]:
 
 
 def spread_cells(seeds: list[dict]) -> str:
-    """The coefficients' spread at a draw, averaged over seeds: head and FFN |c| 10%-90%, the share
-    of FFN |c| within 0.05 of the median, and the FFN 10%-90% range relative to the median (the
-    absolute width says little when the L1 pull has moved every coefficient far from 1)."""
+    """The coefficients' spread at a draw, averaged over seeds: head and FFN |c| 10%-90%, the share of FFN |c|
+    within 0.05 of the median, and the FFN 10%-90% range relative to the median (the absolute width says
+    little when the L1 pull has moved every coefficient far from 1)."""
     mean = lambda unit, key: np.mean([s[unit + "_spread"][key] for s in seeds])
     return (f"{mean('head', 'q10'):.3f}-{mean('head', 'q90'):.3f} | {mean('ffn', 'q10'):.3f}-{mean('ffn', 'q90'):.3f} "
             f"| {mean('ffn', 'near_median'):.2f} | {np.mean([relative(s['ffn_spread']) for s in seeds]):.4f}")
@@ -319,17 +322,14 @@ def write_results(results: dict, out: str) -> str:
 def verdict(diffs: list[float]) -> str:
     """The declared rule for a paired difference over seeds: signal if it has the same sign on every
     seed (three at least) and its mean is larger than the differences' standard deviation."""
-    if len(diffs) < 3:
-        return f"{len(diffs)} seed(s): too few to say"
-    mean, std = mean_std(diffs)
-    same = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
-    return "a difference" if same and abs(mean) > std else "no difference found"
+    (mean, std), same = mean_std(diffs), all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
+    return (f"{len(diffs)} seed(s): too few to say" if len(diffs) < 3 else
+            "a difference" if same and abs(mean) > std else "no difference found")
 
 
 def accounted(search: dict, efficient: dict) -> dict:
-    """EarlyBERT's training time: the search's steps, its masks and draw, the efficient phase's
-    reloading and rebuilding, its steps. The corpus, the probe, evaluations and checkpoints are
-    left out, as they are of the full run's time (its steps)."""
+    """EarlyBERT's training time: the search's steps, its masks and draw, the efficient phase's reloading and
+    rebuilding, its steps (the corpus, probe, evaluations and checkpoints are left out, as of the full run's)."""
     s, e = search["time"], efficient["time"]
     parts = {"search steps": s["steps"], "masks and draw": s["masks_and_draw"], "reload and rebuild": e["model"],
              "efficient steps": e["steps"]}
@@ -354,20 +354,26 @@ def long_results(jobs: dict, seeds: list[int], max_steps: int) -> dict:
                                                        "mean_step_ms", "parameters", "time", "precision")},
                                   "threads": s.get("threads"), "curve": curve}
         if {"full", "earlybert"} <= set(r["runs"]):
-            full, eb = r["runs"]["full"], r["runs"]["earlybert"]
-            config = lambda run: BertConfig.from_dict(read_json(beside(jobs[seed, run], os.path.join("model",
-                                                                                                     "config.json"))))
-            recipe = read_json(beside(jobs[seed, "full"], "train_config.json"))
-            P = n_predictions(recipe["max_len"], recipe["mask_prob"])
-            flops = lambda run: flops_per_sequence(config(run), recipe["max_len"], P)
-            f, time = r["search"]["fraction"], accounted(search, read_json(jobs[seed, "earlybert"]["result"]))
-            step_ratio, flop_ratio = eb["mean_step_ms"] / full["mean_step_ms"], flops("earlybert") / flops("full")
+            full, time = r["runs"]["full"], accounted(search, read_json(jobs[seed, "earlybert"]["result"]))
             r["time"] = {"earlybert": time, "full": full["time"]["steps"], "ratio": time["total"] / full["time"]["steps"],
-                         "step_ratio": step_ratio, "bound_steps": f + (1 - f) * step_ratio, "flop_ratio": flop_ratio,
-                         "bound_flops": f + (1 - f) * flop_ratio}
+                         **bounds(jobs, seed, "earlybert", search["drawn_at"] / max_steps)}
             r["full_equal_time"] = interpolated(full["curve"], time["total"])
         out[str(seed)] = r
     return out
+
+
+def bounds(jobs: dict, seed: int, run: str, f: float) -> dict:
+    """The least time, as a share of the full run's, that a ticket drawn at the fraction f of the schedule
+    can take: f + (1 - f) x r, with r a pruned step's measured time over a full one's (bound_steps), or
+    the pruned model's FLOPs over the full one's (bound_flops). The search, masks and rebuild come on top."""
+    summary = lambda name, file: read_json(beside(jobs[seed, name], file))
+    recipe = summary("full", "train_config.json")
+    P = n_predictions(recipe["max_len"], recipe["mask_prob"])
+    flops = lambda name: flops_per_sequence(BertConfig.from_dict(summary(name, os.path.join("model", "config.json"))),
+                                            recipe["max_len"], P)
+    r = summary(run, "summary.json")["mean_step_ms"] / summary("full", "summary.json")["mean_step_ms"]
+    flop_ratio = flops(run) / flops("full")
+    return {"step_ratio": r, "bound_steps": f + (1 - f) * r, "flop_ratio": flop_ratio, "bound_flops": f + (1 - f) * flop_ratio}
 
 
 def interpolated(curve: list[dict], seconds: float) -> dict:

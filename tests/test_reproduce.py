@@ -156,6 +156,8 @@ def test_the_quick_reproduction_runs_and_resumes(tmp_path, small_corpus, monkeyp
         assert r["earlybert"]["train_seconds"] > r["search"]["train_seconds"]  # search + efficient
         assert r["full_equal_time"]["train_seconds"] <= r["earlybert"]["train_seconds"]
         assert r["full_equal_time"]["steps"] <= r["full"]["steps"]
+        e = r["earlybert"]  # its bounds: the draw at 6 of 12 steps, then pruned steps (their FLOPs: fewer)
+        assert e["bound_steps"] == 0.5 + 0.5 * e["step_ratio"] and 0.5 < e["bound_flops"] < 1
     assert set(results["downstream"]["runs"]) == {"none", "full", "earlybert", "random"}
     assert all(len(rs) == 1 and 0 <= rs[0]["accuracy"] <= 1 for rs in results["downstream"]["runs"].values())
     dev = open(out / "downstream" / "library" / "dev.tsv").read().splitlines()[1:]  # from the libraries' own folders
