@@ -3,6 +3,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,11 @@ from types import SimpleNamespace
 if os.environ.get("ATEN_CPU_CAPABILITY"):
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
                           os.path.join(tempfile.gettempdir(), f"torchinductor-{os.environ['ATEN_CPU_CAPABILITY']}"))
+
+# A process started in the background of a non-interactive shell (nohup ... &) inherits Ctrl-C
+# ignored, and Python then installs no KeyboardInterrupt for it: the tests of Ctrl-C need it back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
