@@ -18,6 +18,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,8 +54,11 @@ def run_class(capability: str, isa: str, threads: int, pytest_args: list) -> tup
     seconds = time.perf_counter() - start
     lines = [line for line in run.stdout.splitlines() if line.strip()]
     said = lines[-1].strip("= ") if lines else run.stderr.strip()[-300:]
-    if run.returncode != 0:
-        said += "".join(f"\n    {line}" for line in lines if line.startswith(("FAILED", "ERROR")))
+    if run.returncode != 0:  # the whole output kept for the tracebacks
+        log = os.path.join(tempfile.gettempdir(), f"cpu_matrix-{capability}-{isa}-{threads}.log")
+        with open(log, "w") as f:
+            f.write(run.stdout + run.stderr)
+        said += "".join(f"\n    {line}" for line in lines if line.startswith(("FAILED", "ERROR"))) + f"\n    (all of it: {log})"
     return run.returncode == 0, seconds, said
 
 
