@@ -56,13 +56,17 @@ def threads():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(autouse=True)
-def fp32_unless_asked(monkeypatch):
+@pytest.fixture(scope="session", autouse=True)
+def fp32_unless_asked():
     """Tests compute in fp32 on every machine: --precision auto's probe is answered "bf16 is no
     faster" (runtime.probe_bf16), so auto picks fp32 wherever it runs. A test about bf16 asks
     for it with precision="bf16" (the probe then only chooses the attention form), or gives
-    choose_precision a probe of its own."""
-    monkeypatch.setattr(runtime, "probe_bf16", lambda config, batch, seq: {"fp32": 1.0, "bf16": 1.0, "bf16 plain": 1.0})
+    choose_precision a probe of its own. For the whole session: the runs that session- and
+    module-scoped fixtures make (`searched`, `stopped`) come before any function's fixtures, and
+    the real probe, timed on a busy CPU, chose bf16 for one of them and fp32 for another."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(runtime, "probe_bf16", lambda config, batch, seq: {"fp32": 1.0, "bf16": 1.0, "bf16 plain": 1.0})
+        yield
 
 
 def pytest_configure(config):

@@ -37,6 +37,8 @@ def test_the_efficient_phase_takes_every_recipe_flag_from_the_search(searched):
     schedule, learning rate, batch, masking, ... (not its own defaults); its presentation stays its own."""
     cfg = experiment.search_settings(efficient(searched, ticket="random", log_every=5))
     assert searched.cfg.precision == "auto"  # recorded as what it chose: fp32 in the tests (conftest's probe)
+    # conftest's probe answered even this session-scoped run (the real one would have timed a speed-up)
+    assert json.load(open(searched.out / "search" / "train_config.json"))["bf16_speedup"] == 1.0
     assert experiment.recipe(cfg) == {**experiment.recipe(searched.cfg), "phase": "efficient", "ticket": "random",
                                       "precision": "fp32"}
     assert (cfg.max_steps, cfg.lr, cfg.log_every) == (searched.cfg.max_steps, searched.cfg.lr, 5)
