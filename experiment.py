@@ -38,7 +38,8 @@ def recipe(cfg) -> dict:
 def typed(cfg) -> frozenset:
     """The fields given on the command line (runtime.parse_config records them); for a config made
     in code, the fields that differ from their defaults."""
-    return getattr(cfg, "typed", None) or frozenset(k for k, v in asdict(cfg).items() if v != getattr(type(cfg), k))
+    given = getattr(cfg, "typed", None)
+    return given if given is not None else frozenset(k for k, v in asdict(cfg).items() if v != getattr(type(cfg), k))
 
 
 def keep_recipe(cfg, recorded: dict, path: str, who: str, advice: str, own=(), given=None):

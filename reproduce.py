@@ -135,19 +135,18 @@ def pretrain_jobs(out: str, seeds: list[int], overrides: dict, data: str, eval_e
     """(seed, run) -> job: train.py's runs per seed, each seed in OUT/pretrain/seed{S}: the search, the full
     run, EarlyBERT and the random ticket; `long` (--part long) adds the random ticket of the drawn ticket's
     per-layer sizes, and held-out evaluations along the efficient runs as along the full one."""
-    jobs = {}
-    every = ["--eval-every", str(eval_every)]
+    jobs, every = {}, ["--eval-every", str(eval_every)]
+    runs = {"search": ["--phase", "search"], "full": ["--phase", "full", *every]}
+    tickets = ("earlybird", "random", "random-per-layer") if long else ("earlybird", "random")
+    for ticket in tickets:  # run name (earlybert, random, ...) -> train.py's --ticket
+        runs["earlybert" if ticket == "earlybird" else ticket] = ["--phase", "efficient", "--ticket", ticket,
+                                                                  *(every if long else [])]
     for seed in seeds:
         folder = os.path.join(out, "pretrain", f"seed{seed}")
         common = ["--out-dir", folder, "--seed", str(seed), *(["--data", data] if data else []), *flags(overrides),
                   *(["--vocab", VOCAB] if seed != seeds[0] else [])]
-        runs = [("search", ["--phase", "search"]), ("full", ["--phase", "full", *every]),
-                ("earlybert", ["--phase", "efficient", *every * long]),
-                ("random", ["--phase", "efficient", "--ticket", "random", *every * long])]
-        for name, args in runs + [("random-per-layer", ["--phase", "efficient", "--ticket", "random-per-layer",
-                                                        *every])] * long:
-            sub = {"earlybert": "efficient", "random": "efficient-random"}.get(name, f"efficient-{name}"
-                                                                               if name.startswith("random") else name)
+        for name, args in runs.items():
+            sub = "efficient" + ("" if name == "earlybert" else f"-{name}") if "--ticket" in args else name
             jobs[seed, name] = {"script": os.path.join(HERE, "train.py"), "args": args + common,
                                 "result": os.path.join(folder, sub, "summary.json")}
     return jobs
@@ -320,8 +319,7 @@ def main(argv=None):
             results["at_draw"] = {str(s): controls.scored(os.path.dirname(pretrain[s, "search"]["result"]), s)
                                   for s in seeds if os.path.exists(pretrain[s, "search"]["result"])}  # comparison 1
             write_results(results, out)
-        run_all(sorted(pretrain.values(), key=lambda job: "--phase search" not in shlex.join(job["args"])),
-                args.force, after=so_far)
+        run_all([pretrain[k] for k in sorted(pretrain, key=lambda k: k[1] != "search")], args.force, after=so_far)
     elif pretrain:
         run_all(list(pretrain.values()), args.force)  # seed by seed: search, full, EarlyBERT, random
         results["pretrain"] = pretrain_results(pretrain, seeds)

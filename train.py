@@ -347,8 +347,10 @@ def run(cfg: Config, run_dir: str, rank: int, world: int, local_rank: int, devic
             micro_batches = [next(training.train_batches) for _ in range(cfg.grad_accum)]
             count_sum += optimizer_step(training.wrapped, micro_batches, optimizer, scheduler, training.scaler, search,
                                         cfg, world, device, training.autocast, loss_sum)
-            step, steps_since_log, elapsed = step + 1, steps_since_log + 1, elapsed + time.time() - t0
-            clock["first_steps"] += (time.time() - t0) * (step - started <= FIRST_STEPS)
+            took = time.time() - t0
+            step, steps_since_log, elapsed = step + 1, steps_since_log + 1, elapsed + took
+            if step - started <= FIRST_STEPS:
+                clock["first_steps"] += took
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 now = time.time()  # .item() only here: it waits for the GPU
                 record = {"step": step, "loss": loss_sum.item() / count_sum, "lr": scheduler.get_last_lr()[0],
