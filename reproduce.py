@@ -305,8 +305,8 @@ def main(argv=None):
     took = f"{seconds / 3600:.1f} hours" if seconds > 3600 else f"{seconds / 60:.0f} minutes"
     plan = [f"  {'' if j in todo else '(finished) '}{show([sys.executable, j['script'], *j['args']])}" for j in jobs]
     print(f"reproduce.py: {len(jobs)} runs ({len(jobs) - len(todo)} finished already: read, not run again), about "
-          f"{took} on a 2-core CPU in {precision.name} (a GPU is much faster), plus building the corpus. "
-          f"{VOCAB} is the vocabulary seed {seeds[0]}'s search trains:", *plan,
+          f"{took} on a 2-core CPU in {precision.name} (a GPU is much faster), plus building the corpus."
+          + (f" {VOCAB} is the vocabulary seed {seeds[0]}'s search trains:" if pretrain or checks else ""), *plan,
           *([f"(c) is skipped: {skip}"] if skip else []), sep="\n", file=sys.stderr)
 
     check_recipe(os.path.join(out, "recipe.json"), recipe, args.force)

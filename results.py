@@ -17,6 +17,7 @@ import figures
 from checkpoint import atomic, load_checkpoint, read_json, write_json
 from data import n_predictions
 from model import BertConfig, flops_per_sequence
+from stats import each, mean_std, paired, pm, signed, verdict, washed_out
 
 
 def beside(job: dict, name: str) -> str:
@@ -60,22 +61,6 @@ def draw_curves(jobs: dict, seeds: list[int], path: str):
         curves[seed]["full"] = timed_evaluations(logs["full"])
     if figures.plot_curves(curves, path) is None:
         print(f"no {path}: pip install matplotlib to draw the curves", file=sys.stderr)
-
-
-def mean_std(values) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1) over seeds; 0 for a single seed."""
-    v = np.asarray(values, dtype=float)
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
-def pm(values, digits: int) -> str:
-    m, s = mean_std(values)
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
-def each(values) -> str:
-    """Every seed's value, in the seeds' order."""
-    return " / ".join(f"{v:.3f}" for v in values)
 
 
 ROWS = {"full": "full", "earlybert": "EarlyBERT (search + efficient)", "random": "random ticket (search + efficient)",
@@ -156,11 +141,17 @@ def markdown(results: dict) -> str:
                   f"{d['train']} training and {d['dev']} dev sentences each), each seed's models", "",
                   f"| pre-trained model | parameters | dev accuracy ({len(d['seeds'])} seeds) | per seed "
                   f"({', '.join(map(str, d['seeds']))}) | fine-tuning seconds |", "|---|---:|---:|---:|---:|"]
-        names = {"none": "none (the untrained start)", "earlybert": "EarlyBERT", "random": "random ticket"}
+        names = {"none": "none (the untrained start)", "earlybert": "EarlyBERT", "random": "random ticket",
+                 "random-per-layer": "random ticket of the drawn per-layer sizes"}
         for k, rs in d["runs"].items():
             accs = [r["accuracy"] for r in rs]
             lines.append(f"| {names.get(k, k)} | {rs[0]['parameters'] / 1e6:.2f}M | {pm(accs, 3)} | "
                          f"{each(accs)} | {pm([r['seconds'] for r in rs], 0)} |")
+        if "long" in results:  # (c) downstream, paired per seed under the declared rule
+            lines += ["", "| fine-tuned, paired per seed | dev accuracy | verdict |", "|---|---|---|"]
+            for b in ("random", "random-per-layer", "full"):
+                diffs = [x["accuracy"] - y["accuracy"] for x, y in zip(d["runs"]["earlybert"], d["runs"][b])]
+                lines.append(f"| EarlyBERT − {names.get(b, b)} | {signed(diffs)} | {verdict(diffs)} |")
     if "pretrain" in results and "downstream" in results:
         lines += ["", reading(results["pretrain"], results["downstream"]["runs"])]
     if "controls" in results:
@@ -229,14 +220,6 @@ def ticket_score(scored: dict, name: str, metric: int) -> float:
     """A seed's held-out loss (metric 0) or accuracy (1) for a kind of ticket: "drawn", or the mean
     over the random draws of a kind ("random 0", "random 1", ... for "random")."""
     return float(np.mean([v[metric] for k, v in scored["scores"].items() if k == name or k.startswith(name + " ")]))
-
-
-def paired(a: list, b: list) -> str:
-    """Per-seed differences a - b."""
-    return signed([x - y for x, y in zip(a, b)])
-
-
-signed = lambda diffs: " / ".join(f"{d:+.3f}" for d in diffs)  # per-seed differences
 
 
 def controls_markdown(r: dict, only_at_draw: bool = False) -> list[str]:
@@ -318,14 +301,6 @@ def write_results(results: dict, out: str) -> str:
 
 
 # ----------------------------------------------------------------------------- --part long
-
-def verdict(diffs: list[float]) -> str:
-    """The declared rule for a paired difference over seeds: signal if it has the same sign on every
-    seed (three at least) and its mean is larger than the differences' standard deviation."""
-    (mean, std), same = mean_std(diffs), all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
-    return (f"{len(diffs)} seed(s): too few to say" if len(diffs) < 3 else
-            "a difference" if same and abs(mean) > std else "no difference found")
-
 
 def accounted(search: dict, efficient: dict) -> dict:
     """EarlyBERT's training time: the search's steps, its masks and draw, the efficient phase's reloading and
@@ -421,8 +396,8 @@ def long_markdown(r: dict, max_steps: int) -> list[str]:
               "verdict |", "|---:|---:|---|---:|---|"]
     curve = lambda s, run: {e["steps"]: e["val_loss"] for e in r[s]["runs"][run]["curve"]}
     steps = sorted(set.intersection(*[set(curve(s, run)) for s in done for run in runs[1:]]))
-    for step in steps:
-        d = {b: [curve(s, "earlybert")[step] - curve(s, b)[step] for s in done] for b in runs[2:]}
-        lines.append(f"| {step} | {signed(d['random-per-layer'])} | {verdict(d['random-per-layer'])} | "
-                     f"{signed(d['random'])} | {verdict(d['random'])} |")
-    return lines
+    d = {b: [(step, [curve(s, "earlybert")[step] - curve(s, b)[step] for s in done]) for step in steps]
+         for b in ("random-per-layer", "random")}
+    for (step, a), (_, b) in zip(d["random-per-layer"], d["random"]):
+        lines.append(f"| {step} | {signed(a)} | {verdict(a)} | {signed(b)} | {verdict(b)} |")
+    return lines + ["", *(f"Drawn − {b}: {washed_out(d[b])}." for b in d)]

@@ -104,7 +104,9 @@ def test_mask_prob_reaches_the_recipe_and_every_pretraining_command(tmp_path, mo
         reproduce.main(["--out", str(tmp_path), "--part", "pretrain", "--mask-prob", "0.15"])  # BERT's, not train.py's
     assert json.load(open(tmp_path / "recipe.json"))["mask_prob"] == 0.15
     assert json.load(open(tmp_path / "recipe.json"))["auto_ffn_multiple"] == {"cuda": 64, "cpu": 8}
-    plan = [line for line in capsys.readouterr().err.splitlines() if "train.py" in line]
+    printed = capsys.readouterr().err
+    assert f"{reproduce.VOCAB} is the vocabulary seed 0's search trains" in printed
+    plan = [line for line in printed.splitlines() if "train.py" in line]
     assert len(plan) == 12 and all("--mask-prob 0.15" in line for line in plan)
     with pytest.raises(ValueError, match=r"^--mask-prob 1\.5: give a fraction"):
         reproduce.parse_args(["--mask-prob", "1.5"])
@@ -232,9 +234,10 @@ def test_wordnet_task_is_balanced_and_labelled_by_lexicographer_class(tmp_path):
     assert all('"' not in s for s, _ in train[1:])  # the definition only, not the example
 
 
-def test_wordnet_part_is_skipped_with_a_reason_without_wordnet(tmp_path):
+def test_wordnet_part_is_skipped_with_a_reason_without_wordnet(tmp_path, capsys):
     results = reproduce.main(["--part", "wordnet", "--out", str(tmp_path), "--wordnet", str(tmp_path / "none")])
     assert "wordnet-base" in results["wordnet"]["skipped"]
+    assert reproduce.VOCAB not in capsys.readouterr().err  # no pre-training run, no vocabulary to speak of
     assert "Skipped:" in open(tmp_path / "results.md").read()
 
 

@@ -52,7 +52,6 @@ def test_pretrain_table_gives_mean_and_sample_std_over_seeds():
     assert lines[3] == ("| EarlyBERT (search + efficient) | 300 ± 0 | 75 ± 7 | 0.71 | 0.72; 0.61 | 5.200 ± 0.141 | "
                         "0.210 ± 0.028 |")
     assert lines[5].startswith("| full at EarlyBERT's time (read off its curve) | 210 ± 14 | 70 ± 6 | 0.67 |")
-    assert results.mean_std([0.5]) == (0.5, 0.0)
 
 
 def test_the_reading_gives_paired_differences_per_seed():
@@ -88,11 +87,16 @@ def test_claim_c_table_gives_each_seed_and_where_the_search_drew():
 
 # ----------------------------------------------------------------------------- --part long
 
-def test_the_declared_rule_needs_one_sign_on_every_seed_and_a_mean_beyond_the_spread():
-    assert results.verdict([-0.027, -0.031, -0.041]) == "a difference"  # comparison 1 at the recipe's draw
-    assert results.verdict([0.01, -0.02, 0.03]) == "no difference found"  # signs differ
-    assert results.verdict([0.01, 0.02, 0.5]) == "no difference found"  # one sign, but mean 0.18 < std 0.28
-    assert results.verdict([0.01, 0.02]) == "2 seed(s): too few to say"
+def test_the_long_parts_downstream_runs_are_paired_per_seed_under_the_rule():
+    run = lambda *accs: [{"accuracy": a, "parameters": 4e6, "seconds": 60.0} for a in accs]
+    downstream = {"seeds": [0, 1, 2], "train": 700, "dev": 300, "classes": ["python", "torch", "numpy"],
+                  "runs": {"full": run(0.80, 0.78, 0.79), "earlybert": run(0.79, 0.77, 0.78),
+                           "random": run(0.80, 0.76, 0.78), "random-per-layer": run(0.78, 0.76, 0.77)}}
+    table = results.markdown({"long": {}, "recipe": {"max_steps": 9600}, "downstream": downstream})
+    assert "| EarlyBERT − random ticket | -0.010 / +0.010 / +0.000 | no difference found |" in table
+    assert "| EarlyBERT − random ticket of the drawn per-layer sizes | +0.010 / +0.010 / +0.010 | a difference |" in table
+    assert "| EarlyBERT − full | -0.010 / -0.010 / -0.010 | a difference |" in table
+    assert "paired per seed" not in results.markdown({"downstream": downstream})  # the short recipe's: as before
 
 
 def test_the_full_run_at_earlyberts_time_is_interpolated_between_its_evaluations():
