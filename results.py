@@ -400,4 +400,4 @@ def long_markdown(r: dict, max_steps: int) -> list[str]:
          for b in ("random-per-layer", "random")}
     for (step, a), (_, b) in zip(d["random-per-layer"], d["random"]):
         lines.append(f"| {step} | {signed(a)} | {verdict(a)} | {signed(b)} | {verdict(b)} |")
-    return lines + ["", *(f"Drawn − {b}: {washed_out(d[b])}." for b in d)]
+    return lines + ["", *(f"Drawn − {b.replace('-', ' ', 1)}: {washed_out(d[b])}." for b in d)]
