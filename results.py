@@ -376,21 +376,25 @@ def long_markdown(r: dict, max_steps: int) -> list[str]:
                      f"| {t['bound_steps']:.3f} | {t['bound_flops']:.3f} | {t['step_ratio']:.3f} | "
                      f"{e['first steps']:.1f} |")
     runs = ("full", "earlybert", "random", "random-per-layer")
-    done = [s for s in seeds if set(runs) <= set(r[s]["runs"])]
+    done = [s for s in seeds if set(runs[1:]) <= set(r[s]["runs"])]  # the tickets; the full run where it finished
     if not done:
         return lines
-    value = lambda run, key: [r[s]["runs"][run][key] if run in r[s]["runs"] else r[s][run][key] for s in done]
+    among = lambda run: [s for s in done if "full" in r[s]["runs"]] if run.startswith("full") else done
+    value = lambda run, key: [r[s]["runs"][run][key] if run in r[s]["runs"] else r[s][run][key] for s in among(run)]
+    short, subset = lambda run: ROWS[run].split(" (")[0], lambda run: (
+        "" if among(run) == done else f" (seeds {', '.join(among(run))})")
     lines += ["", f"### The long schedule: (c) at step {max_steps}, seeds {', '.join(done)}", "",
               "| run | held-out MLM loss | accuracy | per seed: loss | accuracy |", "|---|---:|---:|---:|---:|"]
-    for run in (*runs, "full_equal_time"):
-        lines.append(f"| {ROWS[run]} | {pm(value(run, 'val_loss'), 3)} | {pm(value(run, 'val_acc'), 3)} | "
-                     f"{each(value(run, 'val_loss'))} | {each(value(run, 'val_acc'))} |")
+    for run in (x for x in (*runs, "full_equal_time") if among(x)):
+        lines.append(f"| {ROWS[run]}{subset(run)} | {pm(value(run, 'val_loss'), 3)} | "
+                     f"{pm(value(run, 'val_acc'), 3)} | {each(value(run, 'val_loss'))} | {each(value(run, 'val_acc'))} |")
     lines += ["", "| paired per seed | loss | verdict | accuracy | verdict |", "|---|---:|---|---:|---|"]
     for a, b in (("earlybert", "random"), ("earlybert", "random-per-layer"), ("earlybert", "full"),
                  ("earlybert", "full_equal_time")):
-        d = {k: [x - y for x, y in zip(value(a, k), value(b, k))] for k in ("val_loss", "val_acc")}
-        lines.append(f"| {ROWS[a].split(' (')[0]} − {ROWS[b].split(' (')[0]} | {signed(d['val_loss'])} | "
-                     f"{verdict(d['val_loss'])} | {signed(d['val_acc'])} | {verdict(d['val_acc'])} |")
+        mine = [x for s, x in zip(done, zip(*[value(a, k) for k in ("val_loss", "val_acc")])) if s in among(b)]
+        d = {k: [x[i] - y for x, y in zip(mine, value(b, k))] for i, k in enumerate(("val_loss", "val_acc"))}
+        lines += [f"| {short(a)} − {short(b)}{subset(b)} | {signed(d['val_loss'])} | {verdict(d['val_loss'])} | "
+                  f"{signed(d['val_acc'])} | {verdict(d['val_acc'])} |"] if among(b) else []
     lines += ["", "### The long schedule: (e) along efficient training, drawn − random per-layer and drawn − random "
               "(held-out MLM loss, per seed)", "", "| step | drawn − random per-layer | verdict | drawn − random | "
               "verdict |", "|---:|---:|---|---:|---|"]

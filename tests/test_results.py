@@ -99,6 +99,30 @@ def test_the_long_parts_downstream_runs_are_paired_per_seed_under_the_rule():
     assert "paired per seed" not in results.markdown({"downstream": downstream})  # the short recipe's: as before
 
 
+def test_the_long_tables_pair_the_tickets_over_every_seed_and_the_full_run_where_it_finished():
+    """Seed 1's full run has not finished: the tickets are compared over seeds 0 1 2, the full run over 0 and 2."""
+    def run(loss, acc, curve):
+        return {"val_loss": loss, "val_acc": acc, "curve": [{"steps": s, "val_loss": v} for s, v in curve]}
+    r = {}
+    for seed, lead, later in (("0", 0.03, 0.01), ("1", 0.02, -0.01), ("2", 0.04, 0.0)):
+        r[seed] = {"search": {"drawn_at": 600, "fraction": 0.0625, "rule": "earlybird"}, "runs": {
+            "earlybert": run(3.0, 0.47, [(600, 5.0 - lead), (1200, 4.0)]),
+            "random": run(3.01, 0.46, [(600, 5.0), (1200, 4.0 + later)]),
+            "random-per-layer": run(3.02, 0.46, [(600, 5.0), (1200, 4.0 - lead)])}}
+        if seed != "1":
+            r[seed]["runs"]["full"] = run(2.9, 0.48, [])
+            r[seed]["full_equal_time"] = {"val_loss": 3.2, "val_acc": 0.44}
+    table = "\n".join(results.long_markdown(r, 9600))
+    assert "(c) at step 9600, seeds 0, 1, 2" in table and "| 1 | 600 (6.2%, earlybird) | not yet run |" in table
+    assert "| full (seeds 0, 2) | 2.900 ± 0.000 | 0.480 ± 0.000 | 2.900 / 2.900 | 0.480 / 0.480 |" in table
+    assert "| EarlyBERT − random ticket | -0.010 / -0.010 / -0.010 | a difference | +0.010 / +0.010 / +0.010 |" in table
+    assert "| EarlyBERT − full (seeds 0, 2) | +0.100 / +0.100 | 2 seed(s): too few to say |" in table
+    assert "| EarlyBERT − full at EarlyBERT's time (seeds 0, 2) | -0.200 / -0.200 |" in table
+    assert "| 600 | -0.030 / -0.020 / -0.040 | a difference |" in table
+    assert "Drawn − random per-layer: still a difference at the last evaluation." in table
+    assert "Drawn − random: a difference until step 600, washed out from step 1200 on." in table
+
+
 def test_the_full_run_at_earlyberts_time_is_interpolated_between_its_evaluations():
     curve = [{"steps": 0, "train_seconds": 0.0, "val_loss": 9.0, "val_acc": 0.0},
              {"steps": 100, "train_seconds": 10.0, "val_loss": 7.0, "val_acc": 0.2},
