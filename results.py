@@ -137,7 +137,8 @@ def markdown(results: dict) -> str:
         lines += pretrain_table(p)
     if "downstream" in results:
         d = results["downstream"]
-        lines += ["", f"### (b) Fine-tuned on which library a sentence is from ({', '.join(d['classes'])}: "
+        lines += ["", f"### {'(c)' if 'long' in results else '(b)'} Fine-tuned on which library a sentence is from "
+                  f"({', '.join(d['classes'])}: "
                   f"{d['train']} training and {d['dev']} dev sentences each), each seed's models", "",
                   f"| pre-trained model | parameters | dev accuracy ({len(d['seeds'])} seeds) | per seed "
                   f"({', '.join(map(str, d['seeds']))}) | fine-tuning seconds |", "|---|---:|---:|---:|---:|"]

@@ -93,6 +93,7 @@ def test_the_long_parts_downstream_runs_are_paired_per_seed_under_the_rule():
                   "runs": {"full": run(0.80, 0.78, 0.79), "earlybert": run(0.79, 0.77, 0.78),
                            "random": run(0.80, 0.76, 0.78), "random-per-layer": run(0.78, 0.76, 0.77)}}
     table = results.markdown({"long": {}, "recipe": {"max_steps": 9600}, "downstream": downstream})
+    assert "### (c) Fine-tuned on which library a sentence is from" in table  # the long part's (c), not (b)
     assert "| EarlyBERT − random ticket | -0.010 / +0.010 / +0.000 | no difference found |" in table
     assert "| EarlyBERT − random ticket of the drawn per-layer sizes | +0.010 / +0.010 / +0.010 | a difference |" in table
     assert "| EarlyBERT − full | -0.010 / -0.010 / -0.010 | a difference |" in table
