@@ -150,7 +150,7 @@ def markdown(results: dict) -> str:
                          f"{each(accs)} | {pm([r['seconds'] for r in rs], 0)} |")
         if "long" in results:  # (c) downstream, paired per seed under the declared rule
             lines += ["", "| fine-tuned, paired per seed | dev accuracy | verdict |", "|---|---|---|"]
-            for b in ("random", "random-per-layer", "full"):
+            for b in (k for k in ("random", "random-per-layer", "full") if k in d["runs"]):  # "full" not yet run
                 diffs = [x["accuracy"] - y["accuracy"] for x, y in zip(d["runs"]["earlybert"], d["runs"][b])]
                 lines.append(f"| EarlyBERT − {names.get(b, b)} | {signed(diffs)} | {verdict(diffs)} |")
     if "pretrain" in results and "downstream" in results:
