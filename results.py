@@ -381,9 +381,10 @@ def long_markdown(r: dict, max_steps: int) -> list[str]:
     if not done:
         return lines
     among = lambda run: [s for s in done if "full" in r[s]["runs"]] if run.startswith("full") else done
-    value = lambda run, key: [r[s]["runs"][run][key] if run in r[s]["runs"] else r[s][run][key] for s in among(run)]
-    short, subset = lambda run: ROWS[run].split(" (")[0], lambda run: (
-        "" if among(run) == done else f" (seeds {', '.join(among(run))})")
+    get = lambda run, key, s: r[s]["runs"][run][key] if run in r[s]["runs"] else r[s][run][key]
+    value = lambda run, key: [get(run, key, s) for s in among(run)]
+    short = lambda run: ROWS[run].split(" (")[0]
+    subset = lambda run: "" if among(run) == done else f" (seeds {', '.join(among(run))})"
     lines += ["", f"### The long schedule: (c) at step {max_steps}, seeds {', '.join(done)}", "",
               "| run | held-out MLM loss | accuracy | per seed: loss | accuracy |", "|---|---:|---:|---:|---:|"]
     for run in (x for x in (*runs, "full_equal_time") if among(x)):
@@ -392,8 +393,7 @@ def long_markdown(r: dict, max_steps: int) -> list[str]:
     lines += ["", "| paired per seed | loss | verdict | accuracy | verdict |", "|---|---:|---|---:|---|"]
     for a, b in (("earlybert", "random"), ("earlybert", "random-per-layer"), ("earlybert", "full"),
                  ("earlybert", "full_equal_time")):
-        mine = [x for s, x in zip(done, zip(*[value(a, k) for k in ("val_loss", "val_acc")])) if s in among(b)]
-        d = {k: [x[i] - y for x, y in zip(mine, value(b, k))] for i, k in enumerate(("val_loss", "val_acc"))}
+        d = {k: [get(a, k, s) - get(b, k, s) for s in among(b)] for k in ("val_loss", "val_acc")}  # b's seeds
         lines += [f"| {short(a)} − {short(b)}{subset(b)} | {signed(d['val_loss'])} | {verdict(d['val_loss'])} | "
                   f"{signed(d['val_acc'])} | {verdict(d['val_acc'])} |"] if among(b) else []
     lines += ["", "### The long schedule: (e) along efficient training, drawn − random per-layer and drawn − random "

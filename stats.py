@@ -48,7 +48,10 @@ def washed_out(along: list[tuple[int, list[float]]]) -> str:
     evaluation from which it no longer counts as a difference (verdict) to the end."""
     if len(along[0][1]) < 3:
         return f"{len(along[0][1])} seed(s), too few to say"
-    last = [step for step, diffs in along if verdict(diffs) == "a difference"][-1:]
-    after = [step for step, _ in along if last and step > last[0]]
-    return ("never a difference" if not last else f"a difference until step {last[0]}, washed out from step "
-            f"{after[0]} on" if after else "still a difference at the last evaluation")
+    differences = [step for step, diffs in along if verdict(diffs) == "a difference"]
+    if not differences:
+        return "never a difference"
+    after = [step for step, _ in along if step > differences[-1]]
+    if not after:
+        return "still a difference at the last evaluation"
+    return f"a difference until step {differences[-1]}, washed out from step {after[0]} on"
