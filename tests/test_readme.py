@@ -66,8 +66,11 @@ def test_every_flag_the_readme_gives_a_script_exists():
 
 
 def named_paths(text: str) -> set:
-    """The repository paths a document names: under one of its folders, or a script at its top."""
-    folders = {d for d in os.listdir(ROOT) if os.path.isdir(os.path.join(ROOT, d)) and not d.startswith((".", "_"))}
+    """The repository paths a document names: under one of its folders, or a script at its top. Folders that
+    runs write (out/, runs/: .gitignore's) are not the repository's, though a user's clone has them."""
+    ignored = {line.strip().strip("/") for line in open(os.path.join(ROOT, ".gitignore")) if line.strip().endswith("/")}
+    folders = {d for d in os.listdir(ROOT) if os.path.isdir(os.path.join(ROOT, d))
+               and not d.startswith((".", "_")) and d not in ignored}
     paths = re.findall(r"(?<![\w./<>-])((?:[\w.-]+/)*[\w.-]+\.(?:py|md|txt|png|json|sh))(?![\w/-])", text)
     return {p for p in paths if p.split("/")[0] in folders or ("/" not in p and p.endswith(".py"))}
 
