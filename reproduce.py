@@ -22,7 +22,8 @@ The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's
 
 Each run is a subprocess (train.py's defaults plus the flags printed) in its own folder under OUT/pretrain/
 seed{S}, OUT/downstream/seed{S}, OUT/wordnet/seed{S}. A finished run is read, not run again; an interrupted
-one goes on with --resume (--force reruns all). Seed 0's search trains the vocabulary, the others get it.
+one goes on with --resume (--force reruns all). Seed 0's search trains the vocabulary; its full run and the other
+seeds' runs are given it.
 Results (results.py): OUT/results.{json,md}, OUT/curves.png.
 """
 import argparse
@@ -143,11 +144,14 @@ def pretrain_jobs(out: str, seeds: list[int], overrides: dict, data: str, eval_e
                                                                   *(every if long else [])]
     for seed in seeds:
         folder = os.path.join(out, "pretrain", f"seed{seed}")
-        common = ["--out-dir", folder, "--seed", str(seed), *(["--data", data] if data else []), *flags(overrides),
-                  *(["--vocab", VOCAB] if seed != seeds[0] else [])]
+        common = ["--out-dir", folder, "--seed", str(seed), *(["--data", data] if data else []), *flags(overrides)]
         for name, args in runs.items():
             sub = "efficient" + ("" if name == "earlybert" else f"-{name}") if "--ticket" in args else name
-            jobs[seed, name] = {"script": os.path.join(HERE, "train.py"), "args": args + common,
+            # the first seed's full run is given the vocabulary its search trains, as the later seeds' runs are:
+            # one trained again (the corpus cache moved or deleted) differs in a few tokens, and losses over
+            # other tokens do not compare. Efficient runs take their search's corpus, vocabulary and all.
+            pin = ["--vocab", VOCAB] if seed != seeds[0] or name == "full" else []
+            jobs[seed, name] = {"script": os.path.join(HERE, "train.py"), "args": args + common + pin,
                                 "result": os.path.join(folder, sub, "summary.json")}
     return jobs
 

@@ -41,6 +41,17 @@ def timed_evaluations(records: list[dict], first_step: int = 0) -> list[dict]:
              "val_loss": evals[s]["val_loss"], "val_acc": evals[s]["val_acc"]} for s in sorted(evals)]
 
 
+def same_vocabulary(job: dict, search: dict):
+    """Refuses a run whose corpus was tokenized with another vocabulary than its seed's search: its held-out
+    loss is over other tokens, and a vocabulary trained again differs in a few (data.train_tokenizer)."""
+    sha = lambda summary: read_json(os.path.join(summary["data_dir"], "meta.json"))["tokenizer_sha256"]
+    run = read_json(job["result"])
+    if all(os.path.exists(os.path.join(s["data_dir"], "meta.json")) for s in (run, search)) and sha(run) != sha(search):
+        raise ValueError(f"{os.path.dirname(job['result'])}: trained on another vocabulary than its search "
+                         f"({run['data_dir']}, not {search['data_dir']}): its losses do not compare; move the run "
+                         "aside and run reproduce.py again, which gives it the search's")
+
+
 def read_log(path: str) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -98,6 +109,7 @@ def pretrain_results(jobs: dict, seeds: list[int]) -> dict:
                            k.startswith(("kept", "total", "val"))}, "distances": history[-1] if history else None,
                         "coefficients": spread}}
         for run in (r for r in ("earlybert", "random", "random-per-layer", "full") if (seed, r) in jobs):
+            same_vocabulary(jobs[seed, run], search)
             s = read_json(jobs[seed, run]["result"])
             own = s["train_seconds"] + (search["train_seconds"] if run != "full" else 0)
             r[run] = {"steps": s["steps"], "train_seconds": own, "val_loss": s["val_loss"], "val_acc": s["val_acc"],
@@ -324,6 +336,7 @@ def long_results(jobs: dict, seeds: list[int], max_steps: int) -> dict:
         r["search"]["fraction"] = search["drawn_at"] / max_steps
         for run in ("full", "earlybert", "random", "random-per-layer"):
             if (seed, run) in jobs and os.path.exists(jobs[seed, run]["result"]):
+                same_vocabulary(jobs[seed, run], search)
                 s = read_json(jobs[seed, run]["result"])
                 curve = timed_evaluations(read_log(beside(jobs[seed, run], "log.jsonl")), s["first_step"])
                 r["runs"][run] = {**{k: s[k] for k in ("steps", "first_step", "val_loss", "val_acc", "train_seconds",
