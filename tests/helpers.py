@@ -1,9 +1,11 @@
 """What the tests share that is not a fixture (those are in conftest.py): the generated corpus,
-the fine-tuning data writers, literal tickets, and tiny train.py runs. A module of its own, so a
+a tiny model and the by-hand references its parts are checked against, the fine-tuning data
+writers, literal tickets, and tiny train.py runs. A module of its own, so a
 test file imports it by name (`from helpers import tiny`) under any pytest --import-mode."""
 import bisect
 import itertools
 import json
+import math
 import os
 import random
 import subprocess
@@ -47,6 +49,55 @@ def relative_error(actual, expected, scale=None) -> float:
     scale = expected.abs().max() if scale is None else torch.as_tensor(scale).double()
     assert scale > 0, "a scale of 0 says nothing: give the terms' magnitude"
     return float((actual - expected).abs().max() / scale)
+
+
+# ----------------------------------------------------------------------------- tiny models, by hand
+# test_model.py and test_heads.py: a tiny BERT with every parameter drawn afresh, and the plain tensor
+# algebra its parts are checked against.
+
+# Tolerances relative to the largest value compared (relative_error), in fp32 roundings: about
+# one per term along the longest chain of sums. tiny_config sums 32 terms in a projection and in a
+# LayerNorm statistic, 8 in a score, 7 over the keys and 48 in the FFN's down projection.
+PART = 100 * FP32_EPS  # attention 32 + 8 + 7 + 7 + 32; the FFN 32 + 48; a head and its loss: ~90 terms
+LAYER = 300 * FP32_EPS  # attention, FFN and two LayerNorms (2 x 2 x 32): ~300 terms
+
+
+def tiny_config(**kw):
+    base = dict(vocab_size=101, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                intermediate_size=48, max_position_embeddings=64)
+    return BertConfig(**{**base, **kw})
+
+
+def randomize(module: nn.Module, seed: int = 0, std: float = 0.3) -> nn.Module:
+    """Every parameter drawn afresh, LayerNorm scales and biases included, so that a part
+    that forgets a bias or a LayerNorm's affine step cannot pass; eval() turns dropout off."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return module.eval()
+
+
+def layer_norm(x, norm: nn.LayerNorm):
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)  # the biased variance, as LayerNorm uses
+    return (x - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
+
+
+def gelu(x):
+    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))  # the exact (erf) GELU of the original BERT
+
+
+def linear(x, lin: nn.Linear, rows=slice(None)):
+    return x @ lin.weight[rows].T + lin.bias[rows]
+
+
+def gradient_scale(grads: dict, name: str):
+    """The magnitude the rounding of gradient `name` scales with (relative_error's scale): its own
+    (None), but for a key bias. That one adds q . b_k to all of a query's scores, which softmax
+    ignores: its gradient is 0 in exact arithmetic, and what is computed is the rounding of terms
+    the size of the key weights' gradient."""
+    return grads[name.replace("key.bias", "key.weight")].abs().max() if name.endswith("key.bias") else None
 
 
 # ----------------------------------------------------------------------------- pre-training data

@@ -1,4 +1,5 @@
-"""model.py, part by part: each module against the same computation written out by hand.
+"""model.py, part by part: each module against the same computation written out by hand (the heads:
+tests/test_heads.py).
 
 A course can blank out one function of model.py and grade it with `-k`:
 
@@ -8,15 +9,12 @@ A course can blank out one function of model.py and grade it with `-k`:
     python -m pytest tests/test_model.py -k embeddings     # Embeddings.forward
     python -m pytest tests/test_model.py -k encoder        # Bert.forward
     python -m pytest tests/test_model.py -k init_weights   # init_weights
-    python -m pytest tests/test_model.py -k mlm_head       # BertMLM.forward (sparse head, loss)
-    python -m pytest tests/test_model.py -k tied_decoder   # MLMHead.forward
-    python -m pytest tests/test_model.py -k "classifier or qa_head"  # BertClassifier / BertQA.forward
     python -m pytest tests/test_model.py -k frozen         # all of it, against numbers printed once
 
 Sizes are tiny and seeds fixed; the hand-written references use plain tensor algebra only
 (no F.scaled_dot_product_attention, no nn.LayerNorm), and agree up to fp32 rounding: relative to
-the tensor's magnitude, by as many roundings as the computation sums terms (PART, LAYER, MODEL
-below), so on every CPU's kernels, while an error of 1e-3 in a coefficient still shows. The frozen
+the tensor's magnitude, by as many roundings as the computation sums terms (helpers.PART, LAYER,
+TINY_MODEL), so on every CPU's kernels, while an error of 1e-3 in a coefficient still shows. The frozen
 numbers at the end were printed once by this code; they catch a change in the order of
 initialisation or in the forward that the part-by-part tests let through.
 """
@@ -25,34 +23,10 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from helpers import BF16_EPS, FP32_EPS, TINY_MODEL, relative_error
-from model import (Bert, BertClassifier, BertConfig, BertMLM, BertQA, ChunkedCrossEntropy, Embeddings, FeedForward,
-                   Layer, SelfAttention, init_weights, mlm_loss, set_attention)
-
-# Tolerances relative to the largest value compared (helpers.relative_error), in fp32 roundings: about
-# one per term along the longest chain of sums. tiny_config sums 32 terms in a projection and in a
-# LayerNorm statistic, 8 in a score, 7 over the keys and 48 in the FFN's down projection.
-PART = 100 * FP32_EPS  # attention 32 + 8 + 7 + 7 + 32; the FFN 32 + 48; a head and its loss: ~90 terms
-LAYER = 300 * FP32_EPS  # attention, FFN and two LayerNorms (2 x 2 x 32): ~300 terms
-MODEL = TINY_MODEL  # the embeddings' LayerNorm, 3 layers and a head: ~1000 terms, 3 sqrt(1000) roundings
-
-
-def tiny_config(**kw):
-    base = dict(vocab_size=101, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                intermediate_size=48, max_position_embeddings=64)
-    return BertConfig(**{**base, **kw})
-
-
-def randomize(module: nn.Module, seed: int = 0, std: float = 0.3) -> nn.Module:
-    """Every parameter drawn afresh, LayerNorm scales and biases included, so that a part
-    that forgets a bias or a LayerNorm's affine step cannot pass; eval() turns dropout off."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return module.eval()
+from helpers import (BF16_EPS, LAYER, PART, TINY_MODEL as MODEL, gelu, gradient_scale, layer_norm, linear, randomize,
+                     relative_error, tiny_config)
+from model import Bert, BertConfig, BertMLM, Embeddings, FeedForward, Layer, SelfAttention, init_weights, set_attention
 
 
 def inputs(seed=1, B=2, T=7, hidden=32):
@@ -64,21 +38,7 @@ def inputs(seed=1, B=2, T=7, hidden=32):
     return x, keep
 
 
-# ----------------------------------------------------------------------------- by hand
-
-def layer_norm(x, norm: nn.LayerNorm):
-    mean = x.mean(-1, keepdim=True)
-    var = ((x - mean) ** 2).mean(-1, keepdim=True)  # the biased variance, as LayerNorm uses
-    return (x - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
-
-
-def gelu(x):
-    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))  # the exact (erf) GELU of the original BERT
-
-
-def linear(x, lin: nn.Linear, rows=slice(None)):
-    return x @ lin.weight[rows].T + lin.bias[rows]
-
+# ----------------------------------------------------------------------------- by hand (and helpers.py: layer_norm, gelu, linear)
 
 def attention_by_hand(attn: SelfAttention, x, keep=None, coef=None):
     """softmax(Q K^T / sqrt(d) + mask) V for each head h, times its coefficient c_h, heads
@@ -99,14 +59,6 @@ def attention_by_hand(attn: SelfAttention, x, keep=None, coef=None):
 def feed_forward_by_hand(ffn: FeedForward, x, coef=None):
     h = gelu(linear(x, ffn.up))
     return linear(h * (1.0 if coef is None else coef), ffn.down)
-
-
-def gradient_scale(grads: dict, name: str):
-    """The magnitude the rounding of gradient `name` scales with (relative_error's scale): its own
-    (None), but for a key bias. That one adds q . b_k to all of a query's scores, which softmax
-    ignores: its gradient is 0 in exact arithmetic, and what is computed is the rounding of terms
-    the size of the key weights' gradient."""
-    return grads[name.replace("key.bias", "key.weight")].abs().max() if name.endswith("key.bias") else None
 
 
 def mask_of(keep):
@@ -197,28 +149,6 @@ def test_attention_written_out_gives_sdpas_outputs_and_gradients():
     # bf16: where SDPA keeps the scores and probabilities in fp32, the written-out form rounds them to
     # bf16, and both round the context and the output: 4 bf16 roundings
     assert relative_error(outputs[True, "bf16"], outputs[False, "bf16"]) <= 4 * BF16_EPS
-
-
-@pytest.mark.parametrize("upstream", [1.0, 0.3])
-def test_chunked_cross_entropy_is_cross_entropy_in_fp32(upstream):
-    """bf16 logits on a CPU: the loss in fp32 and the logits' gradient as F.cross_entropy over the
-    fp32 logits gives them (rounded to bf16), over several row blocks, -100 rows counting nothing."""
-    g = torch.Generator().manual_seed(0)
-    rows = 2 * ChunkedCrossEntropy.ROWS + 5  # two whole blocks and a part
-    logits = (3 * torch.randn(rows, 97, generator=g)).bfloat16().requires_grad_()
-    labels = torch.randint(0, 97, (rows,), generator=g)
-    labels[::4] = -100
-    loss = mlm_loss(logits, labels)
-    (upstream * loss).backward()
-    reference = logits.detach().float().requires_grad_()
-    expected = F.cross_entropy(reference, labels, ignore_index=-100)
-    (upstream * expected).backward()
-    assert loss.dtype == torch.float32 and relative_error(loss, expected) <= PART  # 97 logits, 51 rows
-    assert logits.grad.dtype == torch.bfloat16
-    # each entry fp32's, rounded to bf16; for an upstream gradient other than 1, the upstream and the
-    # product are rounded too: 3 roundings of half a bf16 step at most, relative, entry by entry
-    assert torch.allclose(logits.grad.float(), reference.grad, rtol=2 * BF16_EPS, atol=0)
-    assert (logits.grad[::4] == 0).all()
 
 
 # ----------------------------------------------------------------------------- feed-forward
@@ -354,115 +284,6 @@ def test_config_from_dict_keeps_known_fields():
     pruned = tiny_config(heads_per_layer=[4, 1, 3], ffn_per_layer=[48, 5, 17])
     assert BertConfig.from_dict(pruned.to_dict()) == pruned
     assert [pruned.heads(i) for i in range(3)] == [4, 1, 3] and [pruned.ffn(i) for i in range(3)] == [48, 5, 17]
-
-
-# ----------------------------------------------------------------------------- MLM head
-
-def mlm_batch():
-    g = torch.Generator().manual_seed(3)
-    ids = torch.randint(5, 101, (2, 10), generator=g)
-    positions = torch.tensor([[1, 4, 0], [2, 3, 8]])  # P = 3 slots per sequence
-    labels = torch.tensor([[7, 9, -100], [11, 12, 13]])  # -100: an empty slot
-    return ids, positions, labels
-
-
-def test_mlm_head_sparse_equals_dense_at_masked_positions():
-    model = randomize(BertMLM(tiny_config()))
-    ids, positions, labels = mlm_batch()
-    with torch.no_grad():
-        sparse, loss = model(ids, mlm_positions=positions, mlm_labels=labels)
-        dense, _ = model(ids)
-    assert sparse.shape == (2, 3, 101) and dense.shape == (2, 10, 101)
-    assert relative_error(sparse, dense.gather(1, positions[..., None].expand(-1, -1, 101))) <= MODEL
-    full = torch.full((2, 10), -100)
-    full[0, 1], full[0, 4], full[1, 2], full[1, 3], full[1, 8] = 7, 9, 11, 12, 13
-    with torch.no_grad():
-        _, dense_loss = model(ids, mlm_labels=full)
-    assert relative_error(loss, dense_loss) <= MODEL
-
-
-def test_mlm_head_sparse_gives_the_dense_models_loss_and_gradients():
-    """The sparse head runs the last layer at the predicted positions only: with padding
-    and slimming coefficients, the loss and every parameter's gradient stay those of the
-    model that computes every position and keeps the predicted ones."""
-    model = randomize(BertMLM(tiny_config()))
-    for i, layer in enumerate(model.bert.layers):
-        layer.attn.head_coef = nn.Parameter(torch.linspace(-1, 1, 4) + i)
-        layer.ffn.ffn_coef = nn.Parameter(torch.linspace(0.5, 1.5, 48))
-    ids, positions, labels = mlm_batch()
-    attention_mask = torch.ones_like(ids)
-    attention_mask[1, 9:] = 0  # the second sequence has 9 real tokens
-    _, loss = model(ids, attention_mask=attention_mask, mlm_positions=positions, mlm_labels=labels)
-    sparse = torch.autograd.grad(loss, list(model.parameters()))
-    dense, _ = model(ids, attention_mask=attention_mask)
-    at = dense.gather(1, positions[..., None].expand(-1, -1, 101))
-    dense_loss = F.cross_entropy(at.flatten(0, 1), labels.flatten(), ignore_index=-100)
-    assert relative_error(loss, dense_loss) <= MODEL
-    names = [name for name, _ in model.named_parameters()]
-    dense_grads = dict(zip(names, torch.autograd.grad(dense_loss, list(model.parameters())), strict=True))
-    for name, a in zip(names, sparse, strict=True):  # backward: twice the forward's sums
-        assert relative_error(a, dense_grads[name], gradient_scale(dense_grads, name)) <= 2 * MODEL, name
-
-
-def test_mlm_head_loss_is_cross_entropy_by_hand():
-    model = randomize(BertMLM(tiny_config()))
-    ids, positions, labels = mlm_batch()
-    with torch.no_grad():
-        logits, loss = model(ids, mlm_positions=positions, mlm_labels=labels)
-    terms = [torch.logsumexp(logits[b, p], -1) - logits[b, p, labels[b, p]]  # -log softmax at the label
-             for b in range(2) for p in range(3) if labels[b, p] != -100]
-    assert len(terms) == 5
-    assert relative_error(loss, torch.stack(terms).mean()) <= PART
-
-
-def test_tied_decoder_logits_are_the_input_matrix_times_transformed_states():
-    """The decoder is the word-embedding matrix itself (BERT; Press & Wolf, 2017) plus a
-    bias per token, after dense + GELU + LayerNorm: no second vocab x hidden matrix."""
-    model = randomize(BertMLM(tiny_config()))
-    ids, positions, _ = mlm_batch()
-    with torch.no_grad():
-        h = model.bert(ids).gather(1, positions[..., None].expand(-1, -1, 32))
-        t = layer_norm(gelu(linear(h, model.mlm.transform)), model.mlm.norm)
-        expected = F.linear(t, model.bert.embeddings.word.weight) + model.mlm.bias
-        assert relative_error(model(ids, mlm_positions=positions)[0], expected) <= LAYER
-    assert [n for n, p in model.named_parameters() if p.shape == (101, 32)] == ["bert.embeddings.word.weight"]
-
-
-# ----------------------------------------------------------------------------- fine-tuning heads
-
-def test_classifier_head_pools_cls_by_hand():
-    model = randomize(BertClassifier(tiny_config(num_labels=3)))
-    ids = torch.randint(5, 101, (4, 6), generator=torch.Generator().manual_seed(4))
-    labels = torch.tensor([0, 2, 1, 2])
-    with torch.no_grad():
-        logits, loss = model(ids, labels=labels)
-        pooled = torch.tanh(linear(model.bert(ids)[:, 0], model.pooler))
-        assert relative_error(logits, linear(pooled, model.classifier)) <= PART
-    nll = torch.logsumexp(logits, -1) - logits[torch.arange(4), labels]
-    assert relative_error(loss, nll.mean()) <= PART
-
-
-def test_classifier_head_regression_is_mean_squared_error():
-    model = randomize(BertClassifier(tiny_config(num_labels=1)))
-    ids = torch.randint(5, 101, (3, 6), generator=torch.Generator().manual_seed(5))
-    target = torch.tensor([0.5, 1.0, 4.0])
-    with torch.no_grad():
-        logits, loss = model(ids, labels=target)
-    assert logits.shape == (3, 1)
-    assert relative_error(loss, ((logits[:, 0] - target) ** 2).mean()) <= PART
-
-
-def test_qa_head_start_end_logits_and_loss_by_hand():
-    model = randomize(BertQA(tiny_config()))
-    ids = torch.randint(5, 101, (2, 12), generator=torch.Generator().manual_seed(6))
-    starts, ends = torch.tensor([1, 2]), torch.tensor([3, 2])
-    with torch.no_grad():
-        (start, end), loss = model(ids, start_positions=starts, end_positions=ends)
-        both = linear(model.bert(ids), model.qa)  # (B, T, 2)
-    assert start.shape == end.shape == (2, 12)
-    assert relative_error(start, both[..., 0]) <= PART and relative_error(end, both[..., 1]) <= PART
-    nll = lambda x, y: (torch.logsumexp(x, -1) - x[torch.arange(2), y]).mean()  # noqa: E731
-    assert relative_error(loss, (nll(start, starts) + nll(end, ends)) / 2) <= PART
 
 
 # ----------------------------------------------------------------------------- frozen numbers
