@@ -43,13 +43,12 @@ def timed_evaluations(records: list[dict], first_step: int = 0) -> list[dict]:
 
 def same_vocabulary(job: dict, search: dict):
     """Refuses a run whose corpus was tokenized with another vocabulary than its seed's search: its held-out
-    loss is over other tokens, and a vocabulary trained again differs in a few (data.train_tokenizer)."""
-    sha = lambda summary: read_json(os.path.join(summary["data_dir"], "meta.json"))["tokenizer_sha256"]
-    run = read_json(job["result"])
-    if all(os.path.exists(os.path.join(s["data_dir"], "meta.json")) for s in (run, search)) and sha(run) != sha(search):
+    loss is over other tokens (a vocabulary trained again differs in a few: data.train_tokenizer)."""
+    metas = [os.path.join(s["data_dir"], "meta.json") for s in (read_json(job["result"]), search)]
+    if all(map(os.path.exists, metas)) and len({read_json(m)["tokenizer_sha256"] for m in metas}) == 2:
         raise ValueError(f"{os.path.dirname(job['result'])}: trained on another vocabulary than its search "
-                         f"({run['data_dir']}, not {search['data_dir']}): its losses do not compare; move the run "
-                         "aside and run reproduce.py again, which gives it the search's")
+                         f"({os.path.dirname(metas[0])}, not {os.path.dirname(metas[1])}): its losses do not "
+                         "compare; move the run aside and run reproduce.py again, which gives it the search's")
 
 
 def read_log(path: str) -> list[dict]:
@@ -221,8 +220,7 @@ def reading(per_seed: dict, downstream: dict) -> str:
             f"{mlm('random')}. Fine-tuned on the library task, dev accuracy: untrained {acc('none')}, "
             f"full {acc('full')}, EarlyBERT {acc('earlybert')}, random ticket {acc('random')}. Paired per seed "
             f"({', '.join(per_seed)}; a seed sets the initialisation, data order, masking and held-out sample), "
-            f"accuracy: EarlyBERT minus full "
-            f"{paired('earlybert', 'full')}, minus the full model at its time "
+            f"accuracy: EarlyBERT minus full {paired('earlybert', 'full')}, minus the full model at its time "
             f"{paired('earlybert', 'full_equal_time')}; random minus EarlyBERT {paired('random', 'earlybert')}; "
             f"fine-tuned, EarlyBERT minus full {paired('earlybert', 'full', tuned)}, random minus EarlyBERT "
             f"{paired('random', 'earlybert', tuned)}. A difference whose sign changes from seed to seed is not shown "
@@ -327,7 +325,8 @@ def accounted(search: dict, efficient: dict) -> dict:
 def long_results(jobs: dict, seeds: list[int], max_steps: int) -> dict:
     """{seed: ...} for --part long from whatever has finished: the search; each run's numbers and
     held-out curve; and, once EarlyBERT and the full run are done, EarlyBERT's accounted time against
-    its bounds (the measured step ratio, the FLOP ratio) and the full run read off at that time."""
+    its bounds (the measured step ratio, the FLOP ratio) and the full run read off at that time, where
+    EarlyBERT's efficient run and the full run ran on as many threads (else their seconds do not compare)."""
     out = {}
     for seed in (s for s in seeds if os.path.exists(jobs[s, "search"]["result"])):
         search = read_json(jobs[seed, "search"]["result"])
@@ -344,9 +343,12 @@ def long_results(jobs: dict, seeds: list[int], max_steps: int) -> dict:
                                   "threads": s.get("threads"), "curve": curve}
         if {"full", "earlybert"} <= set(r["runs"]):
             full, time = r["runs"]["full"], accounted(search, read_json(jobs[seed, "earlybert"]["result"]))
+            threads = {"search": search.get("threads"), "earlybert": r["runs"]["earlybert"]["threads"],
+                       "full": full["threads"]}
             r["time"] = {"earlybert": time, "full": full["time"]["steps"], "ratio": time["total"] / full["time"]["steps"],
-                         **bounds(jobs, seed, "earlybert", search["drawn_at"] / max_steps)}
-            r["full_equal_time"] = interpolated(full["curve"], time["total"])
+                         "threads": threads, **bounds(jobs, seed, "earlybert", search["drawn_at"] / max_steps)}
+            if threads["earlybert"] == threads["full"]:  # else EarlyBERT's seconds and the full run's do not compare
+                r["full_equal_time"] = interpolated(full["curve"], time["total"])
         out[str(seed)] = r
     return out
 
@@ -377,23 +379,24 @@ def long_markdown(r: dict, max_steps: int) -> list[str]:
     lines = [f"### The long schedule ({max_steps} steps): (a) the draw and (b) EarlyBERT's time", "",
              "| seed | drawn at (of the schedule) | EarlyBERT s (search steps + masks and draw + reload and rebuild + "
              "efficient steps) | full s | EarlyBERT / full | bound: measured steps | bound: FLOPs | pruned/full "
-             "step | first 5 efficient steps s |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "step | first 5 efficient steps s | threads: search / efficient / full |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for seed, x in r.items():
         s, t = x["search"], x.get("time")
         drawn = f"{s['drawn_at']} ({s['fraction']:.1%}, {s['rule']})"
         if not t:
-            lines.append(f"| {seed} | {drawn} | not yet run | | | | | | |")
+            lines.append(f"| {seed} | {drawn} | not yet run | | | | | | | |")
             continue
         e = t["earlybert"]
         lines.append(f"| {seed} | {drawn} | {e['total']:.0f} ({e['search steps']:.0f} + {e['masks and draw']:.1f} + "
                      f"{e['reload and rebuild']:.1f} + {e['efficient steps']:.0f}) | {t['full']:.0f} | {t['ratio']:.3f} "
                      f"| {t['bound_steps']:.3f} | {t['bound_flops']:.3f} | {t['step_ratio']:.3f} | "
-                     f"{e['first steps']:.1f} |")
+                     f"{e['first steps']:.1f} | {' / '.join(str(t['threads'][k]) for k in t['threads'])} |")
     runs = ("full", "earlybert", "random", "random-per-layer")
     done = [s for s in seeds if set(runs[1:]) <= set(r[s]["runs"])]  # the tickets; the full run where it finished
     if not done:
         return lines
-    among = lambda run: [s for s in done if "full" in r[s]["runs"]] if run.startswith("full") else done
+    among = lambda run: [s for s in done if run in r[s]["runs"] or run in r[s]] if run.startswith("full") else done
     get = lambda run, key, s: r[s]["runs"][run][key] if run in r[s]["runs"] else r[s][run][key]
     value = lambda run, key: [get(run, key, s) for s in among(run)]
     short = lambda run: ROWS[run].split(" (")[0]

@@ -38,7 +38,7 @@ def inputs(seed=1, B=2, T=7, hidden=32):
     return x, keep
 
 
-# ----------------------------------------------------------------------------- by hand (and helpers.py: layer_norm, gelu, linear)
+# ----------------------------------------------------------------------------- by hand (more in helpers.py)
 
 def attention_by_hand(attn: SelfAttention, x, keep=None, coef=None):
     """softmax(Q K^T / sqrt(d) + mask) V for each head h, times its coefficient c_h, heads

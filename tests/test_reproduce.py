@@ -335,6 +335,18 @@ def test_the_long_parts_runs_account_for_earlyberts_time_against_its_bounds(tmp_
     assert r["full_equal_time"]["train_seconds"] == t["earlybert"]["total"]
     table = "\n".join(results.long_markdown({"0": r}, 24))
     assert "(a) the draw and (b) EarlyBERT's time" in table and "1 seed(s): too few to say" in table
+    threads = json.load(open(jobs[0, "full"]["result"]))["threads"]  # the test process's, for every run
+    assert t["threads"] == {"search": threads, "earlybert": threads, "full": threads}
+    assert f"| {threads} / {threads} / {threads} |" in table
+    # the full run on other threads than EarlyBERT's efficient run: its seconds do not compare, so it is not
+    # read off at EarlyBERT's time (the time ratio is still printed, with the threads beside it)
+    full = json.load(open(jobs[0, "full"]["result"]))
+    with open(jobs[0, "full"]["result"], "w") as f:
+        json.dump({**full, "threads": threads + 1}, f)
+    r = results.long_results(jobs, [0], 24)["0"]
+    assert "full_equal_time" not in r and r["time"]["threads"]["full"] == threads + 1
+    with open(jobs[0, "full"]["result"], "w") as f:
+        json.dump(full, f)
     # the full run's corpus tokenized with a vocabulary trained again (a few tokens differ): refused, by name
     full = json.load(open(jobs[0, "full"]["result"]))
     other = tmp_path / "other-corpus"
