@@ -400,7 +400,7 @@ def long_markdown(r: dict, max_steps: int) -> list[str]:
     get = lambda run, key, s: r[s]["runs"][run][key] if run in r[s]["runs"] else r[s][run][key]
     value = lambda run, key: [get(run, key, s) for s in among(run)]
     short = lambda run: ROWS[run].split(" (")[0]
-    subset = lambda run: "" if among(run) == done else f" (seeds {', '.join(among(run))})"
+    subset = lambda run: "" if among(run) == done else f" (seed{'s'[:len(among(run)) - 1]} {', '.join(among(run))})"
     lines += ["", f"### The long schedule: (c) at step {max_steps}, seeds {', '.join(done)}", "",
               "| run | held-out MLM loss | accuracy | per seed: loss | accuracy |", "|---|---:|---:|---:|---:|"]
     for run in (x for x in (*runs, "full_equal_time") if among(x)):

@@ -127,8 +127,8 @@ def test_the_long_tables_pair_the_tickets_over_every_seed_and_the_full_run_where
     assert "Drawn − random: a difference until step 600, washed out from step 1200 on." in table
     del r["0"]["full_equal_time"]  # seed 0's full run ran on other threads than its EarlyBERT: not read off
     table = "\n".join(results.long_markdown(r, 9600))
-    assert "| full (seeds 0, 2) |" in table and "| full at EarlyBERT's time (read off its curve) (seeds 2) |" in table
-    assert "| EarlyBERT − full at EarlyBERT's time (seeds 2) | -0.200 |" in table
+    assert "| full (seeds 0, 2) |" in table and "| full at EarlyBERT's time (read off its curve) (seed 2) |" in table
+    assert "| EarlyBERT − full at EarlyBERT's time (seed 2) | -0.200 |" in table
 
 
 def test_the_full_run_at_earlyberts_time_is_interpolated_between_its_evaluations():
