@@ -47,7 +47,7 @@ def held_out_batches(search: str) -> list[dict]:
     """The held-out batches the search evaluated on (train.py's: its data, length, batch size, seed)."""
     cfg = read_json(os.path.join(search, "train_config.json"), "train config")
     data_dir = read_json(os.path.join(search, "summary.json"), "run summary")["data_dir"]
-    meta = read_json(os.path.join(data_dir, "meta.json"), "corpus meta")
+    meta = data.corpus_meta(data_dir)
     tokenizer = data.load_tokenizer(meta["vocab_path"], meta["lowercase"])
     special = {t: tokenizer.token_to_id(t) for t in data.SPECIALS}
     return data.MLMBatches(data_dir, "val", cfg["batch_size"], cfg["max_len"], tokenizer.get_vocab_size(), special,

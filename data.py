@@ -125,6 +125,14 @@ def corpus_key(files: list[str], vocab: str, vocab_size: int, lowercase: bool, v
     return f"{label}-{hashlib.sha256(json.dumps(record).encode()).hexdigest()[:8]}"
 
 
+def corpus_meta(data_dir: str) -> dict:
+    """A prepared corpus's meta.json. A vocabulary trained into the folder is taken where the folder is now:
+    meta holds the absolute path it had when prepared, which a moved folder no longer has."""
+    meta = read_json(os.path.join(data_dir, "meta.json"), "corpus meta")
+    own = os.path.join(os.path.abspath(data_dir), "vocab", "vocab.txt")
+    return {**meta, "vocab_path": own} if os.path.exists(own) else meta
+
+
 def prepare_corpus(files: list[str], cache_root: str, vocab: str = "", vocab_size: int = 8192,
                    lowercase: bool = True, val_tokens: int = VAL_TOKENS, seed: int = 0) -> tuple[str, dict]:
     """Text files -> (data_dir, meta): a prepared corpus in cache_root/<corpus_key>/, which
@@ -149,7 +157,7 @@ def prepare_corpus(files: list[str], cache_root: str, vocab: str = "", vocab_siz
     meta_path = os.path.join(data_dir, "meta.json")
     if os.path.exists(meta_path):
         print(f"reusing the prepared corpus in {data_dir}", file=sys.stderr)
-        return data_dir, read_json(meta_path)
+        return data_dir, corpus_meta(data_dir)
     with tqdm(total=sum(os.path.getsize(f) for f in files), unit="B", unit_scale=True, desc="checking",
               leave=False) as bar:
         for f in files:

@@ -66,17 +66,29 @@ def search_folder(cfg) -> str:
     return cfg.search_dir or os.path.join(cfg.out_dir, "search")
 
 
+def same_corpus_as_search(cfg) -> bool:
+    """Does a full run train on its search's prepared corpus? Yes beside a search given the same --data,
+    --vocab and --vocab-size (and no --init-from): the full run and EarlyBERT are compared, and a corpus
+    prepared again (its cache missed: the folder moved) trains a vocabulary that differs in a few tokens."""
+    path = os.path.join(search_folder(cfg), "train_config.json")
+    if cfg.phase != "full" or cfg.init_from or not os.path.exists(path):
+        return False
+    searched = read_json(path, "search config")
+    return all(searched.get(key) == getattr(cfg, key) for key in ("data", "vocab", "vocab_size"))
+
+
 def prepare_data(cfg, rank: int, world: int):
     """Tokenize the corpus once into OUT_DIR/data/KEY (rank 0; the others wait and reuse it).
-    The vocab: --vocab, else the starting checkpoint's, else one trained on the corpus."""
-    meta = None
-    searched = os.path.join(search_folder(cfg), "summary.json")
-    if rank == 0 and cfg.phase == "efficient" and os.path.exists(searched):  # the search's own prepared corpus
+    The efficient phase, and a full run on the search's data (same_corpus_as_search), take the search's
+    prepared corpus. Else the vocab: --vocab, else the starting checkpoint's, else one trained on the corpus."""
+    meta, follows = None, cfg.phase == "efficient" or same_corpus_as_search(cfg)
+    searched, start = (os.path.join(search_folder(cfg), name) for name in ("summary.json", "start"))
+    if rank == 0 and follows and os.path.exists(searched):  # the search's own prepared corpus
         data_dir = read_json(searched, "run summary").get("data_dir", "")
         if os.path.exists(os.path.join(data_dir, "meta.json")):
-            meta = dict(read_json(os.path.join(data_dir, "meta.json"), "corpus meta"), data_dir=data_dir)
-    if rank == 0 and meta is None:
-        source = cfg.init_from or (os.path.join(search_folder(cfg), "start") if cfg.phase == "efficient" else "")
+            meta = dict(data.corpus_meta(data_dir), data_dir=data_dir)
+    if rank == 0 and meta is None:  # the search's corpus is gone (or there is none): its vocabulary, if any
+        source = cfg.init_from or (start if follows and (cfg.phase == "efficient" or os.path.isdir(start)) else "")
         vocab, lowercase = cfg.vocab, True
         if not vocab and source:
             _, vocab, lowercase = data.checkpoint_tokenizer(source)

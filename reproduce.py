@@ -42,7 +42,7 @@ import controls
 import corpus
 from checkpoint import read_json, write_json
 from corpus import WORDNET, library_rows, wordnet_task, write_task  # built without the network
-from data import n_predictions
+from data import corpus_meta, n_predictions
 from model import BertConfig, flops_per_sequence
 from results import beside, draw_curves, finetune_numbers, long_results, pretrain_results, write_results
 from runtime import AUTO_FFN_MULTIPLE, choose_precision
@@ -126,7 +126,7 @@ def run_all(jobs: list[dict], force: bool, vocab: str | None = None, after=None)
     `after()`, if given, runs after each job (--part long writes what has finished so far)."""
     for job in jobs:
         summary = run(job, force, vocab)
-        vocab = vocab or read_json(os.path.join(summary["data_dir"], "meta.json"))["vocab_path"]
+        vocab = vocab or corpus_meta(summary["data_dir"])["vocab_path"]
         if after:
             after()
     return vocab

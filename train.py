@@ -50,7 +50,7 @@ class Config:
     phase: str = "search"  # full: plain pre-training | search: EarlyBERT stages 1-2 | efficient: stage 3
     out_dir: str = "out"  # each phase writes OUT_DIR/PHASE/; the prepared corpus goes to OUT_DIR/data/
     data: str = ""  # text files (comma-separated) or folders of .txt files; "" = the built-in corpus
-    vocab: str = ""  # a vocab.txt; "" = the --init-from checkpoint's, else one trained on the data
+    vocab: str = ""  # a vocab.txt; "" = --init-from's, else the search's (efficient; full beside it), else trained
     vocab_size: int = 8192  # when a vocabulary is trained
     init_from: str = ""  # a checkpoint folder to start from; "" = random init with the sizes below
     layers: int = 4  # encoder layers

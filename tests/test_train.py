@@ -195,6 +195,32 @@ def test_efficient_phase_trains_on_the_search_data(corpus, searched, continued, 
     assert str(out / "search" / "train_config.json") in message and f"--data {corpus[0]}" in message
 
 
+def test_a_full_run_beside_its_search_trains_on_its_corpus_even_from_a_moved_folder(small_corpus, tmp_path,
+                                                                                     monkeypatch):
+    """A full run beside its search (same --data, --vocab, --vocab-size) trains on the search's prepared corpus,
+    as the efficient phase does: the two are compared. Moved with its folder, a corpus cache is missed (its
+    key holds the files' absolute paths), and a vocabulary trained again differs in a few tokens; with the
+    search's corpus gone too, the full run takes the vocabulary the search saved with its start."""
+    (tmp_path / "a").mkdir()
+    shutil.copy(small_corpus, tmp_path / "a" / "corpus.txt")
+    monkeypatch.chdir(tmp_path / "a")
+    run = lambda phase, **kw: train.train(tiny(("corpus.txt", ""), "out", phase=phase, vocab_size=600, max_steps=4,
+                                               draw_step=2, **kw))
+    search = run("search")  # trains the vocabulary
+    os.rename(tmp_path / "a", tmp_path / "b")
+    monkeypatch.chdir(tmp_path / "b")
+    full = run("full")
+    trained = os.path.abspath(os.path.join(search["data_dir"], "vocab", "vocab.txt"))  # where it is now
+    assert full["data_dir"] == search["data_dir"] and full["vocab"] == trained
+    assert os.listdir("out/data") == [os.path.basename(search["data_dir"])]  # nothing prepared again
+    assert run("efficient")["vocab"] == trained  # not the path the vocabulary had before the move
+    tokens = open(trained).read()
+    shutil.rmtree(search["data_dir"])
+    again = run("full", force=True)
+    assert again["vocab"] == os.path.abspath(os.path.join("out", "search", "start", "vocab.txt"))
+    assert open(again["vocab"]).read() == tokens
+
+
 def searched_optimizer_state(path) -> dict:
     """The search's AdamW state (ckpt.pt) by parameter name: the searched model and its optimizer
     rebuilt in the order the search built them (coefficients added before the optimizer)."""
