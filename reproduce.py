@@ -186,8 +186,9 @@ def wordnet_jobs(out: str, seeds: list[int], model: str, quick: bool, name: str 
 
 def estimate_seconds(recipe: dict, n_seeds: int, eval_every: int, n_downstream: int, n_wordnet: int,
                      wordnet_train: int = 1200, n_efficient: int = 2) -> float:
-    """A rough wall-clock estimate at CPU_FLOPS: per seed the full run, the search (a quarter of the
-    steps), the efficient runs (a pruned step costs 0.75), the evaluations; then the fine-tuning runs."""
+    """A rough wall-clock estimate at CPU_FLOPS, by part: pre-training (per seed the full run, the search, a
+    quarter of the steps, the efficient runs, a pruned step costing 0.75, and the evaluations), the library
+    task's fine-tuning runs, WordNet's."""
     r = recipe
     config = BertConfig(vocab_size=r["vocab_size"], hidden_size=r["hidden"], num_hidden_layers=r["layers"],
                         num_attention_heads=r["heads"], intermediate_size=r["ffn"])
@@ -196,9 +197,23 @@ def estimate_seconds(recipe: dict, n_seeds: int, eval_every: int, n_downstream: 
     steps = r["max_steps"] * (1 + 0.25 + n_efficient * 0.75 * 0.75) * r["grad_accum"]
     evaluations = (r["max_steps"] // eval_every + 6) * (1 + n_efficient) * r["eval_batches"] / 3  # forward only
     minilm = BertConfig(hidden_size=384, num_hidden_layers=6, intermediate_size=1536)
-    finetune = 3 * ((2 + n_efficient) * n_seeds * n_downstream * flops_per_sequence(config, 32, 0)
-                    + n_wordnet * wordnet_train * flops_per_sequence(minilm, 32, 0)) / CPU_FLOPS
-    return n_seeds * (steps + evaluations) * sequence + finetune
+    return {"pretrain": n_seeds * (steps + evaluations) * sequence,
+            "downstream": 3 * (2 + n_efficient) * n_seeds * n_downstream * flops_per_sequence(config, 32, 0) / CPU_FLOPS,
+            "wordnet": 3 * n_wordnet * wordnet_train * flops_per_sequence(minilm, 32, 0) / CPU_FLOPS}
+
+
+def run_cost(job: dict) -> float:
+    """A run's cost as estimate_seconds counts it: a full run (or a fine-tuning run) 1, a search a quarter,
+    an efficient run 0.75 x 0.75."""
+    args = job["args"]
+    return {"search": 0.25, "efficient": 0.75 * 0.75}.get(args[args.index("--phase") + 1] if "--phase" in args
+                                                          else None, 1.0)
+
+
+def left_seconds(parts: dict, jobs: dict, todo: list[dict]) -> float:
+    """What is left of each part's estimate (estimate_seconds): the share of its runs' cost not yet finished."""
+    share = lambda runs: sum(run_cost(j) for j in runs if j in todo) / sum(map(run_cost, runs)) if runs else 0.0
+    return sum(parts[part] * share(list(jobs[part].values())) for part in parts)
 
 
 # ----------------------------------------------------------------------------- main
@@ -299,17 +314,18 @@ def main(argv=None):
     checks = controls.jobs(out, seeds, common, recipe["max_steps"], VOCAB) if args.part == "controls" else {}
     jobs = [*pretrain.values(), *downstream.values(), *wordnet.values(), *checks.values()]
     todo = [j for j in jobs if command(j, args.force)]
-    seconds = estimate_seconds(recipe, len(seeds) if pretrain else 0, eval_every, 3 * n_train if pretrain else 0,
-                               len(wordnet), len(corpus.CLASSES) * per_class, 3 if long else 2)
+    parts = estimate_seconds(recipe, len(seeds) if pretrain else 0, eval_every, 3 * n_train if pretrain else 0,
+                             len(wordnet), len(corpus.CLASSES) * per_class, 3 if long else 2)
+    seconds = left_seconds(parts, {"pretrain": pretrain, "downstream": downstream, "wordnet": wordnet}, todo)
     config = BertConfig(hidden_size=recipe["hidden"], num_hidden_layers=1, num_attention_heads=recipe["heads"],
                         intermediate_size=recipe["ffn"])  # the runs' precision, as --precision auto will choose it
     precision = choose_precision("auto", torch.device("cpu"), config, recipe["batch_size"], recipe["max_len"])
     seconds /= precision.speedup if precision.name == "bf16" else 1
-    seconds += len(checks) * 200  # controls: a run's few minutes (measured: 1.5 hours for 3 seeds in bf16)
+    seconds += sum(j in todo for j in checks.values()) * 200  # controls: minutes each (3 seeds: 1.5 h in bf16)
     took = f"{seconds / 3600:.1f} hours" if seconds > 3600 else f"{seconds / 60:.0f} minutes"
     plan = [f"  {'' if j in todo else '(finished) '}{show([sys.executable, j['script'], *j['args']])}" for j in jobs]
-    print(f"reproduce.py: {len(jobs)} runs ({len(jobs) - len(todo)} finished already: read, not run again), about "
-          f"{took} on a 2-core CPU in {precision.name} (a GPU is much faster), plus building the corpus."
+    print(f"reproduce.py: {len(jobs)} runs ({len(jobs) - len(todo)} finished already: read, not run again), what is "
+          f"left about {took} on a 2-core CPU in {precision.name} (a GPU is much faster), plus building the corpus."
           + (f" {VOCAB} is the vocabulary seed {seeds[0]}'s search trains:" if pretrain or checks else ""), *plan,
           *([f"(c) is skipped: {skip}"] if skip else []), sep="\n", file=sys.stderr)
 

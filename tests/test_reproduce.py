@@ -4,6 +4,7 @@ format, so no Debian package is needed."""
 import importlib.util
 import json
 import os
+import re
 import runpy
 import signal
 import subprocess
@@ -110,6 +111,32 @@ def test_mask_prob_reaches_the_recipe_and_every_pretraining_command(tmp_path, mo
     assert len(plan) == 12 and all("--mask-prob 0.15" in line for line in plan)
     with pytest.raises(ValueError, match=r"^--mask-prob 1\.5: give a fraction"):
         reproduce.parse_args(["--mask-prob", "1.5"])
+
+
+def test_the_printed_estimate_is_of_what_is_left(tmp_path, monkeypatch, capsys):
+    """A resumed reproduction estimates the runs it has yet to do, not the finished ones."""
+    def stop(job, force, vocab=None):
+        raise KeyboardInterrupt  # after the plan is printed
+    monkeypatch.setattr(reproduce, "run", stop)
+
+    def left() -> float:  # the printed estimate, in hours
+        with pytest.raises(KeyboardInterrupt):
+            reproduce.main(["--out", str(tmp_path), "--part", "pretrain"])
+        took = re.search(r"what is left about ([\d.]+) (hours|minutes)", capsys.readouterr().err)
+        return float(took[1]) / (1 if took[2] == "hours" else 60)
+    everything = left()
+    recipe = reproduce.train_defaults()
+    pretrain = reproduce.pretrain_jobs(str(tmp_path), [0, 1, 2], {}, "", recipe["max_steps"] // reproduce.EVALUATIONS)
+    downstream = reproduce.downstream_jobs(str(tmp_path), [0, 1, 2], False)
+    for job in [*pretrain.values(), *downstream.values()]:
+        if job is not pretrain[2, "full"]:  # all finished but one full run
+            os.makedirs(os.path.dirname(job["result"]), exist_ok=True)
+            open(job["result"], "w").write("{}")
+    one_full_run = left()
+    assert 0.1 * everything < one_full_run < 0.3 * everything  # of 3 seeds' 4 runs and the fine-tuning
+    os.makedirs(os.path.dirname(pretrain[2, "full"]["result"]), exist_ok=True)
+    open(pretrain[2, "full"]["result"], "w").write("{}")
+    assert left() == 0
 
 
 def test_a_bad_data_path_stops_before_any_run(tmp_path):
