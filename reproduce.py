@@ -22,8 +22,7 @@ The claims (Chen et al., ACL 2021), for each of --seeds (0 1 2), with train.py's
 
 Each run is a subprocess (train.py's defaults plus the flags printed) in its own folder under OUT/pretrain/
 seed{S}, OUT/downstream/seed{S}, OUT/wordnet/seed{S}. A finished run is read, not run again; an interrupted
-one goes on with --resume (--force reruns all). Seed 0's search trains the vocabulary; its full run and the other
-seeds' runs are given it.
+one goes on with --resume (--force reruns all). Seed 0's search trains the vocabulary, the others get it.
 Results (results.py): OUT/results.{json,md}, OUT/curves.png.
 """
 import argparse
@@ -144,14 +143,11 @@ def pretrain_jobs(out: str, seeds: list[int], overrides: dict, data: str, eval_e
                                                                   *(every if long else [])]
     for seed in seeds:
         folder = os.path.join(out, "pretrain", f"seed{seed}")
-        common = ["--out-dir", folder, "--seed", str(seed), *(["--data", data] if data else []), *flags(overrides)]
+        common = ["--out-dir", folder, "--seed", str(seed), *(["--data", data] if data else []), *flags(overrides),
+                  *(["--vocab", VOCAB] if seed != seeds[0] else [])]  # the first seed's runs share its search's
         for name, args in runs.items():
             sub = "efficient" + ("" if name == "earlybert" else f"-{name}") if "--ticket" in args else name
-            # the first seed's full run is given the vocabulary its search trains, as the later seeds' runs are:
-            # one trained again (the corpus cache moved or deleted) differs in a few tokens, and losses over
-            # other tokens do not compare. Efficient runs take their search's corpus, vocabulary and all.
-            pin = ["--vocab", VOCAB] if seed != seeds[0] or name == "full" else []
-            jobs[seed, name] = {"script": os.path.join(HERE, "train.py"), "args": args + common + pin,
+            jobs[seed, name] = {"script": os.path.join(HERE, "train.py"), "args": args + common,
                                 "result": os.path.join(folder, sub, "summary.json")}
     return jobs
 
@@ -206,8 +202,8 @@ def run_cost(job: dict) -> float:
     """A run's cost as estimate_seconds counts it: a full run (or a fine-tuning run) 1, a search a quarter,
     an efficient run 0.75 x 0.75."""
     args = job["args"]
-    return {"search": 0.25, "efficient": 0.75 * 0.75}.get(args[args.index("--phase") + 1] if "--phase" in args
-                                                          else None, 1.0)
+    phase = args[args.index("--phase") + 1] if "--phase" in args else "finetune"
+    return {"search": 0.25, "efficient": 0.75 * 0.75}.get(phase, 1.0)
 
 
 def left_seconds(parts: dict, jobs: dict, todo: list[dict]) -> float:

@@ -41,14 +41,16 @@ def timed_evaluations(records: list[dict], first_step: int = 0) -> list[dict]:
              "val_loss": evals[s]["val_loss"], "val_acc": evals[s]["val_acc"]} for s in sorted(evals)]
 
 
-def same_vocabulary(job: dict, search: dict):
-    """Refuses a run whose corpus was tokenized with another vocabulary than its seed's search: its held-out
-    loss is over other tokens (a vocabulary trained again differs in a few: data.train_tokenizer)."""
-    metas = [os.path.join(s["data_dir"], "meta.json") for s in (read_json(job["result"]), search)]
+def run_summary(job: dict, search: dict) -> dict:
+    """A run's summary.json, refused if its corpus was tokenized with another vocabulary than its seed's
+    search: its held-out loss is over other tokens (a vocabulary trained again differs in a few)."""
+    summary = read_json(job["result"])
+    metas = [os.path.join(s["data_dir"], "meta.json") for s in (summary, search)]
     if all(map(os.path.exists, metas)) and len({read_json(m)["tokenizer_sha256"] for m in metas}) == 2:
         raise ValueError(f"{os.path.dirname(job['result'])}: trained on another vocabulary than its search "
                          f"({os.path.dirname(metas[0])}, not {os.path.dirname(metas[1])}): its losses do not "
                          "compare; move the run aside and run reproduce.py again, which gives it the search's")
+    return summary
 
 
 def read_log(path: str) -> list[dict]:
@@ -108,8 +110,7 @@ def pretrain_results(jobs: dict, seeds: list[int]) -> dict:
                            k.startswith(("kept", "total", "val"))}, "distances": history[-1] if history else None,
                         "coefficients": spread}}
         for run in (r for r in ("earlybert", "random", "random-per-layer", "full") if (seed, r) in jobs):
-            same_vocabulary(jobs[seed, run], search)
-            s = read_json(jobs[seed, run]["result"])
+            s = run_summary(jobs[seed, run], search)
             own = s["train_seconds"] + (search["train_seconds"] if run != "full" else 0)
             r[run] = {"steps": s["steps"], "train_seconds": own, "val_loss": s["val_loss"], "val_acc": s["val_acc"],
                       "parameters": s["parameters"],
@@ -335,8 +336,7 @@ def long_results(jobs: dict, seeds: list[int], max_steps: int) -> dict:
         r["search"]["fraction"] = search["drawn_at"] / max_steps
         for run in ("full", "earlybert", "random", "random-per-layer"):
             if (seed, run) in jobs and os.path.exists(jobs[seed, run]["result"]):
-                same_vocabulary(jobs[seed, run], search)
-                s = read_json(jobs[seed, run]["result"])
+                s = run_summary(jobs[seed, run], search)
                 curve = timed_evaluations(read_log(beside(jobs[seed, run], "log.jsonl")), s["first_step"])
                 r["runs"][run] = {**{k: s[k] for k in ("steps", "first_step", "val_loss", "val_acc", "train_seconds",
                                                        "mean_step_ms", "parameters", "time", "precision")},
